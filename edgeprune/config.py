@@ -1,0 +1,265 @@
+"""Typed configuration: dataclass sections, YAML in/out, validation whose errors name the key path.
+
+`compress` stores the resolved config in `runs/<name>/config.yaml`; each stage hashes the sections it
+depends on (`Config.section_hash`) so a changed value invalidates exactly the stages downstream of it.
+Presets (`default`, `quick`, `benchmark`) are overrides applied on top of the dataclass defaults.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"          # "synthetic" or a dataset path (YOLO dir/data.yaml, COCO json, VOC, NWPU)
+    format: str = "auto"               # auto | yolo | coco | voc | nwpu
+    synth_train: int = 800             # synthetic images in the train split
+    synth_val: int = 200               # synthetic images in the val split
+    synth_size: int = 320              # synthetic scene side in pixels
+    seed: int = 0
+    skip_bad: bool = False             # skip corrupt samples (and report how many) instead of failing
+
+
+@dataclass
+class ModelConfig:
+    size: str = "n"                    # n | s | m
+    imgsz: int = 256                   # network input side (multiple of 32)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch: int = 16
+    optimizer: str = "sgd"             # sgd | adamw
+    lr0: float = 0.01
+    lrf: float = 0.05                  # final lr = lr0 * lrf (cosine)
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 2.0
+    ema: bool = True
+    workers: int = 0
+    mosaic: float = 0.5                # probability of a mosaic sample
+    flip: float = 0.5                  # probability of each flip (lr, ud)
+    rot90: float = 0.5                 # probability of a random 90-degree rotation
+    hsv: float = 0.5                   # strength of HSV jitter (0 = off)
+    amp: bool = True                   # used on CUDA only
+    seed: int = 0
+    eval_every: int = 5                # evaluate mAP every N epochs (and at the end)
+
+
+@dataclass
+class SparseConfig:
+    method: str = "l1rr"               # l1rr | slimming
+    epochs: int = 20
+    lr0: float = 0.005
+    target: float = 0.65               # target share of prunable channels pushed to zero
+    lam: float = 1e-3                  # base sparsity strength
+    reweight: bool = True
+    dynamic: bool = True
+    adaptive: bool = True
+    attention: bool = True
+    attention_weight: float = 1.0
+    attention_tol: float = 0.05        # allowed attention deviation when solving per-layer ratios
+    zero_threshold: float = 1e-2       # |gamma| below this counts as zero
+    refresh_every: int = 50            # steps between reweighting refreshes
+    flops_target: float = 0.65         # global FLOPs reduction the ratio solver aims for
+
+
+@dataclass
+class PruneConfig:
+    rule: str = "union"                # union | intersection | topk (residual junction retained-set rule)
+    round_to: int = 8
+    min_channels: int = 8
+    skip_unsupported: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 20
+    lr0: float = 0.005
+    distill: bool = False              # distil from the dense model during fine-tuning
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 13                    # 13 so TensorRT 8.0/8.2 (JetPack 4.6) parses it
+    dynamic_batch: bool = False
+    simplify: bool = True
+    nms_plugin: bool = False           # append TensorRT's EfficientNMS_TRT
+    parity_images: int = 16
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    preset: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        blob = json.dumps({s: self.to_dict()[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "quick": {
+        "data": {"synth_train": 48, "synth_val": 16, "synth_size": 160},
+        "model": {"imgsz": 128},
+        "train": {"epochs": 2, "batch": 8, "eval_every": 1, "warmup_epochs": 0.5},
+        "sparse": {"epochs": 2, "refresh_every": 5},
+        "finetune": {"epochs": 1},
+        "export": {"parity_images": 4},
+    },
+    "benchmark": {
+        "data": {"synth_train": 3000, "synth_val": 500, "synth_size": 416},
+        "model": {"size": "s", "imgsz": 416},
+        "train": {"epochs": 100},
+        "sparse": {"epochs": 50},
+        "finetune": {"epochs": 50},
+    },
+}
+
+CHOICES = {
+    "data.format": ("auto", "yolo", "coco", "voc", "nwpu"),
+    "model.size": ("n", "s", "m"),
+    "train.optimizer": ("sgd", "adamw"),
+    "sparse.method": ("l1rr", "slimming"),
+    "prune.rule": ("union", "intersection", "topk"),
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"config key {key}: {why}")
+
+    flat = _flatten(cfg.to_dict())
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise bad(key, f"{flat[key]!r} is not one of {list(allowed)}")
+    if cfg.model.imgsz % 32 or cfg.model.imgsz < 64:
+        raise bad("model.imgsz", f"must be a multiple of 32 and >= 64, got {cfg.model.imgsz}")
+    for key in ("sparse.target", "sparse.flops_target"):
+        if not 0.0 < flat[key] < 1.0:
+            raise bad(key, f"must lie strictly between 0 and 1, got {flat[key]}")
+    for key in ("train.epochs", "train.batch", "sparse.epochs", "prune.round_to", "prune.min_channels",
+                "data.synth_train", "data.synth_val", "data.synth_size"):
+        if flat[key] < 1:
+            raise bad(key, f"must be >= 1, got {flat[key]}")
+    if cfg.finetune.epochs < 0:
+        raise bad("finetune.epochs", "must be >= 0")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"config key {key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _apply(obj: Any, updates: dict[str, Any], prefix: str) -> None:
+    if not isinstance(updates, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {type(updates).__name__}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"config key {path}: unknown key (known: {sorted(names)})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, path + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def make_config(preset: str = "default", overrides: dict[str, Any] | None = None) -> Config:
+    if preset not in PRESETS:
+        raise ConfigError(f"config key preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    cfg = Config(preset=preset)
+    _apply(cfg, copy.deepcopy(PRESETS[preset]), "")
+    if overrides:
+        _apply(cfg, overrides, "")
+    _check_ranges(cfg)
+    return cfg
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set train.epochs=5 --set prune.rule=topk` -> nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=5")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections")
+    raw = dict(raw)
+    preset = raw.pop("preset", "default")
+    if not isinstance(preset, str):
+        raise ConfigError(f"{path}: config key preset must be a string")
+    cfg = make_config(preset)
+    _apply(cfg, raw, "")
+    if overrides:
+        _apply(cfg, overrides, "")
+    _check_ranges(cfg)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

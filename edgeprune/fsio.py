@@ -1,0 +1,112 @@
+"""Atomic, crash-safe artefact writes (temp file in the same folder, fsync, rename). Python 3.6 compatible.
+
+A reader never sees a half-written file: either the old content or the new one. OS errors become
+StorageError naming the path (disk full, permission denied, read-only file system).
+"""
+import errno
+import hashlib
+import json
+import os
+import tempfile
+
+from .errors import StorageError
+
+
+def _explain(exc, path):
+    why = {
+        errno.ENOSPC: "disk full",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EROFS: "read-only file system",
+    }.get(exc.errno, exc.strerror or str(exc))
+    return StorageError("cannot write {}: {}".format(path, why))
+
+
+def atomic_write_bytes(path, data):
+    """Write `data` to `path` atomically. Creates the parent folder."""
+    path = str(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise _explain(exc, path)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj, indent=2):
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+class AtomicFile(object):
+    """`with AtomicFile(path) as tmp_path:` lets a library write to `tmp_path` (e.g. torch.save,
+    onnx.save, matplotlib savefig); on success it is fsynced and renamed onto `path`."""
+
+    def __init__(self, path, suffix=""):
+        self.path = str(path)
+        self.suffix = suffix
+        self.tmp = None
+
+    def __enter__(self):
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=self.suffix or os.path.splitext(self.path)[1], dir=folder)
+            os.close(fd)
+        except OSError as exc:
+            raise _explain(exc, self.path)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                with open(self.tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(self.tmp, self.path)
+                _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+                self.tmp = None
+        except OSError as err:
+            raise _explain(err, self.path)
+        finally:
+            if self.tmp is not None and os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        return False
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(str(path), "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()

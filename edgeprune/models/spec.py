@@ -1,0 +1,92 @@
+"""The architecture spec: a plain JSON-serialisable description of a detector.
+
+A dense model and its pruned children are the same family: the spec fixes the topology (size preset,
+number of classes, anchors) and `widths` overrides the output channels of any Conv by its module path
+(e.g. "layers.2.m.0.cv1"). Pruned models are saved as this spec (JSON) + a state_dict, never pickled.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from ..fsio import atomic_write_json
+
+SPEC_VERSION = 1
+
+# (depth_multiple, width_multiple), as in the YOLOv5 family.
+SIZES = {"n": (0.33, 0.25), "s": (0.33, 0.50), "m": (0.67, 0.75)}
+
+# YOLOv5's COCO anchors (pixels at strides 8/16/32); replaced by k-means anchors per dataset.
+DEFAULT_ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
+STRIDES = [8, 16, 32]
+
+
+def make_divisible(x: float, divisor: int = 8) -> int:
+    return int(math.ceil(x / divisor) * divisor)
+
+
+def new_spec(num_classes: int, names: list[str] | None = None, size: str = "n",
+             anchors: list[list[float]] | None = None) -> dict[str, Any]:
+    if size not in SIZES:
+        raise ModelError(f"model.size: unknown size {size!r}; choose one of {sorted(SIZES)}")
+    depth, width = SIZES[size]
+    spec = {
+        "family": "edgeprune-yolov5",
+        "version": SPEC_VERSION,
+        "size": size,
+        "depth_multiple": depth,
+        "width_multiple": width,
+        "num_classes": int(num_classes),
+        "names": list(names) if names else [f"class{i}" for i in range(num_classes)],
+        "anchors": [list(map(float, a)) for a in (anchors or DEFAULT_ANCHORS)],
+        "strides": list(STRIDES),
+        "widths": {},
+    }
+    return validate_spec(spec)
+
+
+def validate_spec(spec: Any, source: str = "spec") -> dict[str, Any]:
+    """Check types and ranges; the error names the offending key."""
+    if not isinstance(spec, dict):
+        raise ModelError(f"{source}: an architecture spec must be a JSON object, got {type(spec).__name__}")
+    if spec.get("family") != "edgeprune-yolov5":
+        raise ModelError(f"{source}: family must be 'edgeprune-yolov5', got {spec.get('family')!r}")
+    if spec.get("version") != SPEC_VERSION:
+        raise ModelError(f"{source}: spec version {spec.get('version')!r} is not supported (this edgeprune reads {SPEC_VERSION})")
+    for key, typ in (("depth_multiple", (int, float)), ("width_multiple", (int, float)), ("num_classes", int),
+                     ("names", list), ("anchors", list), ("strides", list), ("widths", dict)):
+        if not isinstance(spec.get(key), typ) or isinstance(spec.get(key), bool):
+            raise ModelError(f"{source}: key {key!r} is missing or has the wrong type")
+    if spec["num_classes"] < 1 or len(spec["names"]) != spec["num_classes"]:
+        raise ModelError(f"{source}: names has {len(spec['names'])} entries but num_classes is {spec['num_classes']}")
+    if len(spec["anchors"]) != 3 or any(len(a) != 6 for a in spec["anchors"]) or spec["strides"] != STRIDES:
+        raise ModelError(f"{source}: anchors must be 3 levels x 3 (w,h) pairs and strides {STRIDES}")
+    for name, w in spec["widths"].items():
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+            raise ModelError(f"{source}: widths[{name!r}] must be a positive integer, got {w!r}")
+    return spec
+
+
+def save_spec(spec: dict[str, Any], path: str | Path) -> None:
+    atomic_write_json(path, validate_spec(spec))
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path}: architecture spec not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not a valid JSON architecture spec ({exc})") from None
+    return validate_spec(spec, str(path))
+
+
+def with_widths(spec: dict[str, Any], widths: dict[str, int]) -> dict[str, Any]:
+    out = copy.deepcopy(spec)
+    out["widths"] = {k: int(v) for k, v in widths.items()}
+    return validate_spec(out)

@@ -1,0 +1,18 @@
+import os
+
+import pytest
+
+# Determinism and a fair share of this 2-core machine for every test process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    try:
+        import torch
+    except ImportError:  # device-side runs (Python 3.6 venv) have no torch
+        yield
+        return
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    yield
