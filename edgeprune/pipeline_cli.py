@@ -1,0 +1,34 @@
+"""`edgeprune compress`: the whole host chain as resumable stages (argument declarations only)."""
+import argparse
+
+STAGES = ("data", "dense", "sparse", "prune", "finetune", "export", "report")
+
+
+def register(sub):
+    p = sub.add_parser(
+        "compress",
+        help="run the host pipeline: data -> dense -> L1RR sparse -> prune -> fine-tune -> export -> report",
+        description="Run the whole host pipeline as resumable stages in runs/<name>/. Rerunning the same command "
+                    "resumes after the last finished stage; a changed config reruns only the stages that depend on it.",
+        epilog="example:\n  edgeprune compress                      # synthetic default, <= ~15 min on 2 CPU cores\n"
+               "  edgeprune compress --preset quick --name smoke\n"
+               "  edgeprune compress --data /data/NWPU_VHR-10 --set model.size=s --set train.epochs=100",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", default=None, help="default | quick | benchmark (default: default)")
+    p.add_argument("--config", default=None, help="YAML config file (see runs/<name>/config.yaml for the full schema)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=5")
+    p.add_argument("--data", default=None, help="dataset path (YOLO/COCO/VOC/NWPU); default: the synthetic aerial set")
+    p.add_argument("--name", default=None, help="run name (default: the preset name)")
+    p.add_argument("--runs-dir", default="runs", help="parent folder of run directories (default: runs)")
+    p.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
+    p.add_argument("--restart", action="store_true", help="ignore finished stages and run everything again")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="train stages under torchrun with N processes (DDP)")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.set_defaults(handler=_run)
+
+
+def _run(args):
+    from .pipeline import run_from_args
+
+    return run_from_args(args)

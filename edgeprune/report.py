@@ -1,0 +1,84 @@
+"""`runs/<name>/report.md`: what the run did, in numbers and plots, from the stages' done-markers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .fsio import AtomicFile, atomic_write_text
+from .pipeline import RunDir
+
+ROWS = (("dense", "dense"), ("sparse", "L1RR sparse (unpruned)"), ("prune", "pruned (before fine-tune)"),
+        ("finetune", "pruned + fine-tuned"))
+
+
+def _pct(new: float, old: float) -> str:
+    return f"{100.0 * (new - old) / old:+.1f} %" if old else "n/a"
+
+
+def _metrics_table(run: RunDir) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    found = {stage: run.outputs(stage).get("metrics", {}) for stage, _ in ROWS if run.marker(stage)}
+    lines = ["| model | params | FLOPs | mAP50 | mAP50-95 | AP small | CPU latency (ms, batch 1) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for stage, label in ROWS:
+        m = found.get(stage)
+        if not m:
+            continue
+        lines.append(f"| {label} | {m.get('params', 0):,} | {m.get('flops', 0) / 1e9:.3f} G | {m.get('map50', 0):.3f} | "
+                     f"{m.get('map', 0):.3f} | {m.get('ap_small', 0):.3f} | {m.get('cpu_latency_ms', 0):.1f} |")
+    return lines, found
+
+
+def _plot_summary(found: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label for stage, label in ROWS if stage in found]
+    stages = [stage for stage, _ in ROWS if stage in found]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, title, scale in ((axes[0], "params", "parameters (M)", 1e-6), (axes[1], "flops", "FLOPs (G)", 1e-9),
+                                  (axes[2], "map50", "mAP50", 1.0)):
+        ax.bar(range(len(stages)), [found[s].get(key, 0) * scale for s in stages], color="#4477aa")
+        ax.set_xticks(range(len(stages)), [lbl.split(" (")[0] for lbl in labels], rotation=20, fontsize=8)
+        ax.set_title(title)
+    fig.tight_layout()
+    with AtomicFile(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def write_report(run: RunDir) -> Path:
+    cfg = run.cfg
+    lines = [f"# edgeprune compress report: `{cfg.name}`", "",
+             f"Preset `{cfg.preset}`, model size `{cfg.model.size}` at {cfg.model.imgsz} px, sparsity method "
+             f"`{cfg.sparse.method}`, residual rule `{cfg.prune.rule}`, round_to {cfg.prune.round_to}. "
+             "Full config: `config.yaml`.", ""]
+    data = run.outputs("data")
+    lines += [f"Dataset `{data['dataset']}`: {data['train_images']} train / {data['val_images']} val images, "
+              f"classes {', '.join(data['names'])}; {data['skipped']} samples skipped.", "", "## Results", ""]
+    table, found = _metrics_table(run)
+    lines += table + [""]
+    if "dense" in found and "finetune" in found:
+        d, f = found["dense"], found["finetune"]
+        lines += [f"Against dense: parameters {_pct(f['params'], d['params'])}, FLOPs {_pct(f['flops'], d['flops'])}, "
+                  f"mAP50 {100 * (f['map50'] - d['map50']):+.1f} points, CPU latency {_pct(f['cpu_latency_ms'], d['cpu_latency_ms'])} "
+                  "(PyTorch eager, batch 1, this machine; device numbers come from `edgeprune bench`).", ""]
+    if found:
+        _plot_summary(found, run.root / "summary.png")
+        lines += ["![summary](summary.png)", ""]
+    pngs = sorted(p.relative_to(run.root) for p in run.root.glob("*/*.png"))
+    if pngs:
+        lines += ["## Plots", ""] + [f"- [{p}]({p})" for p in pngs] + [""]
+    if run.marker("prune"):
+        stats = run.outputs("prune").get("stats", {})
+        if stats:
+            lines += ["## Pruning", "", "```", *(f"{k}: {v}" for k, v in stats.items()), "```", ""]
+    if run.marker("export"):
+        ex = run.outputs("export")
+        lines += ["## Deploy bundle", "", f"`{ex.get('bundle', run.root / 'bundle')}`: graph verification "
+                  f"{ex.get('verify', {}).get('status')}, ONNX Runtime vs PyTorch max abs diff "
+                  f"{ex.get('parity', {}).get('max_abs_diff')}.", ""]
+    path = run.root / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
