@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from edgeprune.config import ConfigError, load_config, make_config
+from edgeprune.pipeline import RunDir, stage_sections, stale_stage_dir
+
+
+def test_stage_keys_change_only_downstream(tmp_path: Path):
+    a = RunDir(tmp_path, make_config("quick"))
+    b = RunDir(tmp_path, make_config("quick", {"prune": {"rule": "topk"}}))
+    for stage in ("data", "dense", "sparse"):
+        assert a.key(stage) == b.key(stage)
+    for stage in ("prune", "finetune", "export", "report"):
+        assert a.key(stage) != b.key(stage)
+    assert stage_sections("sparse") == ("data", "model", "train", "sparse")
+
+
+def test_markers_and_invalidation(tmp_path: Path):
+    run = RunDir(tmp_path, make_config("quick"))
+    for stage in ("data", "dense", "sparse"):
+        run.finish(stage, {"x": stage}, 0.1)
+    assert run.is_done("dense") and run.outputs("sparse") == {"x": "sparse"}
+    run.invalidate_from("dense")
+    assert run.is_done("data") and not run.is_done("dense") and not run.is_done("sparse")
+    run.marker_path("data").write_text("{truncated")
+    assert not run.is_done("data")  # a garbled marker means the stage reruns
+
+
+def test_stale_stage_dir_is_emptied_when_its_config_changed(tmp_path: Path):
+    run = RunDir(tmp_path, make_config("quick"))
+    d = stale_stage_dir(run, "dense")
+    (d / "last.pt").write_text("checkpoint of these settings")
+    assert (stale_stage_dir(run, "dense") / "last.pt").exists()  # same key: resume material kept
+    other = RunDir(tmp_path, make_config("quick", {"train": {"lr0": 0.02}}))
+    assert not (stale_stage_dir(other, "dense") / "last.pt").exists()
+
+
+def test_config_file_errors_name_the_key(tmp_path: Path):
+    p = tmp_path / "c.yaml"
+    p.write_text("preset: quick\ntrain:\n  epochs: -1\n")
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(p)
+    p.write_text("preset: quick\nsparse:\n  target: 1.5\n")
+    with pytest.raises(ConfigError, match="sparse.target"):
+        load_config(p)
+    p.write_text("preset: quick\nprune:\n  rule: bogus\n")
+    with pytest.raises(ConfigError, match="prune.rule"):
+        load_config(p)
+    p.write_text("preset: quick\nmodel: [1, 2]\n")
+    with pytest.raises(ConfigError, match="model"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
