@@ -63,6 +63,12 @@ class Collector:
             self.problems.append(str(exc))
             return None
 
+    def record(self, exc: DataError) -> None:
+        """A bad sample found outside `run` (e.g. while parsing a whole annotation file)."""
+        if not self.skip_bad:
+            raise exc
+        self.problems.append(str(exc))
+
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image, after checking the file decodes (header + chunk checksums)."""
@@ -108,6 +114,15 @@ def check_class(cls: int, nc: int, where: str) -> int:
         raise DataError(f"{where}: class {cls} is out of range 0..{nc - 1} ({nc} classes); "
                         f"fix the label or the class list")
     return cls
+
+
+def unique_stem(stem: str, used: set[str]) -> str:
+    """`stem`, or `stem_1`, `stem_2`... if taken (writers flatten splits/folders, names must not collide)."""
+    out, k = stem, 1
+    while out in used:
+        out, k = f"{stem}_{k}", k + 1
+    used.add(out)
+    return out
 
 
 def list_images(folder: Path) -> list[Path]:

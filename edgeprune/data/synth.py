@@ -314,10 +314,10 @@ def _plan(sc: _Scene) -> list[tuple]:
     if sc.river is not None:
         if rng.random() < 0.45:
             _place_harbor(sc)
-        if rng.random() < 0.5:
+        if rng.random() < 0.7:
             _place_bridge(sc)
         _place_ships(sc, int(rng.integers(1, 7)))
-    if rng.random() < 0.4:
+    if rng.random() < 0.5:
         # apron: concrete area with parked airplanes
         w, h = rng.uniform(0.35, 0.7) * S, rng.uniform(0.3, 0.6) * S
         x0, y0 = rng.uniform(0, S - w), rng.uniform(0, S - h)

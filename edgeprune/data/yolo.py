@@ -11,7 +11,7 @@ import yaml
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_text
 from .dataset import (Collector, Dataset, Sample, check_box, check_class, finish, image_size,
-                      list_images)
+                      list_images, unique_stem)
 
 
 def _decode(data: bytes | str, source: str) -> str:
@@ -154,7 +154,7 @@ def write_yolo(ds: Dataset, out: Path, copy_images: bool = True) -> Path:
     for split, samples in ds.splits.items():
         used: set[str] = set()
         for s in samples:
-            stem = _unique_stem(s.image, used)
+            stem = unique_stem(s.image.stem, used)
             dst = out / "images" / split / (stem + s.image.suffix.lower())
             if copy_images:
                 atomic_write_bytes(dst, s.image.read_bytes())
@@ -165,14 +165,6 @@ def write_yolo(ds: Dataset, out: Path, copy_images: bool = True) -> Path:
         meta.setdefault(split, f"images/{split}")
     atomic_write_text(out / "data.yaml", yaml.safe_dump(meta, sort_keys=False))
     return out / "data.yaml"
-
-
-def _unique_stem(image: Path, used: set[str]) -> str:
-    stem, k = image.stem, 1
-    while stem in used:
-        stem, k = f"{image.stem}_{k}", k + 1
-    used.add(stem)
-    return stem
 
 
 def label_text(boxes: np.ndarray, classes: np.ndarray, width: int, height: int) -> str:
