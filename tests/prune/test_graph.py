@@ -120,6 +120,12 @@ def test_every_add_spelling_and_depthwise_join_one_junction(helpers):
         assert res.model.dw[0].groups == res.model.dw[0].out_channels == len(j["kept"]) < 8
 
 
+def test_keep_on_a_bn_behind_a_depthwise_conv_is_refused():
+    from edgeprune.prune.recombine import decide
+    with pytest.raises(PruneError, match=r"keep\['dw.1'\].*does not directly follow a prunable conv"):
+        decide(build_graph(Adds(), X), {"dw.1": [0]})
+
+
 class Grouped(nn.Module):
     def __init__(self):
         super().__init__()
