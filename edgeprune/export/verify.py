@@ -217,3 +217,17 @@ def verify_graph(graph: onnx.ModelProto, spec: dict[str, Any] | None = None,
         more = f" (+{len(problems) - 3} more; see the report)" if len(problems) > 3 else ""
         raise ExportError("graph verification failed: " + "; ".join(problems[:3]) + more)
     return report
+
+
+def conv_flops(graph: onnx.ModelProto) -> int:
+    """FLOPs (2 x MACs) of all Conv nodes at the graph's input size, from inferred shapes."""
+    total = 0
+    for node in _import(graph).nodes:
+        if node.op != "Conv":
+            continue
+        w, y = node.inputs[1], node.outputs[0]
+        if not isinstance(w, gs.Constant) or y.shape is None or not all(isinstance(d, int) for d in y.shape[1:]):
+            raise ExportError(f"ONNX node {node.name}: cannot count FLOPs (unknown weight or output shape)")
+        c_out, c_in_g, kh, kw = w.values.shape
+        total += 2 * c_out * y.shape[2] * y.shape[3] * c_in_g * kh * kw
+    return int(total)
