@@ -112,3 +112,19 @@ def run_parity(model: Detector, graph: onnx.ModelProto | str | Path, images: lis
     if problems and raise_on_fail:
         raise ExportError("ONNX Runtime / PyTorch parity failed: " + "; ".join(problems))
     return report
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Seeded stand-ins when no image folder is given: textured ground with bright rectangles of varied
+    aspect (letterboxing is exercised by the non-square shapes)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h, w = int(rng.integers(size // 2, size * 2)), int(rng.integers(size // 2, size * 2))
+        img = (rng.normal(100, 25, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        for _ in range(int(rng.integers(1, 6))):
+            bh, bw = int(rng.integers(4, max(5, h // 3))), int(rng.integers(4, max(5, w // 3)))
+            y, x = int(rng.integers(0, h - bh)), int(rng.integers(0, w - bw))
+            img[y:y + bh, x:x + bw] = rng.integers(150, 256, 3)
+        out.append(img)
+    return out
