@@ -74,12 +74,13 @@ def conv_node_map(model: Detector, graph: onnx.ModelProto) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _stdout_to_stderr():
-    """onnxsim's C++ core prints progress on fd 1; keep stdout clean for `--json` consumers."""
+    """onnxsim prints progress on stdout (Python and C++); keep stdout clean for `--json` consumers."""
     sys.stdout.flush()
     saved = os.dup(1)
     try:
         os.dup2(2, 1)
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
