@@ -1,0 +1,1 @@
+"""Pruning engine: channel dependency graph (torch.fx), residual reconstruction, physical pruning, pruned-model I/O."""

@@ -1,0 +1,226 @@
+"""Physical pruning: slice convs/BNs/linears in place by the plan's kept channel classes.
+
+Exactness. The *masked* model is the dense model with every removed channel's BN gamma and beta set
+to 0 (`masked_model(..., zero_beta=True)`): such a channel outputs act(0) = 0 (SiLU/ReLU/ReLU6), so
+dropping it changes nothing. With `fold=True` (default) the reference is the dense model with only the
+owner BNs' gamma zeroed (what sparse training produces): a removed channel then outputs a constant
+act(beta) (through any later op), and that constant is folded into each consumer, into the consumer's
+BN running_mean (conv -> BN) or its bias. This is exact for 1x1 consumers; a kxk zero-padded consumer
+sees the constant only inside the image, so folding is exact in the interior and approximate on the
+border rows/columns.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..errors import PruneError
+from .graph import ChannelGraph, build_graph
+from .recombine import Plan, decide, recombination_map
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    recombination_map: dict[str, Any]
+    table: list[dict[str, Any]]
+    stats: dict[str, Any]
+    plan: Plan
+
+
+def complexity(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """Parameters and FLOPs (2*MACs, torch's flop counter) of one eval-mode forward."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example_input)
+    finally:
+        model.train(was_training)
+    return {"params": int(sum(p.numel() for p in model.parameters())), "flops": int(counter.get_total_flops())}
+
+
+def masked_model(model: nn.Module, plan: Plan, zero_beta: bool = True) -> nn.Module:
+    """A dense copy whose removed channels are masked: gamma and beta of every BN over them set to 0
+    (zero_beta=True, the fold=False reference), or only the owner BNs' gamma (the fold=True reference)."""
+    out = copy.deepcopy(model)
+    mods = dict(out.named_modules())
+    g = plan.graph
+    with torch.no_grad():
+        for bn, ids in g.bn_layouts.items():
+            if not zero_beta and bn not in g.owner_bn:
+                continue
+            removed = torch.from_numpy(~plan.kept(ids))
+            mods[bn].weight[removed] = 0
+            if zero_beta:
+                mods[bn].bias[removed] = 0
+    return out
+
+
+def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
+    """Fold each removed channel's constant output (owner gamma = 0, beta kept) into its consumers."""
+    g = plan.graph
+    removed_in = {c: np.flatnonzero(~plan.kept(ids)) for c, ids in g.consumers.items()}
+    removed_in = {c: r for c, r in removed_in.items() if r.size}
+    if not removed_in:
+        return
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def fn(_module: nn.Module, args: tuple) -> None:
+            if name not in captured:
+                x = args[0][0]  # first sample; a removed channel is constant over space (interior)
+                idx = torch.from_numpy(removed_in[name])
+                captured[name] = x[idx][(..., *[s // 2 for s in x.shape[1:]])].clone() if x.dim() > 1 else x[idx].clone()
+        return fn
+
+    saved = {}
+    handles = [g.modules[c].register_forward_pre_hook(hook(c)) for c in removed_in]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for bn, prod in g.owner_bn.items():
+                w = g.modules[bn].weight
+                saved[bn] = w.detach().clone()
+                w[torch.from_numpy(~plan.kept(g.producers[prod]))] = 0
+            model(example_input)
+    finally:
+        with torch.no_grad():
+            for bn, w in saved.items():
+                g.modules[bn].weight.copy_(w)
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    owner_of = g.producer_bn()
+    with torch.no_grad():
+        for c, r in removed_in.items():
+            mod = g.modules[c]
+            cols = mod.weight[:, torch.from_numpy(r)]
+            cols = cols.sum(dim=tuple(range(2, cols.dim()))) if cols.dim() > 2 else cols
+            delta = cols @ captured[c].to(cols.dtype)
+            if c in owner_of:  # conv -> BN: BN(z + d) with running_mean m equals BN(z) with m - d
+                g.modules[owner_of[c]].running_mean -= delta
+            elif mod.bias is not None:
+                mod.bias += delta
+            else:
+                mod.bias = nn.Parameter(delta.clone())
+
+
+def _take(t: torch.Tensor | None, dim: int, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t.detach().index_select(dim, idx).clone()
+
+
+def _set_param(mod: nn.Module, name: str, value: torch.Tensor | None) -> None:
+    old = getattr(mod, name)
+    if value is None:
+        return
+    if isinstance(old, nn.Parameter):
+        setattr(mod, name, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        setattr(mod, name, value)
+
+
+def _slice(plan: Plan) -> None:
+    g = plan.graph
+
+    def idx(ids: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.flatnonzero(plan.kept(ids)))
+
+    for path in set(g.producers) | set(g.consumers):
+        mod = g.modules[path]
+        w = mod.weight.detach()
+        if path in g.producers:
+            o = idx(g.producers[path])
+            w = w.index_select(0, o)
+            _set_param(mod, "bias", _take(mod.bias, 0, o))
+        if path in g.consumers:
+            w = w.index_select(1, idx(g.consumers[path]))
+        _set_param(mod, "weight", w.clone())
+        if isinstance(mod, nn.Linear):
+            mod.out_features, mod.in_features = w.shape[0], w.shape[1]
+        else:
+            mod.out_channels, mod.in_channels = w.shape[0], w.shape[1] * mod.groups
+    for path, ids in g.depthwise.items():
+        mod, k = g.modules[path], idx(ids)
+        _set_param(mod, "weight", _take(mod.weight, 0, k))
+        _set_param(mod, "bias", _take(mod.bias, 0, k))
+        mod.in_channels = mod.out_channels = mod.groups = len(k)
+    for path, ids in g.bn_layouts.items():
+        mod, k = g.modules[path], idx(ids)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            _set_param(mod, name, _take(getattr(mod, name), 0, k))
+        mod.num_features = len(k)
+
+
+def _table(model: nn.Module, plan: Plan, before: dict[str, int]) -> list[dict[str, Any]]:
+    g = plan.graph
+    bn_of = g.producer_bn()
+    junction_of = {p: j.id for j in g.junctions for p in j.producers}
+    rows = []
+    for name, mod in model.named_modules():
+        if name in g.producers or name in g.depthwise:
+            ids = g.producers.get(name, g.depthwise.get(name))
+            rows.append({"layer": name, "bn": bn_of.get(name), "type": type(mod).__name__ + (
+                         "(dw)" if name in g.depthwise else ""), "before": before[name],
+                         "after": int(plan.kept(ids).sum()), "junction": junction_of.get(name),
+                         "fixed": bool(g.fixed[ids].all())})
+    return rows
+
+
+def format_table(table: list[dict[str, Any]], stats: dict[str, Any] | None = None) -> str:
+    width = max([len(r["layer"]) for r in table] + [5])
+    lines = [f"{'layer':<{width}}  {'before':>6} -> {'after':<6} {'kept':>6}  note"]
+    for r in table:
+        note = "fixed" if r["fixed"] else (f"junction {r['junction']}" if r["junction"] else "")
+        share = r["after"] / r["before"] if r["before"] else 1.0
+        lines.append(f"{r['layer']:<{width}}  {r['before']:>6} -> {r['after']:<6} {share:>6.1%}  {note}")
+    if stats:
+        lines.append(f"params {stats['params_before']:,} -> {stats['params_after']:,} "
+                     f"({stats['params_after'] / max(stats['params_before'], 1):.1%}), "
+                     f"FLOPs {stats['flops_before']:,} -> {stats['flops_after']:,} "
+                     f"({stats['flops_after'] / max(stats['flops_before'], 1):.1%}); residual-junction channels "
+                     f"removed {stats['junction_channels_removed']}/{stats['junction_channels_before']}; rule {stats['rule']}")
+    return "\n".join(lines)
+
+
+def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[str, Any] | None = None,
+                rule: str = "union", round_to: int = 8, min_channels: int = 8,
+                example_input: torch.Tensor | None = None, fold: bool = True,
+                skip_unsupported: bool = False) -> PruneResult:
+    """Prune `model` in place (new, smaller weight tensors) and return it with its recombination map,
+    per-layer table and stats. `keep` maps owner-BN paths to bool masks or kept-index lists; BNs left
+    out keep every channel. `example_input` defaults to a 1x3x64x64 image."""
+    x = example_input if example_input is not None else torch.zeros(1, 3, 64, 64)
+    graph = build_graph(model, x, skip_unsupported=skip_unsupported)
+    plan = decide(graph, keep, importance, rule=rule, round_to=round_to, min_channels=min_channels)
+    widths_before = {p: len(ids) for p, ids in {**graph.producers, **graph.depthwise}.items()}
+    cost_before = complexity(model, x)
+    if fold:
+        _fold(model, plan, x)
+    _slice(plan)
+    try:
+        cost_after = complexity(model, x)
+    except RuntimeError as exc:
+        raise PruneError(f"the pruned model no longer runs ({str(exc).splitlines()[0]}); the channel graph "
+                         "missed a dependency: please report the model") from None
+    table = _table(model, plan, widths_before)
+    rmap = recombination_map(plan)
+    j_before = sum(j["channels_before"] for j in rmap["junctions"])
+    j_kept = sum(len(j["kept"]) for j in rmap["junctions"])
+    stats = {
+        "rule": rule, "round_to": round_to, "min_channels": min_channels, "fold": fold,
+        "params_before": cost_before["params"], "params_after": cost_after["params"],
+        "flops_before": cost_before["flops"], "flops_after": cost_after["flops"],
+        "channels_before": sum(r["before"] for r in table), "channels_after": sum(r["after"] for r in table),
+        "junctions": len(rmap["junctions"]), "junction_channels_before": j_before,
+        "junction_channels_removed": j_before - j_kept,
+        "frozen": [{k: v for k, v in f.items()} for f in graph.frozen],
+    }
+    return PruneResult(model=model, recombination_map=rmap, table=table, stats=stats, plan=plan)

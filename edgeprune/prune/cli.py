@@ -1,0 +1,55 @@
+"""`edgeprune prune`: residual-reconstructed pruning of a checkpoint. Python 3.6 compatible; the
+handler imports torch lazily."""
+import argparse
+import json
+import sys
+
+EPILOG = """examples:
+  edgeprune prune runs/default/sparse.pt --ratios runs/default/ratios.json --out runs/default/pruned
+  edgeprune prune sparse.pt --threshold 0.01 --rule topk --round-to 8 --out pruned --json
+  edgeprune prune sparse.pt --global-ratio 0.5 --rule intersection --min-channels 16 --out pruned
+
+The output folder holds arch.json (spec with widths), weights.pt (state_dict), recombination.json
+and prune_table.json/.txt; load it with edgeprune.prune.io.load_pruned or `edgeprune export`."""
+
+
+def register(subparsers):
+    p = subparsers.add_parser("prune", help="prune a sparse checkpoint (residual reconstruction)",
+                              description="Physically prune the BN channels chosen by ratios.json, a |gamma| "
+                                          "threshold or a global ratio, keeping residual adds consistent.",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", metavar="CKPT", help="edgeprune checkpoint (.pt with spec + state_dict)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratios", metavar="JSON", help="ratios.json from `edgeprune sparse` (per-layer keep_idx)")
+    how.add_argument("--threshold", type=float, metavar="T", help="keep channels with |gamma| > T (slimming)")
+    how.add_argument("--global-ratio", type=float, metavar="R", help="remove the R share of smallest |gamma|")
+    p.add_argument("--rule", choices=("union", "intersection", "topk"), default="union",
+                   help="retained set at residual adds (default: union)")
+    p.add_argument("--round-to", type=int, default=8, help="round kept channels up to a multiple (default: 8)")
+    p.add_argument("--min-channels", type=int, default=8, help="keep at least this many per group (default: 8)")
+    p.add_argument("--no-fold", action="store_true", help="do not fold removed channels' act(beta) into consumers")
+    p.add_argument("--imgsz", type=int, default=None, help="example input side for tracing/FLOPs (default: "
+                                                            "the checkpoint's imgsz or 256)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--skip-unsupported", action="store_true", help="freeze layers around ops the graph cannot handle")
+    p.add_argument("--json", action="store_true", help="print the stats as JSON instead of the table")
+    p.set_defaults(handler=_run)
+
+
+def _run(args):
+    from ..errors import UsageError
+    if args.round_to < 1 or args.min_channels < 0:
+        raise UsageError("--round-to must be >= 1 and --min-channels >= 0")
+    from .run import prune_checkpoint
+
+    result = prune_checkpoint(args.checkpoint, out_dir=args.out, ratios=args.ratios, threshold=args.threshold,
+                              global_ratio=args.global_ratio, rule=args.rule, round_to=args.round_to,
+                              min_channels=args.min_channels, fold=not args.no_fold, imgsz=args.imgsz,
+                              skip_unsupported=args.skip_unsupported)
+    if args.json:
+        json.dump(result["stats"], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(result["text"] + "\n")
+        sys.stdout.write("wrote {}\n".format(args.out))
+    return 0

@@ -1,0 +1,129 @@
+"""Pruned-model artefacts for our detector: arch spec (JSON) + state_dict, never a pickled model.
+
+A pruned folder holds `arch.json` (the dense spec with `widths`), `weights.pt` (state_dict only,
+loaded with weights_only=True), `recombination.json` (CONTRACTS.md) and `prune_table.json` (+ .txt).
+`keep_from_ratios` reads the sparsity stage's `ratios.json` and checks it belongs to the model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelError, PruneError
+from ..fsio import AtomicFile, atomic_write_json, atomic_write_text
+from ..models.spec import load_spec, save_spec, with_widths
+from ..models.yolo import Detector, build_model
+
+FILES = ("arch.json", "weights.pt", "recombination.json", "prune_table.json")
+
+
+def spec_sha(spec: dict[str, Any]) -> str:
+    """sha256 of the dense spec without `widths` (the same digest the sparsity stage writes)."""
+    core = {k: v for k, v in spec.items() if k != "widths"}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+def spec_from_pruned(model: Detector, dense_spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec that rebuilds `model`: the dense topology with every Conv block's width."""
+    return with_widths(dense_spec, model.conv_widths())
+
+
+def save_pruned(out_dir: str | Path, model: Detector, spec: dict[str, Any], recombination_map: dict[str, Any],
+                table: list[dict[str, Any]], stats: dict[str, Any] | None = None) -> Path:
+    from .apply import format_table
+
+    out = Path(out_dir)
+    save_spec(spec, out / "arch.json")
+    with AtomicFile(out / "weights.pt", suffix=".pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    atomic_write_json(out / "recombination.json", recombination_map)
+    atomic_write_json(out / "prune_table.json", {"layers": table, "stats": stats or {}})
+    atomic_write_text(out / "prune_table.txt", format_table(table, stats) + "\n")
+    return out
+
+
+def load_pruned(path: str | Path) -> tuple[Detector, dict[str, Any]]:
+    """Rebuild a pruned detector from its folder -> (model, recombination map)."""
+    path = Path(path)
+    try:
+        spec = load_spec(path / "arch.json")
+        model = build_model(spec)
+    except ModelError as exc:
+        raise PruneError(f"{path}: {exc}") from None
+    weights = path / "weights.pt"
+    if not weights.is_file():
+        raise PruneError(f"{weights}: not found; a pruned folder holds {', '.join(FILES)} (re-run edgeprune prune)")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise PruneError(f"{weights}: truncated or corrupt ({str(exc).splitlines()[0]}); re-run edgeprune prune") from None
+    except Exception as exc:  # the weights_only unpickler refuses anything but tensors and plain containers
+        raise PruneError(f"{weights}: not a plain state_dict ({type(exc).__name__})") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise PruneError(f"{weights}: does not fit {path / 'arch.json'}: {str(exc).splitlines()[0]}") from None
+    rec_path = path / "recombination.json"
+    try:
+        rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {"version": 1, "junctions": []}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PruneError(f"{rec_path}: not valid JSON ({exc})") from None
+    return model, rec
+
+
+def keep_from_ratios(doc: Any, model: Detector, source: str = "ratios.json") -> dict[str, list[int]]:
+    """ratios.json (CONTRACTS.md) -> {bn_path: kept indices}, checked against `model`."""
+    if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("layers"), dict):
+        raise PruneError(f"{source}: not a version-1 ratios file (expected keys version=1, spec_sha, layers)")
+    spec = getattr(model, "spec", None)
+    if doc.get("spec_sha") is not None and spec is not None and doc["spec_sha"] != spec_sha(spec):
+        raise PruneError(f"{source}: spec_sha {str(doc['spec_sha'])[:12]}... does not match the checkpoint's "
+                         f"architecture {spec_sha(spec)[:12]}... (ratios for another architecture); re-run the "
+                         "sparse stage on this checkpoint")
+    mods = dict(model.named_modules())
+    keep: dict[str, list[int]] = {}
+    for bn, entry in doc["layers"].items():
+        if bn not in mods or not isinstance(mods[bn], torch.nn.BatchNorm2d):
+            raise PruneError(f"{source}: layers[{bn!r}] is not a BatchNorm of this model (ratios for another "
+                             "architecture?)")
+        n = mods[bn].num_features
+        if not isinstance(entry, dict) or not isinstance(entry.get("keep_idx"), list):
+            raise PruneError(f"{source}: layers[{bn!r}] needs a keep_idx list")
+        if entry.get("channels", n) != n:
+            raise PruneError(f"{source}: layers[{bn!r}] says {entry.get('channels')} channels, the model has {n} "
+                             "(ratios for another architecture or an already pruned model?)")
+        idx = entry["keep_idx"]
+        if any(not isinstance(i, int) or isinstance(i, bool) for i in idx):
+            raise PruneError(f"{source}: layers[{bn!r}].keep_idx must hold integers")
+        if "keep" in entry and entry["keep"] != len(idx):
+            raise PruneError(f"{source}: layers[{bn!r}]: keep={entry['keep']} but keep_idx has {len(idx)} entries")
+        keep[bn] = idx
+    return keep
+
+
+def keep_from_threshold(model: torch.nn.Module, bns: list[str], threshold: float) -> dict[str, Any]:
+    """Network-slimming masks: keep channels whose |gamma| exceeds `threshold`."""
+    mods = dict(model.named_modules())
+    return {bn: mods[bn].weight.detach().abs() > threshold for bn in bns}
+
+
+def keep_from_global_ratio(model: torch.nn.Module, bns: list[str], ratio: float) -> dict[str, Any]:
+    """Remove the `ratio` share of channels with the smallest |gamma| over all `bns` (one percentile)."""
+    if not 0.0 <= ratio < 1.0:
+        raise PruneError(f"--global-ratio must lie in [0, 1), got {ratio}")
+    mods = dict(model.named_modules())
+    gammas = [mods[b].weight.detach().abs() for b in bns]
+    if not gammas:
+        return {}
+    flat = torch.cat(gammas)
+    # rank instead of a percentile value, so ties (e.g. an untrained model's gamma == 1) cannot
+    # remove more than the asked share
+    order = torch.argsort(flat, stable=True)
+    keep_flat = torch.ones(flat.numel(), dtype=torch.bool)
+    keep_flat[order[:int(ratio * flat.numel())]] = False
+    return dict(zip(bns, keep_flat.split([g.numel() for g in gammas])))

@@ -1,0 +1,45 @@
+"""Checkpoint -> pruned folder, the body of `edgeprune prune` (and of the compress pipeline's prune stage)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import PruneError, UsageError
+from ..models.io import load_checkpoint, model_from_checkpoint
+from .apply import format_table, prune_model
+from .graph import build_graph
+from .io import keep_from_global_ratio, keep_from_ratios, keep_from_threshold, save_pruned, spec_from_pruned
+
+
+def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratios: str | Path | None = None,
+                     threshold: float | None = None, global_ratio: float | None = None, rule: str = "union",
+                     round_to: int = 8, min_channels: int = 8, fold: bool = True, imgsz: int | None = None,
+                     skip_unsupported: bool = False) -> dict[str, Any]:
+    if sum(x is not None for x in (ratios, threshold, global_ratio)) != 1:
+        raise UsageError("give exactly one of ratios, threshold, global_ratio")
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    dense_spec = {**model.spec, "widths": {}}
+    size = imgsz or (ckpt.get("imgsz") if isinstance(ckpt.get("imgsz"), int) else 256)
+    x = torch.zeros(1, 3, size, size)
+    if ratios is not None:
+        path = Path(ratios)
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PruneError(f"{path}: ratios file not found (run `edgeprune sparse` first)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PruneError(f"{path}: not valid JSON ({exc})") from None
+        keep: dict[str, Any] = keep_from_ratios(doc, model, str(path))
+    else:
+        bns = sorted(build_graph(model, x, skip_unsupported=skip_unsupported).owner_bn)
+        keep = keep_from_threshold(model, bns, threshold) if threshold is not None \
+            else keep_from_global_ratio(model, bns, global_ratio)
+    result = prune_model(model, keep, rule=rule, round_to=round_to, min_channels=min_channels, example_input=x,
+                         fold=fold, skip_unsupported=skip_unsupported)
+    spec = spec_from_pruned(result.model, dense_spec)
+    save_pruned(out_dir, result.model, spec, result.recombination_map, result.table, result.stats)
+    return {"stats": result.stats, "text": format_table(result.table, result.stats), "spec": spec}
