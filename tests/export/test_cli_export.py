@@ -91,3 +91,25 @@ def test_json_stdout_is_clean_in_a_real_process(tmp_path, dense_model):
                                                               "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["manifest"]["schema_version"] == 1
+
+
+@pytest.mark.slow
+def test_really_pruned_model_exports_and_verifies(tmp_path):
+    """h/prune's pruner output (arch.json + weights.pt + recombination.json) through export and verify."""
+    from edgeprune.models.spec import new_spec
+    from edgeprune.models.yolo import build_model
+    from edgeprune.prune.run import prune_checkpoint
+    from tests.export.export_helpers import NAMES, randomize_bn
+
+    model = randomize_bn(build_model(new_spec(len(NAMES), NAMES, size="n")), 3)
+    save_checkpoint(tmp_path / "dense.pt", model, imgsz=IMGSZ)
+    prune_checkpoint(tmp_path / "dense.pt", tmp_path / "pruned", global_ratio=0.5, imgsz=IMGSZ)
+    rec = json.loads((tmp_path / "pruned" / "recombination.json").read_text())
+    assert rec["junctions"]
+    assert main(["export", str(tmp_path / "pruned"), "--out", str(tmp_path / "b"), "--imgsz", str(IMGSZ),
+                 "--parity-images", "2"]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["recombination"]["junctions"] == len(rec["junctions"])
+    verify = json.loads((tmp_path / "b" / "reports" / "verify.json").read_text())
+    assert verify["ok"] and verify["checked"]["junctions"] == len(rec["junctions"])
+    assert main(["verify", str(tmp_path / "b")]) == 0
