@@ -1,0 +1,79 @@
+"""`edgeprune export` and `edgeprune verify`. Python 3.6 compatible: declares arguments only; the handlers
+import the torch/onnx side lazily."""
+import argparse
+import json
+import sys
+
+EXPORT_EPILOG = """example:
+  edgeprune export runs/default/pruned --out runs/default/bundle --imgsz 256 --images data/val/images
+  edgeprune export runs/default/finetune/best.pt --out bundle --nms-plugin --int8 --calib calib/ --json
+
+MODEL_DIR_OR_CKPT is a pruned model folder (arch.json + weights.pt [+ recombination.json, metrics.json])
+or an edgeprune checkpoint. The graph is simplified (onnxsim), checked, verified against the arch spec
+and recombination map, and compared with PyTorch through ONNX Runtime before the bundle is written."""
+
+VERIFY_EPILOG = """example:
+  edgeprune verify runs/default/bundle --json
+
+Re-checks the manifest and the sha256 of the model files, runs the graphsurgeon verification pass
+against the bundle's arch.json / onnx_map.json / recombination.json and an ONNX Runtime smoke run."""
+
+
+def register(subparsers):
+    p = subparsers.add_parser("export", help="export a model to a verified ONNX deploy bundle",
+                              epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="MODEL_DIR_OR_CKPT", help="pruned model folder or .pt checkpoint")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--imgsz", type=int, default=None, help="input side (default: the checkpoint's, else 256)")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset (13: TensorRT 8.0/8.2 on JetPack 4.6)")
+    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxsim (debugging)")
+    p.add_argument("--nms-plugin", action="store_true", help="append TensorRT's EfficientNMS_TRT to the graph")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (QDQ) calibrated on --calib")
+    p.add_argument("--calib", default=None, help="folder of .npy NCHW float32 calibration batches")
+    p.add_argument("--images", default=None, help="folder of images for the ORT/PyTorch parity check")
+    p.add_argument("--parity-images", type=int, default=8, help="how many images the parity check uses")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold written to the manifest / NMS plugin")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=300, help="detections kept per image")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_export)
+
+    v = subparsers.add_parser("verify", help="re-check a deploy bundle (sha256, graph verification, ORT smoke run)",
+                              epilog=VERIFY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("bundle", metavar="BUNDLE", help="bundle folder written by `edgeprune export`")
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.set_defaults(handler=_verify)
+
+
+def _export(args):
+    from .pipeline import export_bundle
+
+    res = export_bundle(args.source, args.out, imgsz=args.imgsz, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                        simplify=not args.no_simplify, nms_plugin=args.nms_plugin, int8=args.int8, calib=args.calib,
+                        images=args.images, parity_images=args.parity_images, conf=args.conf, iou=args.iou,
+                        max_det=args.max_det)
+    if args.json:
+        sys.stdout.write(json.dumps(res, indent=2) + "\n")
+    else:
+        m = res["manifest"]
+        sys.stdout.write("bundle {}: {} ({} nodes, opset {}, nms {}), verified {} convs / {} adds / {} concats, "
+                         "parity max|diff| {:.2e} on {} images{}\n".format(
+                             res["bundle"], m["model"]["file"], res["graph"]["nodes"], m["model"]["opset"],
+                             m["model"]["nms"], res["verify"]["conv"], res["verify"]["add"], res["verify"]["concat"],
+                             res["parity"]["max_abs_diff"], res["parity"]["images"],
+                             ", int8: " + m["extra_files"]["int8_model"] if "int8_model" in m["extra_files"] else ""))
+    return 0
+
+
+def _verify(args):
+    from .pipeline import verify_bundle
+
+    res = verify_bundle(args.bundle)
+    if args.json:
+        sys.stdout.write(json.dumps(res, indent=2) + "\n")
+    else:
+        sys.stdout.write("bundle {}: sha256 ok, verified {} convs / {} adds / {} concats / {} junctions, smoke {}\n".format(
+            res["bundle"], res["verify"]["conv"], res["verify"]["add"], res["verify"]["concat"],
+            res["verify"]["junctions"], res["smoke"]))
+    return 0

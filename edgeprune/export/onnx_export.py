@@ -1,0 +1,160 @@
+"""Export a Detector to ONNX: legacy TorchScript exporter -> onnxsim (with its own check) -> onnx.checker.
+
+The legacy exporter (`dynamo=False`) is used on purpose: the dynamo path needs `onnxscript`, which the host
+extra does not ship, and the TorchScript path names every Conv weight by its torch parameter path
+(`layers.2.m.0.cv1.conv.weight`) when BN is not folded at export time. We read that to map torch module paths
+to ONNX node names *before* onnxsim folds BN into the Conv weights (which renames the initializers but keeps
+node names), and carry the map forward for verification.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from ..errors import ExportError
+from ..fsio import AtomicFile
+from ..models.yolo import Detector
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "output"
+DEFAULT_OPSET = 13  # TensorRT 8.0/8.2 (JetPack 4.6) parse opset 13
+
+
+@dataclass
+class ExportResult:
+    model: onnx.ModelProto
+    conv_nodes: dict[str, str]            # torch Conv module path -> ONNX Conv node name
+    input_shape: list[int]
+    opset: int
+    dynamic_batch: bool
+    simplified: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _torch_export(model: Detector, dummy: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            # Constant folding off: Conv weights keep their torch names (see module docstring); onnxsim folds later.
+            torch.onnx.export(model, (dummy,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=False,
+                              dynamo=False)
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''} (try another --opset)") from None
+    return onnx.load_from_string(buf.getvalue())
+
+
+def conv_node_map(model: Detector, graph: onnx.ModelProto) -> dict[str, str]:
+    """torch Conv module path -> ONNX node name, read from the un-folded graph's weight initializer names."""
+    by_weight = {n.input[1]: n.name for n in graph.graph.node if n.op_type == "Conv" and len(n.input) > 1}
+    out: dict[str, str] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            node = by_weight.get(f"{path}.weight")
+            if node is None:
+                raise ExportError(f"no ONNX Conv node uses the weight of torch layer {path} "
+                                  "(exporter changed naming?); cannot verify widths")
+            if not node:
+                raise ExportError(f"the ONNX Conv node for torch layer {path} has no name")
+            out[path] = node
+    return out
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """onnxsim prints progress on stdout (Python and C++); keep stdout clean for `--json` consumers."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def simplify(graph: onnx.ModelProto, check_n: int = 1) -> onnx.ModelProto:
+    import onnxsim
+
+    try:
+        with _stdout_to_stderr():
+            simplified, ok = onnxsim.simplify(graph, check_n=check_n)
+    except Exception as exc:
+        raise ExportError(f"onnxsim failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                          "(export without simplification to inspect the raw graph)") from None
+    if not ok:
+        raise ExportError("onnxsim's own check found the simplified graph's outputs differ from the original")
+    return simplified
+
+
+def export_onnx(model: Detector, imgsz: int | tuple[int, int], opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = False, batch: int = 1, do_simplify: bool = True) -> ExportResult:
+    """Export `model` (eval mode, decoded `[B, N, 5+nc]` output) and return the checked ONNX graph in memory."""
+    if not isinstance(model, Detector):
+        raise ExportError(f"export expects an edgeprune Detector, got {type(model).__name__}")
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    if h % 32 or w % 32:
+        raise ExportError(f"input size {h}x{w}: both sides must be multiples of 32 (the largest stride)")
+    if not 7 <= opset <= 21:
+        raise ExportError(f"--opset {opset}: choose 11..21 (13 for TensorRT 8.0/8.2 on JetPack 4.6)")
+    was_training = model.training
+    model.eval()
+    try:
+        dummy = torch.zeros(batch, 3, h, w)
+        raw = _torch_export(model, dummy, opset, dynamic_batch)
+        node_map = conv_node_map(model, raw)
+    finally:
+        model.train(was_training)
+    graph = simplify(raw) if do_simplify else raw
+    if do_simplify:
+        names = {n.name for n in graph.graph.node if n.op_type == "Conv"}
+        lost = [p for p, n in node_map.items() if n not in names]
+        if lost:
+            raise ExportError(f"onnxsim renamed or removed Conv node {node_map[lost[0]]} (torch layer {lost[0]}); "
+                              "export with simplification off to verify")
+    check(graph)
+    return ExportResult(graph, node_map, [batch, 3, h, w], opset, dynamic_batch, do_simplify)
+
+
+def check(graph: onnx.ModelProto, source: str = "exported graph") -> None:
+    try:
+        onnx.checker.check_model(graph, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{source}: onnx.checker rejected the graph: {str(exc).splitlines()[0]}") from None
+
+
+def save_onnx(graph: onnx.ModelProto, path: str | Path) -> None:
+    with AtomicFile(path, suffix=".onnx") as tmp:
+        onnx.save(graph, tmp)
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: ONNX model not found")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ExportError(f"{path}: not a readable ONNX model ({type(exc).__name__}); re-export it") from None
+
+
+def graph_summary(graph: onnx.ModelProto) -> dict[str, Any]:
+    ops: dict[str, int] = {}
+    for n in graph.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {"nodes": len(graph.graph.node), "ops": dict(sorted(ops.items())),
+            "opset": max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))}

@@ -1,0 +1,116 @@
+"""`edgeprune export` / `edgeprune verify` as functions: model -> verified, parity-checked deploy bundle."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError, ExportError
+from ..models.spec import validate_spec
+from . import ort_run
+from .bundle import read_bundle, write_bundle
+from .nms_plugin import append_efficient_nms
+from .onnx_export import DEFAULT_OPSET, export_onnx, graph_summary, load_onnx
+from .parity import load_images, match_detections, run_parity, synthetic_images
+from .source import load_source
+from .verify import conv_flops, verify_graph
+
+
+def export_bundle(source: str | Path, out: str | Path, *, imgsz: int | None = None, opset: int = DEFAULT_OPSET,
+                  dynamic_batch: bool = False, simplify: bool = True, nms_plugin: bool = False,
+                  int8: bool = False, calib: str | Path | None = None, images: str | Path | None = None,
+                  parity_images: int = 8, conf: float = 0.25, iou: float = 0.45, max_det: int = 300) -> dict[str, Any]:
+    if int8 and calib is None:
+        raise ExportError("--int8 needs --calib DIR (a folder of .npy calibration batches; see `edgeprune calib build`)")
+    src = load_source(source)
+    size = imgsz or src.imgsz or 256
+    model, spec = src.model, src.model.spec
+    exp = export_onnx(model, size, opset=opset, dynamic_batch=dynamic_batch, do_simplify=simplify)
+    verify_report = verify_graph(exp.model, spec, exp.conv_nodes, src.recombination)
+    imgs = load_images(images, parity_images) if images else synthetic_images(parity_images, size)
+    parity = run_parity(model, exp.model, imgs, size)
+    parity["image_source"] = str(images) if images else "synthetic (no --images given)"
+    reports: dict[str, dict[str, Any]] = {"verify": verify_report, "parity": parity}
+    int8_graph = None
+    if int8:
+        from .quantize import quantize_int8
+
+        int8_graph, info = quantize_int8(exp.model, calib)
+        info.update(int8_fidelity(exp.model, int8_graph, imgs, size))
+        reports["int8"] = info
+    graph = exp.model
+    nms = "none"
+    if nms_plugin:
+        graph = append_efficient_nms(graph, model.num_classes, conf, iou, max_det)
+        int8_graph = append_efficient_nms(int8_graph, model.num_classes, conf, iou, max_det) if int8_graph else None
+        nms = "efficient_nms"
+    metrics = {k: src.metrics[k] for k in ("map50", "map") if isinstance(src.metrics.get(k), (int, float))}
+    metrics["params"] = int(sum(p.numel() for p in model.parameters()))
+    metrics["flops"] = conv_flops(exp.model) // exp.input_shape[0]
+    manifest = write_bundle(out, spec, exp, graph, nms=nms, conf=conf, iou=iou, max_det=max_det, metrics=metrics,
+                            recombination=src.recombination, reports=reports, int8_graph=int8_graph,
+                            calib_dir=calib if int8 else None)
+    return {"bundle": str(out), "manifest": manifest, "graph": graph_summary(graph), "verify": verify_report["checked"],
+            "parity": {k: parity[k] for k in ("max_abs_diff", "detection_match", "images")},
+            "int8": reports.get("int8")}
+
+
+def int8_fidelity(fp32, int8, images: list[np.ndarray], imgsz: int, conf: float = 0.25, iou: float = 0.45) -> dict[str, Any]:
+    """INT8 vs FP32 through ORT on the same images: output drift, detection agreement and CPU latency."""
+    from jetson.postprocess import postprocess
+    from jetson.preprocess import preprocess
+
+    s32, s8 = ort_run.session(fp32), ort_run.session(int8)
+    d32, d8, diffs = [], [], []
+    for img in images:
+        x, _ = preprocess(img, imgsz)
+        a, b = ort_run.run(s32, x), ort_run.run(s8, x)
+        diffs.append(float(np.abs(a[..., 4:] - b[..., 4:]).max()))
+        d32.append(postprocess(a, conf, iou)[0])
+        d8.append(postprocess(b, conf, iou)[0])
+    x, _ = preprocess(images[0], imgsz)
+    return {"max_abs_diff_scores": max(diffs), "detection_match_iou50": match_detections(d32, d8, 0.5, 0.1),
+            "latency_ms_fp32": ort_latency_ms(s32, x), "latency_ms_int8": ort_latency_ms(s8, x)}
+
+
+def ort_latency_ms(sess, x: np.ndarray, warmup: int = 3, iters: int = 20) -> dict[str, float]:
+    for _ in range(warmup):
+        ort_run.run(sess, x)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        ort_run.run(sess, x)
+        times.append((time.perf_counter() - t) * 1000.0)
+    return {"mean": float(np.mean(times)), "p50": float(np.percentile(times, 50)), "min": float(np.min(times))}
+
+
+def verify_bundle(path: str | Path) -> dict[str, Any]:
+    """Re-check a bundle: manifest + sha256, graphsurgeon pass against its arch spec/map, ORT smoke run."""
+    manifest = read_bundle(path)
+    root = Path(manifest["_root"])
+    extra = manifest["extra_files"]
+    graph = load_onnx(root / manifest["model"]["file"])
+    spec = conv_nodes = rec = None
+    if "arch" in extra and "onnx_map" in extra:
+        import json
+
+        try:
+            spec = validate_spec(json.loads((root / extra["arch"]).read_text()), str(root / extra["arch"]))
+            conv_nodes = json.loads((root / extra["onnx_map"]).read_text())["conv_nodes"]
+            rec = json.loads((root / extra["recombination"]).read_text()) if "recombination" in extra else None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"{root}: arch.json / onnx_map.json / recombination.json unreadable ({exc})") from None
+    report = verify_graph(graph, spec, conv_nodes, rec)
+    smoke: dict[str, Any] = {"skipped": "EfficientNMS_TRT runs in TensorRT only"}
+    if manifest["model"]["nms"] == "none":
+        shape = [d if isinstance(d, int) else 1 for d in manifest["model"]["input_shape"]]
+        out = ort_run.run(ort_run.session(graph), np.random.default_rng(0).random(shape, dtype=np.float32))
+        nc = len(manifest["classes"])
+        if out.ndim != 3 or out.shape[2] != 5 + nc or not np.isfinite(out).all():
+            raise BundleError(f"{root}: ORT smoke run gave output {list(out.shape)} (finite: {bool(np.isfinite(out).all())}), "
+                              f"expected [B, N, {5 + nc}]")
+        smoke = {"output_shape": list(out.shape)}
+    return {"bundle": str(root), "sha256": "ok", "verify": report["checked"], "smoke": smoke,
+            "model": manifest["model"]["file"], "nms": manifest["model"]["nms"]}

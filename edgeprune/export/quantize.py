@@ -1,0 +1,129 @@
+"""Host-side INT8: ONNX Runtime static quantization (QDQ, per-channel symmetric weights, symmetric activations,
+as TensorRT's explicit quantization expects) calibrated on `.npy` batches of preprocessed images.
+
+Calibration folder (docs/CONTRACTS.md, written by `edgeprune calib build`): float32 NCHW `.npy` batches,
+preprocessed exactly as the bundle's manifest says, listed in `manifest.json` ("files") or, without one,
+every `*.npy` in name order. Only Conv inputs are quantized: the box-decoding tail works in input pixels
+(0..imgsz) and would lose box precision at 8 bits, so it stays float.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import onnx
+
+from ..errors import DataError, ExportError
+from ..fsio import AtomicFile
+
+
+def calib_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: calibration folder not found (build one with `edgeprune calib build`)")
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            names = json.loads(manifest.read_text())["files"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{manifest}: expected a JSON object with a 'files' list ({exc})") from None
+        files = [folder / n for n in names]
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise DataError(f"{manifest}: lists {missing[0]}, which is missing")
+    else:
+        files = sorted(folder.glob("*.npy"))
+    if not files:
+        raise DataError(f"{folder}: no .npy calibration batches found")
+    return files
+
+
+class NpyCalibrationReader:
+    """onnxruntime CalibrationDataReader over a folder of `.npy` batches; yields batches of the model's batch
+    size (a fixed batch-1 model gets the images one by one)."""
+
+    def __init__(self, folder: str | Path, input_name: str, input_shape: list[int | str], max_images: int | None = None):
+        self.files = calib_files(folder)
+        self.input_name = input_name
+        self.shape = input_shape
+        self.max_images = max_images
+        self.images = 0
+        self._iter = self._batches()
+
+    def _load(self, path: Path) -> np.ndarray:
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        want = [d if isinstance(d, int) else None for d in self.shape[1:]]
+        if arr.dtype != np.float32 or arr.ndim != 4 or [int(d) for d in arr.shape[1:]] != want:
+            raise DataError(f"{path}: calibration batch is {arr.dtype} {list(arr.shape)}, the model needs "
+                            f"float32 [B, {', '.join(str(d) for d in want)}] (re-run `edgeprune calib build` "
+                            "with this model's input size)")
+        return arr
+
+    def _batches(self) -> Iterator[np.ndarray]:
+        step = self.shape[0] if isinstance(self.shape[0], int) else None
+        for path in self.files:
+            arr = self._load(path)
+            chunks = [arr] if step is None else [arr[i:i + step] for i in range(0, len(arr) - step + 1, step)]
+            for chunk in chunks:
+                if self.max_images is not None and self.images >= self.max_images:
+                    return
+                self.images += len(chunk)
+                yield chunk
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._iter, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def quantize_int8(fp32: onnx.ModelProto, calib_dir: str | Path, max_images: int | None = 256,
+                  method: str = "minmax") -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Return (QDQ INT8 model, info). `fp32` is the decoded-output graph (no NMS plugin: ORT must run it)."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ExportError(f"calibration method {method!r}: choose one of {sorted(methods)}")
+    inp = fp32.graph.input[0]
+    shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inp.type.tensor_type.shape.dim]
+    reader = NpyCalibrationReader(calib_dir, inp.name, shape, max_images)
+
+    class _Reader(CalibrationDataReader):
+        def get_next(self):
+            return reader.get_next()
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(fp32, str(src))
+        try:
+            quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["Conv"], calibrate_method=methods[method],
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        except DataError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime static quantization failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        if reader.images == 0:
+            raise DataError(f"{calib_dir}: no calibration images fit the model's batch size {shape[0]}")
+        q = onnx.load(str(dst))
+    ops: dict[str, int] = {}
+    for n in q.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    info = {"format": "QDQ", "per_channel": True, "symmetric": True, "method": method,
+            "calib_images": reader.images, "calib_files": len(reader.files),
+            "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0)}
+    return q, info
+
+
+def save_int8(graph: onnx.ModelProto, path: str | Path) -> None:
+    with AtomicFile(path, suffix=".onnx") as tmp:
+        onnx.save(graph, tmp)

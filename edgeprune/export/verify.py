@@ -1,0 +1,233 @@
+"""Graphsurgeon verification pass over an exported detector.
+
+Generic checks (any graph): every residual Add's inputs agree in channels; every Conv's weight in-channels x
+groups equals its input's channels; every channel Concat's output width is the sum of its inputs.
+Spec checks (when the arch spec, torch->ONNX Conv map and recombination map are given): each layer's in/out
+width equals what the spec builds, and each residual junction's producers emit exactly `len(kept)` channels
+and its consumers read exactly that many. Channels come from onnx shape inference, imported with graphsurgeon.
+Any mismatch -> ExportError naming the ONNX node.
+"""
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+
+from ..errors import ExportError
+from ..fsio import atomic_write_json
+from ..models.yolo import build_model
+
+_ACT_PASSTHROUGH = ("Mul", "Sigmoid", "Identity", "Relu")
+
+
+def _channels(t: gs.Tensor) -> int | None:
+    shape = t.values.shape if isinstance(t, gs.Constant) else t.shape
+    if shape is None or len(shape) < 2 or not isinstance(shape[1], int):
+        return None
+    return int(shape[1])
+
+
+def _rank(t: gs.Tensor) -> int | None:
+    shape = t.values.shape if isinstance(t, gs.Constant) else t.shape
+    return None if shape is None else len(shape)
+
+
+def _import(graph: onnx.ModelProto) -> gs.Graph:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(graph, strict_mode=False)
+    except Exception:  # a badly broken graph: verify what the raw graph says
+        inferred = graph
+    return gs.import_onnx(inferred)
+
+
+def _expected_convs(spec: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """torch Conv2d path -> (in_channels, out_channels) that the spec builds."""
+    model = build_model(spec)
+    return {p: (m.in_channels, m.out_channels) for p, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+
+
+class _Checker:
+    def __init__(self, g: gs.Graph):
+        self.g = g
+        self.nodes = {n.name: n for n in g.nodes}
+        self.issues: list[str] = []
+        self.unknown: list[str] = []
+        self.counts = {"conv": 0, "add": 0, "concat": 0, "layers": 0, "junctions": 0}
+
+    def conv_io(self, node: gs.Node) -> tuple[int, int] | None:
+        w = node.inputs[1]
+        shape = w.values.shape if isinstance(w, gs.Constant) else w.shape
+        if shape is None or len(shape) != 4:
+            self.unknown.append(f"ONNX node {node.name}: weight shape unknown")
+            return None
+        return int(shape[1]) * int(node.attrs.get("group", 1)), int(shape[0])
+
+    def generic(self) -> None:
+        for node in self.g.nodes:
+            if node.op == "Conv":
+                self._conv(node)
+            elif node.op == "Add":
+                self._add(node)
+            elif node.op == "Concat":
+                self._concat(node)
+
+    def _conv(self, node: gs.Node) -> None:
+        io = self.conv_io(node)
+        c_in = _channels(node.inputs[0])
+        if io is None:
+            return
+        if c_in is None:
+            self.unknown.append(f"ONNX node {node.name}: input channels unknown")
+            return
+        self.counts["conv"] += 1
+        if c_in != io[0]:
+            self.issues.append(f"ONNX node {node.name} (Conv): weight expects {io[0]} input channels "
+                               f"(in-channels x group) but its input {node.inputs[0].name} has {c_in}")
+        if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant) and node.inputs[2].values.shape[0] != io[1]:
+            self.issues.append(f"ONNX node {node.name} (Conv): bias has {node.inputs[2].values.shape[0]} entries "
+                               f"for {io[1]} output channels")
+
+    def _add(self, node: gs.Node) -> None:
+        a, b = node.inputs[:2]
+        if isinstance(a, gs.Constant) or isinstance(b, gs.Constant) or _rank(a) != 4 or _rank(b) != 4:
+            return  # broadcasts with constants (box decoding), not a residual junction
+        ca, cb = _channels(a), _channels(b)
+        if ca is None or cb is None:
+            self.unknown.append(f"ONNX node {node.name}: Add input channels unknown")
+            return
+        self.counts["add"] += 1
+        if ca != cb:
+            self.issues.append(f"ONNX node {node.name} (Add): inputs disagree in channels "
+                               f"({a.name}: {ca}, {b.name}: {cb})")
+
+    def _concat(self, node: gs.Node) -> None:
+        out = node.outputs[0]
+        if _rank(out) != 4 or node.attrs.get("axis") not in (1, -3):
+            return
+        widths = [_channels(t) for t in node.inputs]
+        c_out = _channels(out)
+        if None in widths or c_out is None:
+            self.unknown.append(f"ONNX node {node.name}: Concat widths unknown")
+            return
+        self.counts["concat"] += 1
+        if sum(widths) != c_out:
+            self.issues.append(f"ONNX node {node.name} (Concat): inputs {widths} add up to {sum(widths)}, "
+                               f"output has {c_out}")
+
+    def node(self, name: str, path: str) -> gs.Node | None:
+        node = self.nodes.get(name)
+        if node is None or node.op != "Conv":
+            self.issues.append(f"torch layer {path}: mapped ONNX Conv node {name} is not in the graph")
+            return None
+        return node
+
+    def layers(self, expected: dict[str, tuple[int, int]], conv_nodes: dict[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for path in sorted(set(expected) - set(conv_nodes)):
+            self.issues.append(f"torch layer {path}: no ONNX Conv node mapped to it")
+        for path, name in conv_nodes.items():
+            if path not in expected:
+                self.issues.append(f"ONNX node {name}: mapped to torch layer {path}, which the arch spec lacks")
+                continue
+            node = self.node(name, path)
+            io = self.conv_io(node) if node is not None else None
+            if io is None:
+                continue
+            self.counts["layers"] += 1
+            out[path] = {"node": name, "in": io[0], "out": io[1]}
+            if io != expected[path]:
+                self.issues.append(f"ONNX node {name} (torch layer {path}): in/out channels {io[0]}/{io[1]}, "
+                                   f"the arch spec says {expected[path][0]}/{expected[path][1]}")
+        return out
+
+    def _ancestors(self, tensor: gs.Tensor) -> set[str]:
+        seen: set[str] = set()
+        todo = deque([tensor])
+        while todo:
+            t = todo.popleft()
+            for producer in t.inputs:
+                if producer.name not in seen:
+                    seen.add(producer.name)
+                    todo.extend(producer.inputs)
+        return seen
+
+    def junction(self, j: dict[str, Any], conv_nodes: dict[str, str]) -> dict[str, Any]:
+        jid, kept = j.get("id", "?"), len(j.get("kept", []))
+        producers: dict[str, str] = {}
+        for path in j.get("producers", []):
+            name = conv_nodes.get(path)
+            node = self.node(name, path) if name else None
+            if name is None:
+                self.issues.append(f"junction {jid}: producer {path} has no ONNX Conv node")
+            io = self.conv_io(node) if node is not None else None
+            if io is None:
+                continue
+            producers[path] = name
+            if io[1] != kept:
+                self.issues.append(f"ONNX node {name} (producer {path} of junction {jid}): emits {io[1]} channels, "
+                                   f"the recombination map keeps {kept}")
+        for path in j.get("consumers", []):
+            name = conv_nodes.get(path)
+            node = self.node(name, path) if name else None
+            if node is None:
+                if name is None:
+                    self.issues.append(f"junction {jid}: consumer {path} has no ONNX Conv node")
+                continue
+            width = self._junction_width_into(node.inputs[0], set(producers.values()))
+            if width is None:
+                self.unknown.append(f"ONNX node {name}: cannot tell how many channels it reads from junction {jid}")
+            elif width != kept:
+                self.issues.append(f"ONNX node {name} (consumer {path} of junction {jid}): reads {width} channels "
+                                   f"from the junction, the recombination map keeps {kept}")
+        self.counts["junctions"] += 1
+        return {"id": jid, "kept": kept, "channels_before": j.get("channels_before"), "producers": producers}
+
+    def _junction_width_into(self, tensor: gs.Tensor, producer_names: set[str]) -> int | None:
+        """Channels a consumer reads from the junction: its whole input, or the Concat segments fed by it."""
+        src = tensor.inputs[0] if tensor.inputs else None
+        if src is not None and src.op == "Concat":
+            parts = [t for t in src.inputs if self._ancestors(t) & producer_names]
+            widths = [_channels(t) for t in parts]
+            return None if not parts or None in widths else sum(widths)
+        return _channels(tensor)
+
+
+def verify_graph(graph: onnx.ModelProto, spec: dict[str, Any] | None = None,
+                 conv_nodes: dict[str, str] | None = None, recombination: dict[str, Any] | None = None,
+                 report_path: str | Path | None = None) -> dict[str, Any]:
+    """Run the checks; write the JSON report (if asked) and raise ExportError on any mismatch."""
+    if (spec is None) != (conv_nodes is None):
+        raise ExportError("verification against the arch spec needs both the spec and the torch->ONNX Conv map")
+    if recombination is not None and conv_nodes is None:
+        raise ExportError("verification of the recombination map needs the torch->ONNX Conv map")
+    chk = _Checker(_import(graph))
+    chk.generic()
+    layers = chk.layers(_expected_convs(spec), conv_nodes) if spec is not None else {}
+    junctions = [chk.junction(j, conv_nodes) for j in (recombination or {}).get("junctions", [])]
+    report = {"ok": not chk.issues and not chk.unknown, "checked": chk.counts, "issues": chk.issues,
+              "unknown": chk.unknown, "layers": layers, "junctions": junctions}
+    if report_path is not None:
+        atomic_write_json(report_path, report)
+    problems = chk.issues + chk.unknown
+    if problems:
+        more = f" (+{len(problems) - 3} more; see the report)" if len(problems) > 3 else ""
+        raise ExportError("graph verification failed: " + "; ".join(problems[:3]) + more)
+    return report
+
+
+def conv_flops(graph: onnx.ModelProto) -> int:
+    """FLOPs (2 x MACs) of all Conv nodes at the graph's input size, from inferred shapes."""
+    total = 0
+    for node in _import(graph).nodes:
+        if node.op != "Conv":
+            continue
+        w, y = node.inputs[1], node.outputs[0]
+        if not isinstance(w, gs.Constant) or y.shape is None or not all(isinstance(d, int) for d in y.shape[1:]):
+            raise ExportError(f"ONNX node {node.name}: cannot count FLOPs (unknown weight or output shape)")
+        c_out, c_in_g, kh, kw = w.values.shape
+        total += 2 * c_out * y.shape[2] * y.shape[3] * c_in_g * kh * kw
+    return int(total)

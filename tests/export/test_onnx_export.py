@@ -1,0 +1,60 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeprune.errors import ExportError
+from edgeprune.export import ort_run
+from edgeprune.export.onnx_export import export_onnx, graph_summary, load_onnx, save_onnx
+
+from tests.export.export_helpers import IMGSZ, PRUNED_WIDTHS
+
+
+@pytest.mark.parametrize("which", ["dense", "pruned"])
+def test_export_simplifies_checks_and_names_io(which, request):
+    exp = request.getfixturevalue(f"{which}_export")
+    model = request.getfixturevalue(f"{which}_model")
+    g = exp.model
+    onnx.checker.check_model(g, full_check=True)
+    assert [i.name for i in g.graph.input] == ["images"] and [o.name for o in g.graph.output] == ["output"]
+    summary = graph_summary(g)
+    assert summary["opset"] == 13
+    assert "BatchNormalization" not in summary["ops"], "onnxsim should fold BN into the Convs"
+    assert summary["ops"]["Conv"] == 60
+    # every torch Conv maps to a distinct ONNX Conv of the right width
+    assert len(exp.conv_nodes) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert len(set(exp.conv_nodes.values())) == len(exp.conv_nodes)
+    inits = {i.name: i for i in g.graph.initializer}
+    nodes = {n.name: n for n in g.graph.node}
+    for block, width in PRUNED_WIDTHS.items():
+        w = inits[nodes[exp.conv_nodes[f"{block}.conv"]].input[1]]
+        expected = width if which == "pruned" else model.conv_widths()[block]
+        assert w.dims[0] == expected
+    out = ort_run.run(ort_run.session(g), np.zeros((1, 3, IMGSZ, IMGSZ), np.float32))
+    assert out.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 5 + 3)
+
+
+def test_dynamic_batch_and_opset(dense_model, tmp_path):
+    exp = export_onnx(dense_model, IMGSZ, opset=17, dynamic_batch=True)
+    assert graph_summary(exp.model)["opset"] == 17
+    save_onnx(exp.model, tmp_path / "m.onnx")
+    sess = ort_run.session(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).random((2, 3, IMGSZ, IMGSZ), dtype=np.float32)
+    out = ort_run.run(sess, x)
+    with torch.no_grad():
+        ref = dense_model(torch.from_numpy(x)).numpy()
+    assert out.shape == ref.shape and np.abs(out - ref).max() < 1e-3
+
+
+def test_export_errors(dense_model, tmp_path):
+    with pytest.raises(ExportError, match="multiples of 32"):
+        export_onnx(dense_model, 50)
+    with pytest.raises(ExportError, match="opset"):
+        export_onnx(dense_model, IMGSZ, opset=3)
+    with pytest.raises(ExportError, match="Detector"):
+        export_onnx(torch.nn.Conv2d(3, 3, 1), IMGSZ)
+    with pytest.raises(ExportError, match="not found"):
+        load_onnx(tmp_path / "none.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(ExportError, match="bad.onnx"):
+        load_onnx(tmp_path / "bad.onnx")
