@@ -54,7 +54,7 @@ def read_yolo_labels(path):
                 raise DataError("{}:{}: expected 'class cx cy w h', got {!r}".format(path, lineno, line.strip()))
             try:
                 c = int(fields[0])
-                w, h = float(fields[3]), float(fields[4])
+                _, _, w, h = [float(v) for v in fields[1:5]]
             except ValueError:
                 raise DataError("{}:{}: not numbers: {!r}".format(path, lineno, line.strip()))
             if c < 0 or not (0.0 <= w <= 1.0 and 0.0 <= h <= 1.0):
