@@ -88,3 +88,21 @@ def scale_boxes(boxes, meta):
     out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w)
     out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h)
     return out
+
+
+def from_efficient_nms(outputs, conf_threshold=0.0, max_detections=None):
+    """The four EfficientNMS_TRT outputs (num_detections [B,1], boxes [B,K,4] xyxy, scores [B,K], classes [B,K])
+    -> the same per-image (boxes, scores, class_ids) tuples as `postprocess` (NMS already done in the engine)."""
+    num, boxes, scores, classes = outputs
+    results = []
+    for b in range(boxes.shape[0]):
+        n = int(np.asarray(num[b]).reshape(-1)[0])
+        bx = boxes[b, :n].astype(np.float32)
+        sc = scores[b, :n].astype(np.float32)
+        cl = classes[b, :n].astype(np.int64)
+        keep = sc >= conf_threshold
+        bx, sc, cl = bx[keep], sc[keep], cl[keep]
+        if max_detections is not None:
+            bx, sc, cl = bx[:max_detections], sc[:max_detections], cl[:max_detections]
+        results.append((bx, sc, cl))
+    return results

@@ -62,5 +62,7 @@ def preprocess(img, size, pad_value=114, scale=1.0 / 255.0, mean=(0.0, 0.0, 0.0)
 def preprocess_from_manifest(img, manifest):
     """Pre-process exactly as the bundle's manifest says (see docs/CONTRACTS.md, `preprocess`)."""
     p = manifest["preprocess"]
+    if p.get("color", "RGB") == "BGR":  # the network was trained on BGR input; images arrive RGB
+        img = np.ascontiguousarray(img[..., ::-1])
     return preprocess(img, tuple(p["size"]), p.get("pad_value", 114), p.get("scale", 1.0 / 255.0),
                       tuple(p.get("mean", (0.0, 0.0, 0.0))), tuple(p.get("std", (1.0, 1.0, 1.0))))
