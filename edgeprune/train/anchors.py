@@ -3,7 +3,10 @@
 The metric is YOLOv5's shape match: a box fits an anchor when max(w/aw, aw/w, h/ah, ah/h) < thr
 (thr = the loss's anchor_t, 4). BPR is the share of boxes that fit at least one anchor. The synthetic
 targets are small (8-100 px) and YOLOv5's COCO anchors fit them badly, so new models get k-means
-anchors whenever the defaults' BPR is below 0.98.
+anchors whenever the defaults' BPR is below 0.98. Because the 4x ratio rule is loose, BPR alone rarely
+flags anchors that are merely poor (COCO's P5 anchors of 116-373 px against 8-100 px boxes still give BPR 1),
+so the anchors are also replaced when k-means improves the fitness (mean best ratio per box, 0 for a box
+no anchor matches) by more than `min_gain` (5 %).
 """
 from __future__ import annotations
 
@@ -54,6 +57,14 @@ def best_possible_recall(wh: np.ndarray, anchors: np.ndarray | list, thr: float 
     return float((_fit(wh, a).max(1) > 1.0 / thr).mean())
 
 
+def anchor_fitness(wh: np.ndarray, anchors: np.ndarray | list, thr: float = 4.0) -> float:
+    """Mean over boxes of the best anchor's side ratio (1 = a perfectly shaped anchor), 0 if none matches."""
+    if len(wh) == 0:
+        return 1.0
+    best = _fit(wh, np.asarray(anchors, dtype=np.float64).reshape(-1, 2)).max(1)
+    return float((best * (best > 1.0 / thr)).mean())
+
+
 def kmeans_anchors(wh: np.ndarray, n: int = 9, seed: int = 0, iters: int = 100) -> np.ndarray:
     """k-means in log(w, h) space (a ratio-aware distance, like the w/h-ratio match), k-means++ seeding.
     Returns (n, 2) anchors sorted by area."""
@@ -78,18 +89,22 @@ def kmeans_anchors(wh: np.ndarray, n: int = 9, seed: int = 0, iters: int = 100) 
 
 
 def auto_anchors(samples: Iterable, imgsz: int, current: list[list[float]], thr: float = 4.0,
-                 min_bpr: float = 0.98, seed: int = 0) -> tuple[list[list[float]], dict]:
-    """Anchors to use for a new model: `current` if their BPR >= min_bpr, else k-means anchors (3 per level,
-    small to large) when they recall better. Returns (anchors as 3 lists of 6, report dict)."""
+                 min_bpr: float = 0.98, min_gain: float = 0.05, seed: int = 0) -> tuple[list[list[float]], dict]:
+    """Anchors to use for a new model: k-means anchors (3 per level, small to large) when `current` has
+    BPR < min_bpr or k-means improves the fitness by more than min_gain (relative); else `current`.
+    Returns (anchors as 3 lists of 6, report dict)."""
     wh = box_sizes(samples, imgsz)
-    bpr = best_possible_recall(wh, current, thr)
-    report = {"boxes": int(len(wh)), "bpr_before": bpr, "bpr_after": bpr, "changed": False}
-    if bpr >= min_bpr or len(wh) < 9:
-        return [list(map(float, a)) for a in current], report
+    bpr, fit = best_possible_recall(wh, current, thr), anchor_fitness(wh, current, thr)
+    report = {"boxes": int(len(wh)), "bpr_before": bpr, "bpr_after": bpr, "fitness_before": fit,
+              "fitness_after": fit, "changed": False}
+    keep = [list(map(float, a)) for a in current]
+    if len(wh) < 9:
+        return keep, report
     new = kmeans_anchors(wh, 9, seed)
-    new_bpr = best_possible_recall(wh, new, thr)
-    if new_bpr <= bpr:
-        return [list(map(float, a)) for a in current], report
+    new_bpr, new_fit = best_possible_recall(wh, new, thr), anchor_fitness(wh, new, thr)
+    better = new_bpr >= bpr and (bpr < min_bpr or new_fit > fit * (1 + min_gain))
+    if not better:
+        return keep, report
     levels = [[round(float(v), 2) for v in new[3 * i:3 * i + 3].reshape(-1)] for i in range(3)]
-    report.update(bpr_after=new_bpr, changed=True, anchors=levels)
+    report.update(bpr_after=new_bpr, fitness_after=new_fit, changed=True, anchors=levels)
     return levels, report
