@@ -21,6 +21,12 @@ def gamma_histogram(gammas: torch.Tensor) -> list[int]:
     return np.histogram(logs, bins=HIST_EDGES)[0].astype(int).tolist()
 
 
+def total_steps(trainer: Any) -> int:
+    """Optimizer steps of the run: `trainer.total_steps` if it has one, else epochs x iterations per epoch."""
+    total = getattr(trainer, "total_steps", None)
+    return int(total) if total else int(trainer.epochs) * int(trainer.nb)
+
+
 class SparsityHook:
     def __init__(self, cfg: SparseConfig):
         self.cfg = cfg
@@ -40,7 +46,7 @@ class SparsityHook:
 
     def on_train_start(self, trainer: Any) -> None:
         model = unwrap(trainer.model)
-        self.reg = L1RRRegularizer(model, self.cfg, trainer.total_steps)
+        self.reg = L1RRRegularizer(model, self.cfg, total_steps(trainer))
         if trainer.teacher is not None:
             trainer.teacher.eval()
             for p in trainer.teacher.parameters():
