@@ -71,26 +71,21 @@ class _Provenance(fx.Interpreter):
 
 
 def trace_channels(model: nn.Module, example: torch.Tensor) -> dict[str, ConvInfo]:
-    """ConvInfo by conv path, from one train-mode forward of `example` (no gradients, BN stats untouched)."""
+    """ConvInfo by conv path, from one forward of `example` through the traced train-mode graph."""
     model = unwrap(model)
+    was_training = model.training
+    model.train()           # trace the train-mode branch (raw head maps: convs only, no decoding)
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types on dynamic control flow
         raise SparsityError(f"{type(model).__name__}: torch.fx cannot trace it ({type(exc).__name__}: {exc}); "
                             "the ratio solver needs a traceable model") from None
-    was_training = model.training
-    gm.train()
-    momenta = {m: m.momentum for m in gm.modules() if isinstance(m, nn.BatchNorm2d)}
-    for m in momenta:       # freeze running stats: this forward only measures shapes
-        m.momentum = 0.0
-    try:
-        interp = _Provenance(gm)
-        with torch.no_grad():
-            interp.run(example)
     finally:
-        for m, mom in momenta.items():
-            m.momentum = mom
         model.train(was_training)
+    gm.eval()               # run with BN running stats: works for batch 1 and leaves the stats untouched
+    interp = _Provenance(gm)
+    with torch.no_grad():
+        interp.run(example)
     return interp.convs
 
 

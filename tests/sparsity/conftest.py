@@ -8,7 +8,9 @@ from edgeprune.models.yolo import build_model
 
 @pytest.fixture
 def cfg():
-    return make_config("quick")
+    cfg = make_config("quick")
+    cfg.sparse.ratio_grid = 4      # fewer candidate ratios per layer: keeps the solver tests fast
+    return cfg
 
 
 @pytest.fixture
@@ -27,6 +29,6 @@ def tiny_model():
 @pytest.fixture
 def batch():
     gen = torch.Generator().manual_seed(2)
-    imgs = torch.rand(2, 3, 64, 64, generator=gen)
+    imgs = torch.rand(2, 3, 32, 32, generator=gen)
     targets = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.3], [1, 1, 0.25, 0.25, 0.1, 0.1]])
     return imgs, targets
