@@ -84,6 +84,30 @@ class SparseConfig:
     zero_threshold: float = 1e-2       # |gamma| below this counts as zero
     refresh_every: int = 50            # steps between reweighting refreshes
     flops_target: float = 0.65         # global FLOPs reduction the ratio solver aims for
+    # --- L1RR details (edgeprune/sparsity; docs/l1rr.md derives each one; the paper gives none of them) ---
+    reweight_eps: float = 0.05         # eps in the reweighting w = 1/(|gamma|+eps)
+    reweight_max: float = 10.0         # cap on a normalised channel weight (stops near-zero channels dominating)
+    beta_l1: float = 0.0               # L1 on BN beta as a multiple of the gamma strength (yolov5 slimming repos: 10)
+    ramp_frac: float = 0.05            # dynamic: share of steps over which s(t) ramps in from 0
+    relax_frac: float = 0.2            # dynamic: final share of steps over which s(t) decays so accuracy recovers
+    relax_to: float = 0.1              # dynamic: s(t) at the very end as a multiple of its value when relaxing starts
+    dyn_gain: float = 0.1              # dynamic: log s grows by dyn_gain * gap per 1% of training
+    lam_max_mult: float = 100.0        # dynamic: s(t) stays within [lam_min_mult, lam_max_mult] * lam
+    lam_min_mult: float = 0.1
+    adapt_redundancy: float = 1.0      # self-adaptive: exponent on a layer's gamma redundancy (more -> more penalty)
+    adapt_importance: float = 0.5      # self-adaptive: exponent on a layer's target-attention importance (more -> less)
+    adapt_clip: float = 4.0            # self-adaptive: per-layer lambda multiplier clipped to [1/clip, clip]
+    adapt_momentum: float = 0.8        # self-adaptive: EMA momentum of the per-layer statistics
+    attention_p: float = 2.0           # attention map A = normalise(mean_c |F|^p)
+    fg_weight: float = 4.0             # attention: extra weight inside ground-truth boxes (1 outside)
+    small_area: float = 1024.0         # attention: boxes smaller than this many px^2 are boosted ...
+    small_boost: float = 4.0           # ... by sqrt(small_area/area), at most this factor
+    slim_lam: float = 1e-4             # slimming: the constant lam of network slimming (Liu et al. 2017: 1e-4)
+    slim_decay: bool = True            # slimming: lam decays linearly to 0.1*lam like the yolov5 slimming repos
+    importance: str = "taylor"         # ratio solver channel ranking: gamma (|gamma|) | taylor (|gamma| x target attention Taylor)
+    mask_beta: bool = True             # ratio solver: masking zeroes beta too (False: keep beta, as the pruner folds it)
+    ratio_batches: int = 2             # validation batches the ratio solver measures attention deviation on
+    ratio_grid: int = 8                # ratio solver: candidate keep fractions per layer (1/grid steps)
 
 
 @dataclass
@@ -154,6 +178,7 @@ CHOICES = {
     "model.size": ("n", "s", "m"),
     "train.optimizer": ("sgd", "adamw"),
     "sparse.method": ("l1rr", "slimming"),
+    "sparse.importance": ("gamma", "taylor"),
     "prune.rule": ("union", "intersection", "topk"),
 }
 
@@ -173,6 +198,18 @@ def _check_ranges(cfg: Config) -> None:
             raise bad(key, f"must lie strictly between 0 and 1, got {flat[key]}")
     for key in ("train.epochs", "train.batch", "sparse.epochs", "prune.round_to", "prune.min_channels",
                 "data.synth_train", "data.synth_val", "data.synth_size"):
+        if flat[key] < 1:
+            raise bad(key, f"must be >= 1, got {flat[key]}")
+    for key in ("sparse.ramp_frac", "sparse.relax_frac", "sparse.relax_to", "sparse.adapt_momentum"):
+        if not 0.0 <= flat[key] <= 1.0:
+            raise bad(key, f"must lie in [0, 1], got {flat[key]}")
+    if cfg.sparse.ramp_frac + cfg.sparse.relax_frac > 1.0:
+        raise bad("sparse.relax_frac", "sparse.ramp_frac + sparse.relax_frac must be <= 1")
+    for key in ("sparse.lam", "sparse.reweight_eps", "sparse.zero_threshold", "sparse.attention_tol",
+                "sparse.adapt_clip", "sparse.lam_max_mult", "sparse.lam_min_mult", "sparse.attention_p", "sparse.slim_lam"):
+        if flat[key] <= 0:
+            raise bad(key, f"must be > 0, got {flat[key]}")
+    for key in ("sparse.refresh_every", "sparse.ratio_batches", "sparse.ratio_grid"):
         if flat[key] < 1:
             raise bad(key, f"must be >= 1, got {flat[key]}")
     if cfg.finetune.epochs < 0:

@@ -1,0 +1,89 @@
+"""Feature attention loss: how far the student's spatial attention on the P3-P5 neck features drifts
+from the frozen dense teacher's, weighted towards ground-truth targets (small ones weighted up).
+
+A(F) = vec(mean_c |F_c|^p) / ||vec(mean_c |F_c|^p)||_2          (Zagoruyko & Komodakis style, per image)
+dev  = sum_x w(x) (A_s(x) - A_t(x))^2,   w = W / mean(W)         (= squared L2 distance when W == 1, in [0, 2])
+W(x) = 1 + fg_weight * max_{boxes b covering x} boost(b),  boost(b) = clip(sqrt(small_area / area_b), 1, small_boost)
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+STRIDES = (8, 16, 32)
+
+
+def attention_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H*W], non-negative, unit L2 norm per image."""
+    a = feat.float().abs().pow(p).mean(1).flatten(1)
+    a = a / a.amax(dim=1, keepdim=True).clamp_min(1e-30)   # scale first: tiny features must not underflow
+    return a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def target_weights(targets: torch.Tensor, batch: int, h: int, w: int, stride: int, fg_weight: float = 4.0,
+                   small_area: float = 1024.0, small_boost: float = 4.0) -> torch.Tensor:
+    """Per-pixel weight map [B, H, W] of one feature level.
+
+    `targets` is [M, 6] = (image index, class, cx, cy, w, h), box coordinates normalised to the input.
+    Every box marks at least the cell holding its centre, so boxes smaller than a cell still count."""
+    weights = torch.ones(batch, h, w)
+    if targets is None or len(targets) == 0 or fg_weight == 0:
+        return weights
+    t = targets.detach().float().cpu()
+    img_px = (h * stride) * (w * stride)
+    for b, _, cx, cy, bw, bh in t.tolist():
+        area = max(bw * bh * img_px, 1e-6)
+        boost = min(max(math.sqrt(small_area / area), 1.0), small_boost)
+        x1 = min(int(math.floor((cx - bw / 2) * w)), int(cx * w))
+        x2 = max(int(math.ceil((cx + bw / 2) * w)), int(cx * w) + 1)
+        y1 = min(int(math.floor((cy - bh / 2) * h)), int(cy * h))
+        y2 = max(int(math.ceil((cy + bh / 2) * h)), int(cy * h) + 1)
+        x1, y1 = max(x1, 0), max(y1, 0)
+        x2, y2 = min(x2, w), min(y2, h)
+        region = weights[int(b), y1:y2, x1:x2]
+        region.clamp_(min=1.0 + fg_weight * boost)
+    return weights
+
+
+def level_weights(feats: Sequence[torch.Tensor], targets: torch.Tensor | None, fg_weight: float,
+                  small_area: float, small_boost: float) -> list[torch.Tensor]:
+    """[B, H*W] weights per level, normalised to mean 1 per image, on the features' device."""
+    out = []
+    for f, s in zip(feats, STRIDES):
+        b, _, h, w = f.shape
+        wm = target_weights(targets, b, h, w, s, fg_weight, small_area, small_boost).flatten(1)
+        out.append((wm / wm.mean(1, keepdim=True)).to(f.device, f.dtype))
+    return out
+
+
+def attention_deviation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                        targets: torch.Tensor | None = None, p: float = 2.0, fg_weight: float = 4.0,
+                        small_area: float = 1024.0, small_boost: float = 4.0) -> torch.Tensor:
+    """Per-image deviation [B], averaged over the levels. 0 for identical features."""
+    weights = level_weights(student, targets, fg_weight, small_area, small_boost)
+    devs = []
+    for fs, ft, wl in zip(student, teacher, weights):
+        diff = attention_map(fs, p) - attention_map(ft.detach(), p)
+        devs.append((wl * diff.pow(2)).sum(1))
+    return torch.stack(devs, 0).mean(0)
+
+
+def attention_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                   targets: torch.Tensor | None = None, **kw: float) -> torch.Tensor:
+    """Scalar loss = batch mean of `attention_deviation` (differentiable w.r.t. the student)."""
+    return attention_deviation(student, teacher, targets, **kw).mean()
+
+
+def target_energy(feats: Sequence[torch.Tensor], targets: torch.Tensor | None, p: float = 2.0,
+                  fg_weight: float = 4.0, small_area: float = 1024.0, small_boost: float = 4.0) -> torch.Tensor:
+    """Attention mass on targets: sum over levels of mean_x W'(x) * mean_c |F|^p with W' the *extra*
+    target weight (0 outside boxes). Its gradient w.r.t. a BN gamma, times gamma, is that channel's
+    Taylor importance for the targets (used by self-adaptation and the ratio solver)."""
+    total = feats[0].new_zeros(())
+    for f, wl in zip(feats, level_weights(feats, targets, fg_weight, small_area, small_boost)):
+        raw = f.abs().pow(p).mean(1).flatten(1)
+        fg = (wl - wl.min(1, keepdim=True).values).clamp_min(0)
+        total = total + (fg * raw).mean(1).sum() / max(1, f.shape[0])
+    return total

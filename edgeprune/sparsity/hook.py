@@ -1,0 +1,122 @@
+"""The trainer hook (CONTRACTS.md, Training): attention loss in `extra_loss`, L1RR subgradients in
+`after_backward`, sparsity statistics in `on_epoch_end`, resumable through `state_dict`."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import SparseConfig
+from .attention import attention_loss, target_energy
+from .bnscan import unwrap
+from .regularizer import L1RRRegularizer
+
+# log10|gamma| histogram bins for the per-epoch snapshots (plots.py draws them).
+HIST_EDGES = np.linspace(-5.0, 1.0, 61)
+
+
+def gamma_histogram(gammas: torch.Tensor) -> list[int]:
+    logs = np.log10(np.clip(gammas.detach().abs().cpu().numpy(), 10 ** HIST_EDGES[0], 10 ** HIST_EDGES[-1]))
+    return np.histogram(logs, bins=HIST_EDGES)[0].astype(int).tolist()
+
+
+def total_steps(trainer: Any) -> int:
+    """Optimizer steps of the run: `trainer.total_steps` if it has one, else epochs x iterations per epoch."""
+    total = getattr(trainer, "total_steps", None)
+    return int(total) if total else int(trainer.epochs) * int(trainer.nb)
+
+
+class SparsityHook:
+    def __init__(self, cfg: SparseConfig):
+        self.cfg = cfg
+        self.reg: L1RRRegularizer | None = None
+        self.steps: list[list[float]] = []     # [step, s(t), share, attention loss]
+        self.epochs: list[dict[str, Any]] = []
+        self._last_att = 0.0
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def use_attention(self) -> bool:
+        return self.cfg.method == "l1rr" and self.cfg.attention and self.cfg.attention_weight > 0
+
+    def _kw(self) -> dict[str, float]:
+        c = self.cfg
+        return {"p": c.attention_p, "fg_weight": c.fg_weight, "small_area": c.small_area, "small_boost": c.small_boost}
+
+    def on_train_start(self, trainer: Any) -> None:
+        model = unwrap(trainer.model)
+        self.reg = L1RRRegularizer(model, self.cfg, total_steps(trainer))
+        if trainer.teacher is not None:
+            trainer.teacher.eval()
+            for p in trainer.teacher.parameters():
+                p.requires_grad_(False)
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+        else:
+            self.reg.refresh()
+            self.epochs.append(self._snapshot(-1))
+
+    def extra_loss(self, trainer: Any, imgs: torch.Tensor, targets: torch.Tensor, feats: list[torch.Tensor]):
+        assert self.reg is not None, "on_train_start was not called"
+        if self.reg.adaptive and trainer.step % self.cfg.refresh_every == 0:
+            self._observe_taylor(targets, feats)
+        if not (self.use_attention and trainer.teacher is not None):
+            return None
+        with torch.no_grad():
+            teacher_feats = trainer.teacher.forward_features(imgs)
+        loss = attention_loss(feats, teacher_feats, targets, **self._kw())
+        self._last_att = float(loss.detach())
+        return self.cfg.attention_weight * loss, {"att": self._last_att}
+
+    def _observe_taylor(self, targets: torch.Tensor, feats: list[torch.Tensor]) -> None:
+        """Target-region Taylor importance |gamma * dE/dgamma| of every penalised BN, from this step's graph."""
+        names = list(self.reg.bns)
+        params = [self.reg.bns[n].weight for n in names]
+        energy = target_energy(feats, targets, **self._kw())
+        if not energy.requires_grad:
+            return
+        grads = torch.autograd.grad(energy, params, retain_graph=True, allow_unused=True)
+        self.reg.observe_importance({n: (g * p.detach()).abs() for n, g, p in zip(names, grads, params)
+                                     if g is not None})
+
+    def after_backward(self, trainer: Any, step: int) -> None:
+        assert self.reg is not None, "on_train_start was not called"
+        if step % self.cfg.refresh_every == 0:
+            self.reg.refresh()
+        s = self.reg.apply(step)
+        self.steps.append([int(step), float(s), self.reg.zero_share(), self._last_att])
+
+    def _snapshot(self, epoch: int) -> dict[str, Any]:
+        reg = self.reg
+        gam = torch.cat([m.weight.detach().abs().flatten() for m in reg.all_bns.values()])
+        return {"epoch": int(epoch), "zero_share": reg.zero_share(), "zero_share_all": reg.zero_share(False),
+                "strength": reg.strength, "hist": gamma_histogram(gam),
+                "lams": {n: round(v, 4) for n, v in reg.lams.items()}}
+
+    def on_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float]:
+        snap = self._snapshot(epoch)
+        self.epochs.append(snap)
+        return {"zero_share": snap["zero_share"], "sparse_s": snap["strength"], "att": self._last_att}
+
+    def log(self) -> dict[str, Any]:
+        """What run.py writes to sparsity.json."""
+        return {"zero_threshold": self.cfg.zero_threshold, "target": self.cfg.target,
+                "hist_edges_log10": HIST_EDGES.tolist(), "epochs": self.epochs,
+                "steps": self.steps}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reg": self.reg.state_dict() if self.reg else None, "steps": self.steps, "epochs": self.epochs}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        # The trainer may restore before on_train_start built the regularizer: keep it until then.
+        if self.reg is None:
+            self._pending = d
+        else:
+            self._restore(d)
+
+    def _restore(self, d: dict[str, Any]) -> None:
+        if d.get("reg"):
+            self.reg.load_state_dict(d["reg"])
+        self.steps, self.epochs = list(d["steps"]), list(d["epochs"])

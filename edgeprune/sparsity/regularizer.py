@@ -1,0 +1,184 @@
+"""The L1RR penalty  P = s(t) * sum_l lam_l * sum_c w_lc |gamma_lc|  (+ beta_l1 * s(t) * sum |beta|),
+applied as a subgradient after backward:  gamma.grad += s(t) * lam_l * w_lc * sign(gamma).
+
+- reweighting:   w_lc = (1/(|gamma_lc|+eps)) / mean_c(1/(|gamma_lc|+eps)), capped at reweight_max and
+                 refreshed every `refresh_every` steps (reweighted L1, Candes et al. 2008);
+- dynamic:       s(t) ramps in, then follows the sparsity gap (see `StrengthController`), then relaxes;
+- self-adaptive: lam_l from each layer's gamma redundancy and target-attention importance (`layer_lams`);
+- slimming:      s(t) = slim_lam (optionally decayed linearly to 0.1x), w = 1, lam_l = 1, and residual-tied
+                 BNs are not penalised (the popular YOLOv5 slimming recipe).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import SparseConfig
+from .bnscan import prunable_bns, slimming_excluded
+
+
+class StrengthController:
+    """Global strength s(t) for `total_steps` optimizer steps.
+
+    dynamic (l1rr): ramp      s = lam * t / T_ramp                                  t < T_ramp
+                    control   log s += dyn_gain * (target - share) * 100 / T       (grows behind, shrinks ahead)
+                    relax     s = s_relax * (1 - (1 - relax_to) * progress)          last relax_frac of steps
+    not dynamic:    s = lam (l1rr) or the slimming schedule lam * (1 - 0.9 t / T).
+    """
+
+    def __init__(self, cfg: SparseConfig, total_steps: int):
+        self.cfg = cfg
+        self.total = max(1, int(total_steps))
+        self.slimming = cfg.method == "slimming"
+        self.base = cfg.slim_lam if self.slimming else cfg.lam
+        self.value = self.base          # the controller's integrator (in the control phase)
+        self.relax_from: float | None = None
+
+    @property
+    def ramp_end(self) -> int:
+        return int(round(self.cfg.ramp_frac * self.total))
+
+    @property
+    def relax_start(self) -> int:
+        return int(round((1.0 - self.cfg.relax_frac) * self.total))
+
+    def phase(self, step: int) -> str:
+        if step < self.ramp_end:
+            return "ramp"
+        return "relax" if step >= self.relax_start else "control"
+
+    def update(self, step: int, share: float) -> float:
+        """s(t) for this step, given the current share of |gamma| below zero_threshold."""
+        cfg, t = self.cfg, min(step, self.total)
+        if self.slimming or not cfg.dynamic:
+            decay = (1.0 - 0.9 * t / self.total) if (self.slimming and cfg.slim_decay) else 1.0
+            return self.base * decay
+        phase = self.phase(step)
+        if phase == "ramp":
+            return self.base * (step + 1) / max(1, self.ramp_end)
+        if phase == "control":
+            gap = cfg.target - share
+            self.value *= math.exp(cfg.dyn_gain * gap * 100.0 / self.total)
+            self.value = min(max(self.value, cfg.lam_min_mult * self.base), cfg.lam_max_mult * self.base)
+            return self.value
+        if self.relax_from is None:
+            self.relax_from = self.value
+        span = max(1, self.total - self.relax_start)
+        progress = min(1.0, (step - self.relax_start) / span)
+        return self.relax_from * (1.0 - (1.0 - cfg.relax_to) * progress)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "relax_from": self.relax_from, "total": self.total}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.value, self.relax_from, self.total = float(d["value"]), d["relax_from"], int(d["total"])
+
+
+def reweight(gamma: torch.Tensor, eps: float, cap: float) -> torch.Tensor:
+    """Normalised reweighting of one layer: mean 1 before capping; weak channels > 1, strong < 1."""
+    w = 1.0 / (gamma.detach().abs() + eps)
+    return (w / w.mean()).clamp(max=cap)
+
+
+def redundancy(gamma: torch.Tensor) -> float:
+    """1 - participation ratio / C: 0 when all |gamma| are equal, -> 1 when a few channels carry the layer."""
+    g = gamma.detach().abs().double()
+    c = g.numel()
+    denom = float((g * g).sum())
+    if denom == 0.0:
+        return 1.0
+    return float(1.0 - (g.sum() ** 2 / denom) / c)
+
+
+def layer_lams(red: dict[str, float], imp: dict[str, float], sizes: dict[str, int], cfg: SparseConfig) -> dict[str, float]:
+    """Self-adaptive per-layer multipliers, channel-weighted mean 1, clipped to [1/adapt_clip, adapt_clip].
+
+    lam_l ~ exp(a_r * (r_l - mean r)) * (I_l / mean I)^(-a_i): redundant layers get more penalty, layers
+    whose channels carry the targets' attention (Taylor importance I_l) get less."""
+    mean_r = sum(red.values()) / max(1, len(red))
+    mean_i = sum(imp.values()) / max(1, len(imp)) if imp else 0.0
+    raw = {}
+    for name in red:
+        v = math.exp(cfg.adapt_redundancy * (red[name] - mean_r))
+        if mean_i > 0 and name in imp:
+            v *= (max(imp[name], 1e-12) / mean_i) ** (-cfg.adapt_importance)
+        raw[name] = v
+    total = sum(sizes[n] for n in raw)
+    norm = sum(raw[n] * sizes[n] for n in raw) / max(1, total)
+    return {n: min(max(v / norm, 1.0 / cfg.adapt_clip), cfg.adapt_clip) for n, v in raw.items()}
+
+
+class L1RRRegularizer:
+    """Holds the per-channel weights, per-layer lambdas and s(t); `apply` adds the subgradients."""
+
+    def __init__(self, model: nn.Module, cfg: SparseConfig, total_steps: int):
+        self.cfg = cfg
+        bns = prunable_bns(model)
+        skip = slimming_excluded(model) if cfg.method == "slimming" else set()
+        self.bns = {n: m for n, m in bns.items() if n not in skip}
+        self.all_bns = bns
+        self.controller = StrengthController(cfg, total_steps)
+        self.weights = {n: torch.ones_like(m.weight, requires_grad=False) for n, m in self.bns.items()}
+        self.lams = {n: 1.0 for n in self.bns}
+        self.importance: dict[str, float] = {}    # EMA of per-layer target-attention Taylor importance
+        self.redundancy: dict[str, float] = {}
+        self.strength = 0.0
+        self.reweighting = cfg.method == "l1rr" and cfg.reweight
+        self.adaptive = cfg.method == "l1rr" and cfg.adaptive
+
+    def zero_share(self, penalised_only: bool = True) -> float:
+        bns = self.bns if penalised_only else self.all_bns
+        g = torch.cat([m.weight.detach().abs().flatten() for m in bns.values()])
+        return float((g < self.cfg.zero_threshold).float().mean())
+
+    def refresh(self) -> None:
+        """Recompute reweighting weights and self-adaptive lambdas from the current gammas."""
+        if self.reweighting:
+            for n, m in self.bns.items():
+                self.weights[n] = reweight(m.weight, self.cfg.reweight_eps, self.cfg.reweight_max)
+        if self.adaptive:
+            mom = self.cfg.adapt_momentum
+            for n, m in self.bns.items():
+                r = redundancy(m.weight)
+                self.redundancy[n] = r if n not in self.redundancy else mom * self.redundancy[n] + (1 - mom) * r
+            sizes = {n: m.num_features for n, m in self.bns.items()}
+            self.lams = layer_lams(self.redundancy, self.importance, sizes, self.cfg)
+
+    def observe_importance(self, taylor: dict[str, torch.Tensor]) -> None:
+        """Feed per-channel Taylor importances (|gamma * dE/dgamma|); kept as a per-layer EMA."""
+        mom = self.cfg.adapt_momentum
+        for n, t in taylor.items():
+            if n in self.bns:
+                v = float(t.mean())
+                self.importance[n] = v if n not in self.importance else mom * self.importance[n] + (1 - mom) * v
+
+    @torch.no_grad()
+    def apply(self, step: int) -> float:
+        """Add the penalty's subgradient to gamma.grad (and beta.grad); returns s(t)."""
+        s = self.controller.update(step, self.zero_share())
+        self.strength = s
+        for n, m in self.bns.items():
+            g = m.weight
+            if g.grad is None:
+                g.grad = torch.zeros_like(g)
+            g.grad.add_(s * self.lams[n] * self.weights[n].to(g.device) * torch.sign(g))
+            if self.cfg.beta_l1 > 0 and m.bias is not None:
+                if m.bias.grad is None:
+                    m.bias.grad = torch.zeros_like(m.bias)
+                m.bias.grad.add_(self.cfg.beta_l1 * s * torch.sign(m.bias))
+        return s
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": self.controller.state_dict(), "weights": {n: w.cpu() for n, w in self.weights.items()},
+                "lams": dict(self.lams), "importance": dict(self.importance), "redundancy": dict(self.redundancy)}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.controller.load_state_dict(d["controller"])
+        for n, w in d["weights"].items():
+            if n in self.weights:
+                self.weights[n] = w.to(self.weights[n].device)
+        self.lams.update(d["lams"])
+        self.importance, self.redundancy = dict(d["importance"]), dict(d["redundancy"])
