@@ -46,11 +46,14 @@ class InferenceWorker(threading.Thread):
         self._stop_event = threading.Event()
         self._resume = threading.Event()
         self._resume.set()
+        self._parked = threading.Event()  # set while the worker sits paused, holding no job
 
-    def pause(self):
-        """Stop taking jobs (queued ones wait, the model stays loaded). Lets tests fill the queue
-        deterministically and lets tooling hold work during maintenance."""
+    def pause(self, timeout=10.0):
+        """Stop taking jobs (queued ones wait, the model stays loaded); returns True once the worker is
+        parked, i.e. any batch it was running is done. Lets tests fill the queue deterministically and
+        lets tooling hold work during maintenance."""
         self._resume.clear()
+        return self._parked.wait(timeout)
 
     def resume(self):
         self._resume.set()
@@ -77,8 +80,10 @@ class InferenceWorker(threading.Thread):
 
     def _loop(self):
         while True:
-            if not self._resume.wait(0.1):
-                continue
+            if not self._resume.is_set():
+                self._parked.set()
+                self._resume.wait()
+                self._parked.clear()
             try:
                 first = self.jobs.get(timeout=0.05)
             except queue.Empty:
