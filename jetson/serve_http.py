@@ -158,8 +158,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         self.timeout = self.server.app.options.io_timeout_s  # socket timeout for reads (slow or stalled clients)
-        self._in_dispatch, self._status, self._body_done = False, None, False
+        self._in_dispatch, self._status, self._body_done, self._expect_continue = False, None, False, False
         BaseHTTPRequestHandler.setup(self)
+
+    def handle_expect_100(self):
+        # The base class answers `Expect: 100-continue` before routing; defer it to _read_body so a client
+        # refused by auth or the size limit (401/411/413) never starts uploading.
+        self._expect_continue = True
+        return True
 
     # -- plumbing -------------------------------------------------------------------------------
     def log_message(self, fmt, *args):
@@ -224,7 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(500, {"error": "internal error: {}".format(exc), "status": 500}, close=True)
             self.close_connection = True
         finally:
-            self._in_dispatch = False
+            self._in_dispatch = self._expect_continue = False
             app.request_finished(endpoint, self.command, self._status, time.monotonic() - started)
 
     do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
@@ -276,6 +282,10 @@ class _Handler(BaseHTTPRequestHandler):
         return length
 
     def _read_body(self, length):
+        if self._expect_continue:
+            self.send_response_only(100)
+            self.end_headers()
+            self._expect_continue = False
         try:
             body = self.rfile.read(length)
         except socket.timeout:

@@ -274,3 +274,26 @@ def test_bad_options_name_the_flag(serve_bundle):
         ServeOptions(serve_bundle, max_queue=0)
     with pytest.raises(UsageError, match="--timeout"):
         ServeOptions(serve_bundle, timeout_s="soon")
+
+
+def test_expect_100_continue_only_after_the_checks(server):
+    import http.client
+    import socket
+    addr = server.address
+    reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n")
+    assert reply.status == 413  # answered at once, no "100 Continue" invitation to upload
+    body = encoded(6)
+    sock = socket.create_connection(addr, timeout=30)
+    try:
+        sock.sendall("POST /v1/detect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n"
+                     .format(len(body)).encode("ascii"))
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim.startswith(b"HTTP/1.1 100")
+        sock.sendall(body)
+        resp = http.client.HTTPResponse(sock, method="POST")
+        resp.begin()
+        assert resp.status == 200 and "detections" in json.loads(resp.read().decode("utf-8"))
+    finally:
+        sock.close()
