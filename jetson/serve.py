@@ -1,0 +1,280 @@
+"""`edgeprune serve`: an HTTP object-detection service for the device. Python 3.6+, stdlib + numpy.
+
+Threads and why:
+- connection threads (`socketserver.ThreadingMixIn` + `HTTPServer`; `ThreadingHTTPServer` is 3.7+):
+  route, authorise, read and decode the body, letterbox it, enqueue a job, wait for it, run NMS on
+  the job's own output and answer. Decoding and NMS run here so the worker only runs the model.
+- one inference worker that creates the detector itself (a CUDA context is bound to the thread
+  that made it) and is the only thread that touches it; it gathers up to `max_batch` queued jobs
+  within a short window and runs them as one backend call.
+Everything is bounded: connections (`max_connections`, extra ones get 503), concurrent decodes,
+queued jobs (`max_queue`, full -> 503 + Retry-After), body bytes (413) and decoded pixels (413).
+"""
+import json
+import logging
+import math
+import os
+import queue
+import sys
+import threading
+import time
+
+from edgeprune.errors import DeviceError, EdgepruneError, UsageError
+
+from .serve_http import DECODE_SLOTS, HTTPError, ThreadingServer, image_size
+from .serve_metrics import ServeMetrics
+from .serve_worker import InferenceWorker
+
+log = logging.getLogger("edgeprune.serve")
+
+
+class ServeOptions(object):
+    """Validated server settings; a bad value raises UsageError naming the command-line flag."""
+
+    def __init__(self, bundle, host="127.0.0.1", port=8080, backend="auto", device="host", precision="fp32",
+                 max_queue=16, max_batch=1, batch_window_ms=2.0, max_body_mb=16.0, max_megapixels=36.0,
+                 timeout_s=10.0, token=None, max_connections=64, io_timeout_s=10.0, drain_timeout_s=30.0,
+                 access_log=False):
+        self.bundle = str(bundle)
+        self.host = host
+        self.port = _check_int("--port", port, 0, 65535)
+        self.backend = backend
+        self.device = device
+        self.precision = precision
+        self.max_queue = _check_int("--max-queue", max_queue, 1, 100000)
+        self.max_batch = _check_int("--max-batch", max_batch, 1, 1024)
+        self.batch_window_s = _check_float("--batch-window-ms", batch_window_ms, 0.0, 1000.0) / 1000.0
+        self.max_body_bytes = int(_check_float("--max-body-mb", max_body_mb, 0.001, 4096.0) * 1024 * 1024)
+        self.max_pixels = int(_check_float("--max-megapixels", max_megapixels, 0.001, 10000.0) * 1e6)
+        self.timeout_s = _check_float("--timeout", timeout_s, 0.001, 3600.0)
+        self.max_connections = _check_int("--max-connections", max_connections, 1, 100000)
+        self.io_timeout_s = _check_float("--io-timeout", io_timeout_s, 0.01, 3600.0)
+        self.drain_timeout_s = _check_float("--drain-timeout", drain_timeout_s, 0.0, 3600.0)
+        self.access_log = bool(access_log)
+        if token is not None and not token:
+            raise UsageError("--token-file: the token is empty; put a secret of at least 16 characters in it")
+        self.token = token
+
+
+def _check_int(flag, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise UsageError("{}: expected an integer in [{}, {}], got {!r}".format(flag, lo, hi, value))
+    return value
+
+
+def _check_float(flag, value, lo, hi):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UsageError("{}: expected a number, got {!r}".format(flag, value))
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise UsageError("{}: expected a number in [{}, {}], got {!r}".format(flag, lo, hi, value))
+    return value
+
+
+def read_token(path):
+    """The bearer token from `path` (surrounding whitespace stripped). UsageError names the file."""
+    try:
+        with open(str(path), "r", encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError("--token-file {}: cannot read it ({}); write the token into it as UTF-8 text".format(path, exc))
+    if len(token) < 16:
+        raise UsageError("--token-file {}: the token has {} characters; use at least 16 (e.g. "
+                         "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)".format(path, len(token)))
+    try:
+        if os.stat(str(path)).st_mode & 0o077:
+            log.warning("--token-file %s is readable by other users; `chmod 600 %s`", path, path)
+    except OSError:
+        pass
+    return token
+
+
+class DetectionServer(object):
+    """The service: HTTP front end + inference worker. `start()` binds (port 0 = ephemeral) and
+    returns at once; the model loads on the worker (`/readyz` says when). `stop()` drains."""
+
+    def __init__(self, options):
+        from .bundle import load_bundle  # validates the manifest and sha256 up front: fail before binding
+        self.options = options
+        self.manifest = load_bundle(options.bundle)
+        self.token = options.token.encode("utf-8") if options.token is not None else None
+        self.jobs = queue.Queue(maxsize=options.max_queue)
+        self.connection_slots = threading.BoundedSemaphore(options.max_connections)
+        self.decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+        self.draining = False
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self.metrics = ServeMetrics(queue_depth=self.jobs.qsize, queue_capacity=lambda: options.max_queue,
+                                    ready=lambda: 1 if self.readiness()[0] else 0, in_flight=lambda: self._in_flight)
+        self.worker = InferenceWorker(options, self.jobs, self.metrics)
+        self._httpd = None
+        self._stopped = False
+        self._thread = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self):
+        try:
+            self._httpd = ThreadingServer((self.options.host, self.options.port), self)
+        except OSError as exc:
+            raise DeviceError("cannot listen on {}:{}: {}; choose another --host/--port".format(
+                self.options.host, self.options.port, exc.strerror or exc))
+        self.worker.start()
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="edgeprune-http", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def address(self):
+        return self._httpd.server_address[:2]
+
+    @property
+    def url(self):
+        host, port = self.address
+        return "http://{}:{}".format("[{}]".format(host) if ":" in host else host, port)
+
+    def wait_until_loaded(self, timeout=None):
+        """Block until the worker has loaded the detector; re-raise its load error (DeviceError if foreign)."""
+        if not self.worker.loaded.wait(timeout):
+            return False
+        exc = self.worker.load_error
+        if exc is not None:
+            if isinstance(exc, EdgepruneError):
+                raise exc
+            raise DeviceError("bundle {}: loading the detector failed: {}: {}".format(
+                self.options.bundle, type(exc).__name__, exc))
+        return True
+
+    @property
+    def model_info(self):
+        det = self.worker.detector
+        if det is None:
+            return None
+        return {"file": self.manifest["model"]["file"], "sha256": self.manifest["model"].get("sha256"),
+                "backend": det.backend_name, "device": det.device, "input_shape": self.manifest["model"]["input_shape"]}
+
+    def stop(self, drain_timeout=None):
+        """Refuse new work, let in-flight requests finish (up to `drain_timeout` s), stop the worker.
+        Returns True when everything in flight was answered."""
+        drain_timeout = self.options.drain_timeout_s if drain_timeout is None else drain_timeout
+        self.draining = True
+        if self._httpd is None or self._stopped:
+            return True
+        self._stopped = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        deadline = time.monotonic() + drain_timeout
+        with self._idle:
+            while self._in_flight and time.monotonic() < deadline:
+                self._idle.wait(min(0.1, max(deadline - time.monotonic(), 0.0)))
+            drained = self._in_flight == 0
+        self.worker.stop()
+        self.worker.join(max(deadline - time.monotonic(), 1.0))
+        return drained and not self.worker.is_alive()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    # -- used by the handler --------------------------------------------------------------------
+    def readiness(self):
+        if self.draining:
+            return False, "shutting down"
+        if not self.worker.loaded.is_set():
+            return False, "loading the model"
+        if self.worker.load_error is not None:
+            return False, "model failed to load: {}".format(self.worker.load_error)
+        if not self.worker.is_alive():
+            return False, "inference worker stopped"
+        return True, "ok"
+
+    def is_ready(self):
+        return self.readiness()[0]
+
+    def decode(self, body):
+        """Image bytes -> (1x3xHxW float32, letterbox meta); HTTPError 400/413 for bad or oversized images."""
+        from .imageio import decode_image
+        from .preprocess import preprocess_from_manifest
+        size = image_size(body)
+        if size is not None and size[0] * size[1] > self.options.max_pixels:
+            raise HTTPError(413, "image is {}x{} pixels, above --max-megapixels {:g}".format(
+                size[0], size[1], self.options.max_pixels / 1e6))
+        try:
+            img = decode_image(body)
+        except EdgepruneError as exc:
+            raise HTTPError(400, "cannot decode the image: {}".format(exc))
+        if img.shape[0] * img.shape[1] > self.options.max_pixels:
+            raise HTTPError(413, "image is {}x{} pixels, above --max-megapixels {:g}".format(
+                img.shape[1], img.shape[0], self.options.max_pixels / 1e6))
+        return preprocess_from_manifest(img, self.manifest)
+
+    def refuse_connection(self, sock):
+        body = json.dumps({"error": "too many connections (--max-connections {})".format(
+            self.options.max_connections), "status": 503}).encode("utf-8")
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
+                "Retry-After: 1\r\nConnection: close\r\n\r\n".format(len(body))).encode("ascii")
+        self.metrics.requests.inc(("other", "-", 503))
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(head + body)
+        except OSError:
+            pass
+
+    def request_started(self):
+        with self._idle:
+            self._in_flight += 1
+
+    def request_finished(self, endpoint, method, status, seconds):
+        self.metrics.requests.inc((endpoint, method, status if status is not None else "-"))
+        self.metrics.latency.observe(seconds, (endpoint,))
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+
+def _emit(as_json, event, text, **fields):
+    if as_json:
+        fields["event"] = event
+        sys.stdout.write(json.dumps(fields) + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def serve(options, as_json=False):
+    """Run until SIGTERM/SIGINT, then drain and return 0 (1 if the model failed to load or the worker died)."""
+    import signal
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %d: draining", signum)
+        stop.set()
+
+    server = DetectionServer(options).start()
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    code = 0
+    try:
+        _emit(as_json, "listening", "listening on {} (loading {})".format(server.url, options.bundle),
+              url=server.url, host=server.address[0], port=server.address[1])
+        while not stop.is_set() and not server.wait_until_loaded(0.2):
+            pass
+        if not stop.is_set():
+            info = server.model_info
+            _emit(as_json, "ready", "ready: {} on {} ({})".format(info["file"], info["backend"], info["device"]),
+                  url=server.url, **info)
+        while not stop.wait(0.5):
+            if not server.worker.is_alive():
+                log.error("the inference worker stopped unexpectedly; exiting")
+                code = 1
+                break
+    finally:
+        drained = server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _emit(as_json, "stopped", "stopped ({})".format("drained" if drained else "drain timed out"),
+              drained=drained, requests=int(server.metrics.requests.total()))
+    return code

@@ -1,0 +1,86 @@
+"""`edgeprune serve` argument declarations. Python 3.6 compatible; imports nothing heavy.
+
+`jetson/cli.py`'s `register(subparsers)` calls `register_serve(subparsers)`; the handler imports
+jetson.serve lazily, so `edgeprune --help` stays fast and torch-free.
+"""
+import argparse
+
+EPILOG = """example:
+  edgeprune serve runs/exp/bundle --port 8080 --max-batch 4 --token-file ~/.edgeprune-token
+  curl -H "Authorization: Bearer $(cat ~/.edgeprune-token)" --data-binary @scene.jpg \\
+       "http://127.0.0.1:8080/v1/detect?conf=0.3"
+
+endpoints: POST /v1/detect (JPEG/PNG body; conf, iou, max_det), GET /v1/model, /healthz, /readyz, /metrics.
+SIGTERM or Ctrl-C drains in-flight requests and exits 0."""
+
+
+def register_serve(subparsers):
+    p = subparsers.add_parser(
+        "serve", help="HTTP detection service for a deploy bundle (device side, stdlib HTTP)",
+        description="Serve a deploy bundle over HTTP: one inference worker owns the model, a bounded queue "
+                    "feeds it (503 when full), optional micro-batching and bearer-token auth.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="deploy bundle folder (with manifest.json)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: local only; 0.0.0.0 exposes it on every interface)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port, 0 = any free port (default 8080)")
+    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime (default auto)")
+    p.add_argument("--device", default="host", help="device profile: tx2, xavier-nx, orin-nano, ..., host (default host)")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (default fp32)")
+    p.add_argument("--max-queue", type=int, default=16, help="queued images before answering 503 (default 16)")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="images per inference call; >1 needs a dynamic-batch or batch-N model (default 1)")
+    p.add_argument("--batch-window-ms", type=float, default=2.0,
+                   help="how long the worker waits to fill a batch (default 2 ms)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body, else 413 (default 16)")
+    p.add_argument("--max-megapixels", type=float, default=36.0,
+                   help="largest decoded image, else 413 (default 36 MP)")
+    p.add_argument("--timeout", type=float, default=10.0, help="per-request deadline, else 504 (default 10 s)")
+    p.add_argument("--token-file", default=None,
+                   help="file holding a bearer token; then /v1/* and /metrics need `Authorization: Bearer <token>`")
+    p.add_argument("--max-connections", type=int, default=64, help="open connections before 503 (default 64)")
+    p.add_argument("--io-timeout", type=float, default=10.0, help="socket read timeout per connection (default 10 s)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM, how long to wait for in-flight requests (default 30 s)")
+    p.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    p.add_argument("--json", action="store_true", help="print lifecycle events (listening, ready, stopped) as JSON lines")
+    p.set_defaults(handler=_run_serve)
+    return p
+
+
+def _run_serve(args):
+    import logging
+
+    from jetson.serve import ServeOptions, read_token, serve
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = read_token(args.token_file) if args.token_file else None
+    options = ServeOptions(
+        args.bundle, host=args.host, port=args.port, backend=args.backend, device=args.device,
+        precision=args.precision, max_queue=args.max_queue, max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb, max_megapixels=args.max_megapixels,
+        timeout_s=args.timeout, token=token, max_connections=args.max_connections, io_timeout_s=args.io_timeout,
+        drain_timeout_s=args.drain_timeout, access_log=args.access_log)
+    return serve(options, as_json=args.json)
+
+
+def main(argv=None):
+    """`python -m jetson.serve_cli BUNDLE [options]`: the same as `edgeprune serve`, for scripts and tests
+    that start the server as a subprocess. Exit codes as the edgeprune CLI (0 ok, 1 failed, 2 bad usage)."""
+    import sys
+
+    from edgeprune.errors import EdgepruneError, UsageError
+    parser = argparse.ArgumentParser(prog="edgeprune")
+    register_serve(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve"] + list(sys.argv[1:] if argv is None else argv))
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        sys.stderr.write("edgeprune: usage error: {}\n".format(exc))
+        return 2
+    except EdgepruneError as exc:
+        sys.stderr.write("edgeprune: error: {}\n".format(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

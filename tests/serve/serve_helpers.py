@@ -1,0 +1,110 @@
+"""Test helpers for the serve tests: HTTP calls, test images, a strict Prometheus text parser.
+Python 3.6 compatible (these tests also run in the device venv)."""
+import http.client
+import json
+import math
+import re
+import socket
+
+import numpy as np
+
+
+def scene(seed, h=120, w=160):
+    """A deterministic RGB image: dark noise plus a few bright rectangles placed by `seed`."""
+    rng = np.random.RandomState(seed)
+    img = rng.randint(0, 60, size=(h, w, 3)).astype(np.uint8)
+    for _ in range(4):
+        y, x = rng.randint(0, h - 24), rng.randint(0, w - 24)
+        img[y:y + rng.randint(8, 24), x:x + rng.randint(8, 24)] = rng.randint(150, 255, size=3)
+    return img
+
+
+def encoded(seed, ext=".png", h=120, w=160):
+    from jetson.imageio import encode_image
+    return encode_image(scene(seed, h, w), ext)
+
+
+class Reply(object):
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+
+def call(server, method, path, body=None, headers=None, timeout=30):
+    """One request on a fresh connection; returns Reply(status, headers dict (lower-case), body bytes)."""
+    host, port = server.address if hasattr(server, "address") else server
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def raw_call(address, request_bytes, timeout=30):
+    """Send exactly `request_bytes` on a new socket and parse the answer (for requests http.client
+    refuses to build: no Content-Length, odd headers, truncated bodies)."""
+    sock = socket.create_connection(address, timeout=timeout)
+    try:
+        sock.sendall(request_bytes)
+        resp = http.client.HTTPResponse(sock, method=request_bytes.split(b" ", 1)[0].decode("latin-1"))
+        resp.begin()
+        data = resp.read()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        sock.close()
+
+
+def same_detections(got, want, tol=0.02):
+    """Server JSON vs Detector.detect: same classes in the same order, boxes/scores within `tol`
+    (both are rounded to 2 / 5 decimals; a batched call may differ in the last float bits)."""
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want):
+        if g["class_id"] != w["class_id"] or g["class_name"] != w["class_name"]:
+            return False
+        if abs(g["score"] - w["score"]) > 1e-3 or not np.allclose(g["box"], w["box"], atol=tol):
+            return False
+    return True
+
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\n"])*"'
+_SAMPLE = re.compile(r"^({name})(\{{(?:{label}(?:,{label})*)?\}})? (\S+)$".format(name=_NAME, label=_LABEL))
+_LABEL_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\n"])*)"')
+
+
+def parse_prometheus(text):
+    """Parse the Prometheus text exposition format strictly: every line is a HELP/TYPE comment or a
+    sample; every sample belongs to a declared family. Returns {family: {"type", "samples":
+    [(name, {labels}, value)]}}; raises AssertionError on any malformed line."""
+    families = {}
+    assert text.endswith("\n"), "exposition must end with a newline"
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("# HELP "):
+            name = line.split(" ", 3)[2]
+            assert re.match("^" + _NAME + "$", name), "line {}: bad metric name".format(n)
+            families.setdefault(name, {"type": None, "samples": []})
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("counter", "gauge", "histogram", "summary", "untyped"), "line {}: type {}".format(n, kind)
+            fam = families.setdefault(name, {"type": None, "samples": []})
+            assert fam["type"] is None and not fam["samples"], "line {}: TYPE after samples or twice".format(n)
+            fam["type"] = kind
+        else:
+            m = _SAMPLE.match(line)
+            assert m, "line {}: not a valid sample: {!r}".format(n, line)
+            name, labels, value = m.group(1), m.group(2) or "", m.group(3)
+            number = float(value.replace("+Inf", "inf").replace("-Inf", "-inf"))
+            assert not math.isnan(number), "line {}: NaN".format(n)
+            base = re.sub(r"_(bucket|sum|count|total)$", "", name)
+            fam = families.get(name) or families.get(base)
+            assert fam is not None, "line {}: sample {} without # TYPE".format(n, name)
+            fam["samples"].append((name, dict(_LABEL_PAIR.findall(labels)), number))
+    return families
