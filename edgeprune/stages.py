@@ -3,10 +3,12 @@ Each takes the RunDir and returns the JSON-able outputs recorded in its done-mar
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+from .fsio import atomic_write_json
 from .pipeline import RunDir, stale_stage_dir
 
 
@@ -39,30 +41,28 @@ def stage_data(run: RunDir) -> dict[str, Any]:
 
 def _evaluate(model, ds, run: RunDir) -> dict[str, Any]:
     from .metrics import evaluate
-    from .metrics.complexity import count, cpu_latency_ms
+    from .metrics.complexity import count, cpu_latency
 
     imgsz = run.cfg.model.imgsz
     m = evaluate(model, ds.splits["val"], ds.names, imgsz)
     m.update(count(model, imgsz))
-    m["cpu_latency_ms"] = cpu_latency_ms(model, imgsz)
+    m["cpu_latency_ms"] = cpu_latency(model, imgsz)["median_ms"]
     return m
 
 
 def stage_dense(run: RunDir) -> dict[str, Any]:
     from .models.io import model_from_checkpoint
-    from .models.spec import new_spec
-    from .models.yolo import build_model
-    from .train.anchors import anchors_for
-    from .train.trainer import fit
+    from .train.trainer import fit, new_model
 
     ds = _dataset(run)
     out = stale_stage_dir(run, "dense")
-    spec = new_spec(len(ds.names), ds.names, run.cfg.model.size, anchors_for(ds, run.cfg.model.imgsz))
-    fit(build_model(spec), ds, run.cfg.train, out, resume=True, imgsz=run.cfg.model.imgsz)
-    model = model_from_checkpoint(out / "best.pt", key="ema")
+    c = run.cfg
+    model, anchors = new_model(ds, c.model.size, c.model.imgsz, c.train.seed)
+    fit(model, ds, c.train, out, resume=True, imgsz=c.model.imgsz)
+    model = model_from_checkpoint(out / "best.pt")
     metrics = _evaluate(model, ds, run)
     run.log(f"[dense] mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map']:.3f}  params {metrics['params']:,}")
-    return {"checkpoint": str(out / "best.pt"), "metrics": metrics}
+    return {"checkpoint": str(out / "best.pt"), "anchors": anchors, "metrics": metrics}
 
 
 def stage_sparse(run: RunDir) -> dict[str, Any]:
@@ -72,43 +72,46 @@ def stage_sparse(run: RunDir) -> dict[str, Any]:
     ds = _dataset(run)
     out = stale_stage_dir(run, "sparse")
     result = sparse_train(run.outputs("dense")["checkpoint"], ds, run.cfg, out)
-    model = model_from_checkpoint(result["checkpoint"], key="ema")
-    metrics = _evaluate(model, ds, run)
-    run.log(f"[sparse] mAP50 {metrics['map50']:.3f}  zero-gamma share {result.get('zero_share', float('nan')):.2f}")
+    metrics = _evaluate(model_from_checkpoint(result["checkpoint"]), ds, run)
+    run.log(f"[sparse] mAP50 {metrics['map50']:.3f}")
     return {**result, "metrics": metrics}
 
 
 def stage_prune(run: RunDir) -> dict[str, Any]:
-    from .models.io import model_from_checkpoint
-    from .prune.apply import prune_from_ratios, save_pruned
+    from .prune.io import load_pruned
+    from .prune.run import prune_checkpoint
 
     ds = _dataset(run)
     out = stale_stage_dir(run, "prune")
-    sparse = run.outputs("sparse")
-    model = model_from_checkpoint(sparse["checkpoint"], key="ema")
-    result = prune_from_ratios(model, sparse["ratios"], run.cfg.prune, run.cfg.model.imgsz)
-    save_pruned(out, result)
-    metrics = _evaluate(result.model, ds, run)
+    c, sparse = run.cfg, run.outputs("sparse")
+    result = prune_checkpoint(sparse["checkpoint"], out, ratios=sparse["ratios"], rule=c.prune.rule,
+                              round_to=c.prune.round_to, min_channels=c.prune.min_channels, imgsz=c.model.imgsz,
+                              skip_unsupported=c.prune.skip_unsupported)
+    model, _ = load_pruned(out)
+    metrics = _evaluate(model, ds, run)
     run.log(f"[prune] params {metrics['params']:,}  FLOPs {metrics['flops']:,}  mAP50 before fine-tune {metrics['map50']:.3f}")
-    return {"model_dir": str(out), "metrics": metrics, "stats": result.stats}
+    return {"model_dir": str(out), "metrics": metrics, "stats": result.get("stats", {})}
 
 
 def stage_finetune(run: RunDir) -> dict[str, Any]:
     from .models.io import model_from_checkpoint
-    from .prune.apply import load_pruned, save_pruned_model
+    from .prune.io import load_pruned, save_pruned
     from .train.trainer import fit
 
     ds = _dataset(run)
     out = stale_stage_dir(run, "finetune")
-    model = load_pruned(run.outputs("prune")["model_dir"]).model
     c = run.cfg
-    tcfg = dataclasses.replace(c.train, epochs=c.finetune.epochs, lr0=c.finetune.lr0, warmup_epochs=min(1.0, c.train.warmup_epochs))
+    model, recombination = load_pruned(run.outputs("prune")["model_dir"])
     if c.finetune.epochs > 0:
-        teacher = model_from_checkpoint(run.outputs("dense")["checkpoint"], key="ema") if c.finetune.distill else None
+        tcfg = dataclasses.replace(c.train, epochs=c.finetune.epochs, lr0=c.finetune.lr0,
+                                   warmup_epochs=min(1.0, c.train.warmup_epochs))
+        teacher = model_from_checkpoint(run.outputs("dense")["checkpoint"]) if c.finetune.distill else None
         fit(model, ds, tcfg, out, resume=True, imgsz=c.model.imgsz, teacher=teacher)
-        model = model_from_checkpoint(out / "best.pt", key="ema")
-    save_pruned_model(out / "model", model, run.outputs("prune")["model_dir"])
+        model = model_from_checkpoint(out / "best.pt")
     metrics = _evaluate(model, ds, run)
+    table = json.loads((Path(run.outputs("prune")["model_dir"]) / "prune_table.json").read_text())
+    save_pruned(out / "model", model, model.spec, recombination, table["layers"], table["stats"])
+    atomic_write_json(out / "model" / "metrics.json", metrics)
     run.log(f"[finetune] mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map']:.3f}")
     return {"model_dir": str(out / "model"), "metrics": metrics}
 
@@ -116,12 +119,14 @@ def stage_finetune(run: RunDir) -> dict[str, Any]:
 def stage_export(run: RunDir) -> dict[str, Any]:
     from .export.pipeline import export_bundle
 
-    ds = _dataset(run)
     out = stale_stage_dir(run, "export", "bundle")
-    result = export_bundle(run.outputs("finetune")["model_dir"], out, run.cfg, ds,
-                           metrics=run.outputs("finetune")["metrics"])
-    run.log(f"[export] bundle {out}: verification {result['verify']['status']}, ORT max abs diff {result['parity']['max_abs_diff']:.2e}")
-    return result
+    e = run.cfg.export
+    val_images = Path(run.outputs("data")["dataset"]) / "images" / "val"
+    result = export_bundle(run.outputs("finetune")["model_dir"], out, imgsz=run.cfg.model.imgsz, opset=e.opset,
+                           dynamic_batch=e.dynamic_batch, simplify=e.simplify, nms_plugin=e.nms_plugin,
+                           images=val_images if val_images.is_dir() else None, parity_images=e.parity_images)
+    run.log(f"[export] bundle {out}: ORT vs torch max abs diff {result['parity']['max_abs_diff']:.2e}")
+    return {"bundle": str(out), "verify": result["verify"], "parity": result["parity"]}
 
 
 def stage_report(run: RunDir) -> dict[str, Any]:
