@@ -94,8 +94,10 @@ def parse_voc_xml(data: bytes | str, source: str) -> VocRecord:
     if size_node is not None:
         w = _int_field(size_node, "width", source, size_node)
         h = _int_field(size_node, "height", source, size_node)
-        if w > 0 and h > 0:
-            size = (int(w), int(h))
+        if not (0 < w < 1e6 and 0 < h < 1e6 and w == int(w) and h == int(h)):
+            raise DataError(f"{source}:{size_node.line}: <size> must hold positive integer width/height, "
+                            f"got {w}x{h}")
+        size = (int(w), int(h))
     objects = []
     for obj in root.children:
         if obj.tag != "object":
