@@ -60,3 +60,10 @@ def test_cli_module_is_python36_compatible():
                          universal_newlines=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+def test_package_exports_resolve_lazily():
+    code = ("import sys; import edgeprune.data.cli; assert 'numpy' not in sys.modules; "
+            "from edgeprune.data import load_dataset, Dataset, Sample, ensure_synthetic; "
+            "from edgeprune.data.dataset import load_dataset as direct; assert load_dataset is direct")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
