@@ -50,6 +50,17 @@ def test_round_trip_through_nwpu(yolo_dir, tmp_path):
     _same(load_dataset(yolo_dir), load_dataset(tmp_path / "nwpu"))
 
 
+def test_empty_split_survives_conversion(yolo_dir, tmp_path):
+    import shutil
+    for kind in ("images", "labels"):
+        shutil.rmtree(yolo_dir / kind / "val")
+        (yolo_dir / kind / "val").mkdir()
+    for to in ("yolo", "coco", "voc", "nwpu"):
+        convert(yolo_dir, tmp_path / f"out_{to}", to)
+        back = load_dataset(tmp_path / f"out_{to}")
+        assert len(back.splits["train"]) == 3 and back.splits["val"] == [], to
+
+
 def test_convert_refuses_a_non_empty_destination(yolo_dir, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
