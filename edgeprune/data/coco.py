@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_json
@@ -173,13 +174,13 @@ def coco_dict(samples: list[Sample], names: list[str], file_names: list[str]) ->
             "categories": [{"id": k + 1, "name": n, "supercategory": "object"} for k, n in enumerate(names)]}
 
 
-def write_coco(ds: Dataset, out: Path) -> Path:
+def write_coco(ds: Dataset, out: Path, progress: bool = False) -> Path:
     """Write `annotations/instances_<split>.json` + `images/<split>/` (images copied)."""
     out = Path(out)
     for split, samples in ds.splits.items():
         used: set[str] = set()
         file_names = []
-        for s in samples:
+        for s in tqdm(samples, desc=f"write {split}", disable=not progress, leave=False):
             fn = unique_stem(s.image.stem, used) + s.image.suffix.lower()
             file_names.append(fn)
             atomic_write_bytes(out / "images" / split / fn, s.image.read_bytes())

@@ -34,6 +34,7 @@ AIRPLANE, SHIP, TANK, VEHICLE, BRIDGE, HARBOR = range(6)
 GENERATOR_VERSION = 1
 _SPLITS = {"train": 0, "val": 1}
 
+
 @dataclass
 class _Shape:
     kind: str                     # "poly" | "ellipse" | "line"

@@ -11,6 +11,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_text
@@ -94,8 +95,10 @@ def parse_voc_xml(data: bytes | str, source: str) -> VocRecord:
     if size_node is not None:
         w = _int_field(size_node, "width", source, size_node)
         h = _int_field(size_node, "height", source, size_node)
-        if w > 0 and h > 0:
-            size = (int(w), int(h))
+        if not (0 < w < 1e6 and 0 < h < 1e6 and w == int(w) and h == int(h)):
+            raise DataError(f"{source}:{size_node.line}: <size> must hold positive integer width/height, "
+                            f"got {w}x{h}")
+        size = (int(w), int(h))
     objects = []
     for obj in root.children:
         if obj.tag != "object":
@@ -205,14 +208,14 @@ def _esc(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def write_voc(ds: Dataset, out: Path) -> Path:
+def write_voc(ds: Dataset, out: Path, progress: bool = False) -> Path:
     """Write Annotations/, JPEGImages/ (images copied, original format kept), ImageSets/Main/<split>.txt and
     classes.txt (VOC has no class list of its own; the reader uses it to keep the class order)."""
     out = Path(out)
     used: set[str] = set()
     for split, samples in ds.splits.items():
         ids = []
-        for s in samples:
+        for s in tqdm(samples, desc=f"write {split}", disable=not progress, leave=False):
             ident = unique_stem(s.image.stem, used)
             ids.append(ident)
             fn = ident + s.image.suffix.lower()
