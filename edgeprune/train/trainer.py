@@ -297,7 +297,8 @@ class Trainer:
                          "epochs": self.epochs}
             if self.is_main:
                 self._save(metrics, final)
-                self._write_logs()
+                # the PNG costs seconds on a busy CPU: draw it when there is a new mAP point (and at the end)
+                self._write_logs(plot=metrics is not None or final is not None)
         return final if final is not None else {}
 
     def _evaluate(self) -> dict[str, Any] | None:
@@ -313,7 +314,7 @@ class Trainer:
         self.step_module.train()
         loader = self._loader(self.epoch)
         sums: dict[str, float] = {}
-        seen, t0 = 0, time.perf_counter()
+        seen, t0, cpu0 = 0, time.perf_counter(), time.process_time()
         bar = tqdm(loader, total=self.nb, desc=f"epoch {self.epoch + 1}/{self.epochs}",
                    disable=not (self.progress and self.is_main), leave=False)
         self.optimizer.zero_grad(set_to_none=True)
@@ -362,10 +363,12 @@ class Trainer:
         dt = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[1]["lr"]}
         row.update({k: v / max(self.nb, 1) for k, v in sums.items()})
-        row.update(time_s=round(dt, 3), img_per_s=round(seen * self.world_size / max(dt, 1e-9), 2))
+        # cpu_s (this process's CPU time) lets a run on a shared machine be extrapolated to free cores
+        row.update(time_s=round(dt, 3), cpu_s=round(time.process_time() - cpu0, 3),
+                   img_per_s=round(seen * self.world_size / max(dt, 1e-9), 2))
         return row
 
-    def _write_logs(self) -> None:
+    def _write_logs(self, plot: bool) -> None:
         keys: list[str] = []
         for row in self.history:
             keys += [k for k in row if k not in keys]
@@ -375,8 +378,9 @@ class Trainer:
         atomic_write_text(self.out_dir / "log.csv", "\n".join(lines) + "\n")
         atomic_write_json(self.out_dir / "log.json", {"cfg": dataclasses.asdict(self.cfg), "imgsz": self.imgsz,
                                                       "history": self.history})
-        from .plots import plot_curves
-        plot_curves(self.history, self.out_dir / "curves.png")
+        if plot:
+            from .plots import plot_curves
+            plot_curves(self.history, self.out_dir / "curves.png")
 
 
 def fit(model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path, hooks: Sequence[Any] = (),
