@@ -28,7 +28,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     ax_map.set_xlabel("epoch")
     ax_map.set_ylabel("val mAP (EMA weights)")
     ax_map.set_ylim(0, 1)
-    ax_map.legend()
+    if ax_map.lines:
+        ax_map.legend()
     fig.tight_layout()
     with AtomicFile(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -12,11 +12,14 @@ with unscaled gradients, before the optimizer step), on_epoch_end(trainer, epoch
 load_state_dict(d).
 
 Under torchrun (WORLD_SIZE > 1) the loop runs DistributedDataParallel on a gloo/nccl process group:
-`cfg.batch` is the global batch, each rank loads batch / world_size images (a DistributedSampler shard),
-rank 0 alone evaluates and writes.
+`cfg.batch` is the global batch per optimizer step whatever the world size: each rank loads micro-batches
+of batch / (world_size * accumulate) images from its DistributedSampler shard and steps every `accumulate`
+micro-batches. The same sampler (one replica) orders a single-process run, so 1 and N processes see the
+same images per step. Rank 0 alone evaluates and writes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -113,12 +116,13 @@ class Trainer:
             raise DataError("the dataset has no 'train' samples; check the dataset path / split names")
         self.world_size, self.rank, local_rank = _dist_info()
         self.is_main = self.rank == 0
-        if cfg.batch % self.world_size:
-            raise ConfigError(f"config key train.batch: the global batch {cfg.batch} must be divisible by the "
-                              f"world size {self.world_size} (torchrun --nproc-per-node); "
-                              f"use e.g. train.batch={cfg.batch // self.world_size * self.world_size or self.world_size}")
         if cfg.accumulate < 1:
             raise ConfigError(f"config key train.accumulate: must be >= 1, got {cfg.accumulate}")
+        parts = self.world_size * cfg.accumulate
+        if cfg.batch % parts:
+            raise ConfigError(f"config key train.batch: the global batch {cfg.batch} must be divisible by world size "
+                              f"{self.world_size} (torchrun --nproc-per-node) x train.accumulate {cfg.accumulate}; "
+                              f"use e.g. train.batch={max(cfg.batch // parts, 1) * parts}")
         self.cfg, self.data, self.imgsz, self.progress = cfg, data, imgsz, progress
         self.out_dir = Path(out_dir)
         if device is None:
@@ -138,9 +142,9 @@ class Trainer:
         self.best_map50 = -1.0
         self.history: list[dict[str, Any]] = []
         self.loss_fn = DetectionLoss(self.model, imgsz, cfg.box_gain, cfg.obj_gain, cfg.cls_gain, cfg.anchor_t)
-        self.batch_per_rank = cfg.batch // self.world_size
+        self.micro_batch = cfg.batch // (self.world_size * cfg.accumulate)
         self.dataset = self._make_dataset()
-        self.nb = math.ceil(len(self.dataset) / self.world_size / self.batch_per_rank)
+        self.nb = math.ceil(math.ceil(len(self.dataset) / self.world_size) / self.micro_batch)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.ema: ModelEMA | None = None
@@ -159,14 +163,12 @@ class Trainer:
 
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
-        if self.world_size > 1:
-            sampler = torch.utils.data.DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=True,
-                                                          seed=self.cfg.seed, drop_last=False)
-            sampler.set_epoch(epoch)
-            return torch.utils.data.DataLoader(self.dataset, self.batch_per_rank, sampler=sampler,
-                                               num_workers=self.cfg.workers, collate_fn=collate, generator=gen)
-        return torch.utils.data.DataLoader(self.dataset, self.batch_per_rank, shuffle=True, generator=gen,
+        # permutation = randperm(seed + epoch) for any world size; rank r takes every world_size-th index
+        sampler = torch.utils.data.DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=True,
+                                                      seed=self.cfg.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)   # worker seeds
+        return torch.utils.data.DataLoader(self.dataset, self.micro_batch, sampler=sampler, generator=gen,
                                            num_workers=self.cfg.workers, collate_fn=collate)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -182,6 +184,9 @@ class Trainer:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.cfg.sync_bn:
+            if self.device.type != "cuda":
+                raise ConfigError("config key train.sync_bn: SyncBatchNorm runs on CUDA only; set "
+                                  "train.sync_bn=false for CPU (gloo) training")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.optimizer = self._make_optimizer()
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -292,7 +297,8 @@ class Trainer:
                          "epochs": self.epochs}
             if self.is_main:
                 self._save(metrics, final)
-                self._write_logs()
+                # the PNG costs seconds on a busy CPU: draw it when there is a new mAP point (and at the end)
+                self._write_logs(plot=metrics is not None or final is not None)
         return final if final is not None else {}
 
     def _evaluate(self) -> dict[str, Any] | None:
@@ -300,7 +306,7 @@ class Trainer:
         if not val or not self.is_main:
             return None
         from ..metrics import evaluate
-        return evaluate(self.ema.ema, val, self.data.names, self.imgsz, batch=max(self.batch_per_rank, 1),
+        return evaluate(self.ema.ema, val, self.data.names, self.imgsz, batch=self.cfg.batch,
                         progress=self.progress)
 
     def _train_epoch(self) -> dict[str, Any]:
@@ -308,26 +314,33 @@ class Trainer:
         self.step_module.train()
         loader = self._loader(self.epoch)
         sums: dict[str, float] = {}
-        seen, t0 = 0, time.perf_counter()
+        seen, t0, cpu0 = 0, time.perf_counter(), time.process_time()
         bar = tqdm(loader, total=self.nb, desc=f"epoch {self.epoch + 1}/{self.epochs}",
                    disable=not (self.progress and self.is_main), leave=False)
         self.optimizer.zero_grad(set_to_none=True)
         for i, (imgs, targets, _metas) in enumerate(bar):
-            self._set_lr(self.step)
+            self._set_lr(self.step - i % cfg.accumulate)   # one lr per optimizer step (its first micro-batch)
             imgs = imgs.to(self.device, non_blocking=True)
             targets = targets.to(self.device)
-            with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
-                feats, raw = self.step_module(imgs)
-                loss, items = self.loss_fn(raw, targets)
-                loss = loss * self.world_size      # DDP averages gradients over ranks; YOLOv5's loss is a sum
-                for h in self.hooks:
-                    extra = h.extra_loss(self, imgs, targets, feats) if hasattr(h, "extra_loss") else None
-                    if extra is not None:
-                        loss = loss + extra[0]
-                        items.update(extra[1])
             last_of_epoch = i + 1 == self.nb
-            self.scaler.scale(loss / cfg.accumulate).backward()
-            if (i + 1) % cfg.accumulate == 0 or last_of_epoch:
+            stepping = (i + 1) % cfg.accumulate == 0 or last_of_epoch
+            sync = contextlib.nullcontext()
+            if self.world_size > 1 and not stepping:
+                sync = self.step_module.no_sync()        # all-reduce once per optimizer step
+            with sync:
+                with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                    feats, raw = self.step_module(imgs)
+                    loss, items = self.loss_fn(raw, targets)
+                    # The detection loss is a sum over images (mean x batch): summing micro-batches keeps the
+                    # global batch's gradient; DDP averages over ranks, so scale by the world size.
+                    loss = loss * self.world_size
+                    for h in self.hooks:
+                        extra = h.extra_loss(self, imgs, targets, feats) if hasattr(h, "extra_loss") else None
+                        if extra is not None:
+                            loss = loss + extra[0]
+                            items.update(extra[1])
+                self.scaler.scale(loss).backward()
+            if stepping:
                 self.scaler.unscale_(self.optimizer)
                 for h in self.hooks:
                     if hasattr(h, "after_backward"):
@@ -350,10 +363,12 @@ class Trainer:
         dt = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[1]["lr"]}
         row.update({k: v / max(self.nb, 1) for k, v in sums.items()})
-        row.update(time_s=round(dt, 3), img_per_s=round(seen * self.world_size / max(dt, 1e-9), 2))
+        # cpu_s (this process's CPU time) lets a run on a shared machine be extrapolated to free cores
+        row.update(time_s=round(dt, 3), cpu_s=round(time.process_time() - cpu0, 3),
+                   img_per_s=round(seen * self.world_size / max(dt, 1e-9), 2))
         return row
 
-    def _write_logs(self) -> None:
+    def _write_logs(self, plot: bool) -> None:
         keys: list[str] = []
         for row in self.history:
             keys += [k for k in row if k not in keys]
@@ -363,8 +378,9 @@ class Trainer:
         atomic_write_text(self.out_dir / "log.csv", "\n".join(lines) + "\n")
         atomic_write_json(self.out_dir / "log.json", {"cfg": dataclasses.asdict(self.cfg), "imgsz": self.imgsz,
                                                       "history": self.history})
-        from .plots import plot_curves
-        plot_curves(self.history, self.out_dir / "curves.png")
+        if plot:
+            from .plots import plot_curves
+            plot_curves(self.history, self.out_dir / "curves.png")
 
 
 def fit(model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path, hooks: Sequence[Any] = (),

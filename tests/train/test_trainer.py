@@ -1,0 +1,121 @@
+"""fit(): tiny overfit, hook protocol, exact resume, artefacts; all on the real synthetic data + DetectionDataset."""
+import csv
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from edgeprune.config import TrainConfig
+from edgeprune.data import load_dataset
+from edgeprune.data.synth import ensure_synthetic
+from edgeprune.errors import CheckpointError
+from edgeprune.models.io import load_checkpoint, model_from_checkpoint
+from edgeprune.train.trainer import fit, new_model
+
+NO_AUG = dict(mosaic=0.0, flip=0.0, rot90=0.0, hsv=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return load_dataset(ensure_synthetic(root, 4, 2, 128, seed=1, progress=False))
+
+
+def _fresh(data, imgsz=128):
+    model, _ = new_model(data, "n", imgsz, seed=0)
+    return model
+
+
+def test_overfits_four_images(tiny, tmp_path):
+    cfg = TrainConfig(epochs=30, batch=4, lr0=0.02, warmup_epochs=1, eval_every=1000, **NO_AUG)
+    fit(_fresh(tiny), tiny, cfg, tmp_path, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    losses = [float(r["loss"]) for r in rows]
+    assert len(losses) == 30
+    assert losses[-1] < 0.5 * losses[0], losses[::5]
+    for name in ("last.pt", "best.pt", "log.csv", "log.json", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert rows[-1]["map50"] != ""                     # the last epoch is always evaluated
+
+
+class Recorder:
+    """Implements every hook; its extra loss is a real term (mean |P3|) so it must show up in the logs."""
+
+    def __init__(self):
+        self.calls, self.loaded = [], None
+
+    def on_train_start(self, trainer):
+        self.calls.append(("start", trainer.epoch))
+        assert trainer.teacher is not None and not any(p.requires_grad for p in trainer.teacher.parameters())
+
+    def extra_loss(self, trainer, imgs, targets, feats):
+        self.calls.append(("extra", trainer.step))
+        assert len(feats) == 3 and feats[0].requires_grad and imgs.shape[0] == targets[:, 0].max() + 1
+        term = 1e-3 * feats[0].abs().mean()
+        return term, {"feat": float(term)}
+
+    def after_backward(self, trainer, step):
+        g = trainer.model.layers[0].bn.weight.grad
+        self.calls.append(("after", step, g is not None))
+
+    def on_epoch_end(self, trainer, epoch):
+        self.calls.append(("end", epoch))
+        return {"hook_epoch": epoch}
+
+    def state_dict(self):
+        return {"n_calls": len(self.calls)}
+
+    def load_state_dict(self, d):
+        self.loaded = d
+
+
+def test_hooks_called_in_order_and_state_saved(tiny, tmp_path):
+    cfg = TrainConfig(epochs=2, batch=2, eval_every=1000, **NO_AUG)
+    h = Recorder()
+    teacher = _fresh(tiny)
+    fit(_fresh(tiny), tiny, cfg, tmp_path, hooks=[h], teacher=teacher, progress=False)
+    # 4 images, batch 2 -> 2 steps per epoch
+    assert h.calls == [("start", 0),
+                       ("extra", 0), ("after", 0, True), ("extra", 1), ("after", 1, True), ("end", 0),
+                       ("extra", 2), ("after", 2, True), ("extra", 3), ("after", 3, True), ("end", 1)]
+    log = json.loads((tmp_path / "log.json").read_text())["history"]
+    assert [r["hook_epoch"] for r in log] == [0, 1] and all(r["feat"] > 0 for r in log)
+    assert load_checkpoint(tmp_path / "last.pt")["train"]["hooks"] == [{"n_calls": 11}]
+    # a finished run resumes to its final metrics without training again
+    h2 = Recorder()
+    fit(_fresh(tiny), tiny, cfg, tmp_path, hooks=[h2], progress=False)
+    assert h2.loaded == {"n_calls": 11} and h2.calls == []
+
+
+class Interrupt:
+    def extra_loss(self, trainer, imgs, targets, feats):
+        if trainer.epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_resume_matches_uninterrupted_run(tiny, tmp_path):
+    cfg = TrainConfig(epochs=2, batch=2, eval_every=1, warmup_epochs=0.5, mosaic=1.0, hsv=0.5)
+    fit(_fresh(tiny), tiny, cfg, tmp_path / "a", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_fresh(tiny), tiny, cfg, tmp_path / "b", hooks=[Interrupt()], progress=False)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["train"]["epoch"] == 1
+    fit(_fresh(tiny), tiny, cfg, tmp_path / "b", progress=False)
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key                          # EMA
+        assert torch.equal(a["train"]["model_raw"][key], b["train"]["model_raw"][key]), key
+    timing = ("time_s", "cpu_s", "img_per_s")
+    strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
+    assert strip(a["train"]["history"]) == strip(b["train"]["history"])
+    # and the EMA weights in best.pt load as a plain model
+    assert model_from_checkpoint(tmp_path / "b" / "best.pt").num_classes == len(tiny.names)
+
+
+def test_resume_refuses_another_model(tiny, tmp_path):
+    cfg = TrainConfig(epochs=1, batch=4, eval_every=1000, **NO_AUG)
+    fit(_fresh(tiny), tiny, cfg, tmp_path, progress=False)
+    other, _ = new_model(tiny, "s", 128)
+    with pytest.raises(CheckpointError, match="last.pt.*another model"):
+        fit(other, tiny, replace(cfg, epochs=2), tmp_path, progress=False)
