@@ -52,7 +52,8 @@ class SparsityHook:
             for p in trainer.teacher.parameters():
                 p.requires_grad_(False)
         if self._pending is not None:
-            self._restore(self._pending)
+            if self._pending.get("reg"):
+                self.reg.load_state_dict(self._pending["reg"])
             self._pending = None
         else:
             self.reg.refresh()
@@ -110,13 +111,10 @@ class SparsityHook:
         return {"reg": self.reg.state_dict() if self.reg else None, "steps": self.steps, "epochs": self.epochs}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        # The trainer may restore before on_train_start built the regularizer: keep it until then.
+        # The trainer restores before on_train_start builds the regularizer (and a finished run never
+        # calls it): take the logs now, keep the regularizer state until it exists.
+        self.steps, self.epochs = list(d["steps"]), list(d["epochs"])
         if self.reg is None:
             self._pending = d
-        else:
-            self._restore(d)
-
-    def _restore(self, d: dict[str, Any]) -> None:
-        if d.get("reg"):
+        elif d.get("reg"):
             self.reg.load_state_dict(d["reg"])
-        self.steps, self.epochs = list(d["steps"]), list(d["epochs"])
