@@ -56,6 +56,16 @@ class TrainConfig:
     amp: bool = True                   # used on CUDA only
     seed: int = 0
     eval_every: int = 5                # evaluate mAP every N epochs (and at the end)
+    # trainer details (edgeprune/train): YOLOv5's published hyper-parameters unless measured otherwise
+    warmup_momentum: float = 0.8       # SGD momentum / AdamW beta1 at the start of warm-up
+    warmup_bias_lr: float = 0.1        # SGD bias lr at the start of warm-up (falls to the scheduled lr)
+    grad_clip: float = 10.0            # max global gradient norm (0 = off)
+    accumulate: int = 1                # optimizer step every N batches (per process)
+    box_gain: float = 0.05             # loss gains before YOLOv5's rescaling by nc, imgsz and levels
+    obj_gain: float = 1.0
+    cls_gain: float = 0.5
+    anchor_t: float = 4.0              # anchor match: max w/h ratio either way
+    sync_bn: bool = False              # SyncBatchNorm under DDP (torchrun)
 
 
 @dataclass

@@ -1,0 +1,65 @@
+"""Detection metrics: `evaluate` (COCO mAP of a model on samples) and `complexity` (params, FLOPs, latency).
+
+`evaluate` pre- and post-processes exactly as the device does (jetson.preprocess / jetson.postprocess), so
+the host's mAP is the mAP of the deployed pipeline up to the backend's numerics.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from jetson.postprocess import postprocess, scale_boxes
+from jetson.preprocess import preprocess
+
+from ..errors import DataError
+from .coco import coco_map
+
+__all__ = ["evaluate", "coco_map", "predict"]
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot decode image for evaluation ({exc})") from None
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: Sequence[Path], imgsz: int, conf: float = 0.001, iou: float = 0.6,
+            batch: int = 16, max_det: int = 300, progress: bool = False):
+    """Detections per image, in source-image pixels: list of (boxes xyxy, scores, class ids), and image shapes."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    dets, shapes = [], []
+    try:
+        for start in tqdm(range(0, len(images), batch), desc="eval", disable=not progress, leave=False):
+            xs, metas = [], []
+            for path in images[start:start + batch]:
+                img = _load_rgb(Path(path))
+                x, meta = preprocess(img, imgsz)
+                xs.append(x)
+                metas.append(meta)
+                shapes.append(meta["orig_shape"])
+            pred = model(torch.from_numpy(np.concatenate(xs)).to(device)).float().cpu().numpy()
+            for (boxes, scores, classes), meta in zip(postprocess(pred, conf, iou, max_det), metas):
+                dets.append((scale_boxes(boxes, meta), scores, classes))
+    finally:
+        model.train(was_training)
+    return dets, shapes
+
+
+def evaluate(model: torch.nn.Module, samples: Sequence, names: Sequence[str], imgsz: int, conf: float = 0.001,
+             iou: float = 0.6, batch: int = 16, progress: bool = False) -> dict[str, Any]:
+    """COCO-style evaluation of `model` on `samples` (data.Sample: image path, xyxy boxes, classes).
+    Returns {"map50", "map", "ap_small", "per_class": {name: {"ap50", "ap"}}} (-1 where undefined)."""
+    dets, shapes = predict(model, [s.image for s in samples], imgsz, conf, iou, batch, progress=progress)
+    gts = [(np.asarray(s.boxes, np.float32).reshape(-1, 4), np.asarray(s.classes).reshape(-1)) for s in samples]
+    return coco_map(gts, dets, list(names), shapes)

@@ -1,0 +1,55 @@
+"""`edgeprune train` and `edgeprune eval`. Python 3.6 compatible: declares arguments only; the handlers
+import torch and the trainer lazily (edgeprune/train/commands.py)."""
+import argparse
+
+
+def _train(args):
+    from .commands import train_command
+    return train_command(args)
+
+
+def _eval(args):
+    from .commands import eval_command
+    return eval_command(args)
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "train", help="train a dense detector (YOLOv5-style, EMA, cosine LR, resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: edgeprune train --data synthetic --size n --imgsz 256 --epochs 30 --out runs/dense\n"
+               "         edgeprune train --data runs/dense --out runs/dense --resume   (continue from last.pt)\n"
+               "         edgeprune train --data data/nwpu --set train.lr0=0.02 --set train.mosaic=1.0 --out runs/nwpu")
+    p.add_argument("--data", default="synthetic",
+                   help="dataset path (YOLO dir/data.yaml, COCO json, VOC, NWPU) or 'synthetic' (default)")
+    p.add_argument("--data-root", default="data/synthetic", help="cache folder of the synthetic dataset")
+    p.add_argument("--preset", default="default", help="config preset: default | quick | benchmark")
+    p.add_argument("--config", default=None, help="YAML config file (overrides the preset)")
+    p.add_argument("--size", default=None, choices=("n", "s", "m"), help="model size (model.size)")
+    p.add_argument("--imgsz", type=int, default=None, help="network input side, multiple of 32 (model.imgsz)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (train.epochs)")
+    p.add_argument("--out", required=True, help="output folder: last.pt, best.pt, log.csv, log.json, curves.png")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
+    p.add_argument("--no-autoanchor", action="store_true", help="keep YOLOv5's COCO anchors")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable (e.g. --set train.lr0=0.02)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.set_defaults(handler=_train)
+
+    e = subparsers.add_parser(
+        "eval", help="mAP50, mAP50-95, AP_small, per-class AP, params, FLOPs and CPU latency of a checkpoint",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: edgeprune eval runs/dense/best.pt --data synthetic --json")
+    e.add_argument("checkpoint", help="a checkpoint (.pt) written by edgeprune")
+    e.add_argument("--data", default="synthetic", help="dataset path or 'synthetic'")
+    e.add_argument("--data-root", default="data/synthetic", help="cache folder of the synthetic dataset")
+    e.add_argument("--preset", default="default", help="config preset the synthetic data comes from")
+    e.add_argument("--split", default="val", help="split to evaluate (default val)")
+    e.add_argument("--imgsz", type=int, default=None, help="input side (default: the one it was trained at)")
+    e.add_argument("--conf", type=float, default=0.001, help="score threshold for mAP (default 0.001)")
+    e.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    e.add_argument("--latency-iters", type=int, default=20, help="CPU latency runs after 5 warm-ups (0 = skip)")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(handler=_eval)

@@ -1,0 +1,103 @@
+"""Handlers of `edgeprune train` / `edgeprune eval` (host side; imported lazily by train/cli.py)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, dump_config, load_config, make_config, parse_set
+from ..errors import ModelError, UsageError
+from ..fsio import atomic_write_json, atomic_write_text
+
+
+def _config(args: Any, extra: dict[str, Any]) -> Config:
+    overrides = parse_set(args.set)
+    for section, values in extra.items():
+        overrides.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    if getattr(args, "config", None):
+        return load_config(args.config, overrides)
+    return make_config(args.preset, overrides)
+
+
+def load_data(source: str, cfg: Config, root: str | Path):
+    """The dataset named by --data: 'synthetic' (generated once into `root`, cached) or a path."""
+    from ..data import load_dataset
+    if source == "synthetic":
+        from ..data.synth import ensure_synthetic
+        d = cfg.data
+        path = ensure_synthetic(Path(root), d.synth_train, d.synth_val, d.synth_size, d.seed)
+        return load_dataset(path, "auto", d.skip_bad)
+    return load_dataset(source, cfg.data.format, cfg.data.skip_bad)
+
+
+def train_command(args: Any) -> int:
+    from ..models.io import load_checkpoint
+    from ..models.yolo import build_model
+    from .trainer import fit, new_model
+
+    cfg = _config(args, {"model": {"size": args.size, "imgsz": args.imgsz}, "train": {"epochs": args.epochs}})
+    out = Path(args.out)
+    last = out / "last.pt"
+    if last.exists() and not args.resume:
+        raise UsageError(f"{last} exists: pass --resume to continue it, or choose another --out")
+    data = load_data(args.data, cfg, args.data_root)
+    if args.resume and last.exists():
+        model = build_model(load_checkpoint(last)["spec"])     # weights and state come from last.pt in fit
+        report: dict[str, Any] = {"resumed": str(last)}
+    else:
+        model, report = new_model(data, cfg.model.size, cfg.model.imgsz, cfg.train.seed, not args.no_autoanchor)
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        atomic_write_json(out / "anchors.json", report)
+    final = fit(model, data, cfg.train, out, resume=args.resume, imgsz=cfg.model.imgsz, progress=not args.quiet)
+    result = {"out": str(out), "anchors": report, **final}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"trained {cfg.train.epochs} epochs -> {out}/best.pt")
+        _print_metrics(final)
+    return 0
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    for key in ("map50", "map", "ap_small", "best_map50"):
+        if key in m:
+            print(f"{key:>10}: {m[key]:.4f}")
+    for name, ap in (m.get("per_class") or {}).items():
+        print(f"{name:>16}: AP50 {ap['ap50']:.4f}  AP {ap['ap']:.4f}")
+    for key in ("params", "flops"):
+        if key in m:
+            print(f"{key:>10}: {m[key]:,}")
+    if "latency" in m:
+        print(f"{'latency':>10}: {m['latency']['median_ms']:.2f} ms (CPU median, batch 1, "
+              f"{m['latency']['threads']} threads)")
+
+
+def eval_command(args: Any) -> int:
+    from ..metrics import evaluate
+    from ..metrics.complexity import count, cpu_latency
+    from ..models.io import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt)
+    train_state = ckpt.get("train") or {}
+    imgsz = args.imgsz or train_state.get("imgsz") or 256
+    cfg = _config(args, {})
+    data = load_data(args.data, cfg, args.data_root)
+    if args.split not in data.splits or not data.splits[args.split]:
+        raise UsageError(f"--split {args.split}: the dataset has no such split (has {sorted(data.splits)})")
+    if len(data.names) != model.num_classes:
+        raise ModelError(f"{args.checkpoint}: the model has {model.num_classes} classes but {args.data} has "
+                         f"{len(data.names)} ({data.names}); evaluate on the dataset it was trained on")
+    result: dict[str, Any] = evaluate(model, data.splits[args.split], data.names, imgsz, args.conf, args.iou,
+                                      progress=not args.json and sys.stderr.isatty())
+    result.update(count(model, imgsz))
+    if args.latency_iters > 0:
+        result["latency"] = cpu_latency(model, imgsz, iters=args.latency_iters)
+    result.update(checkpoint=str(args.checkpoint), split=args.split, imgsz=imgsz, images=len(data.splits[args.split]))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.checkpoint} on {args.split} ({result['images']} images, imgsz {imgsz})")
+        _print_metrics(result)
+    return 0

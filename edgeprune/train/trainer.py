@@ -1,0 +1,393 @@
+"""The training loop: `fit(model, data, cfg, out_dir, ...)` (see docs/CONTRACTS.md, "Training").
+
+SGD (nesterov; BN weights / conv weights with decay / biases as three groups) or AdamW; linear warm-up
+(bias lr falls from warmup_bias_lr, momentum rises from warmup_momentum), then cosine from lr0 to lr0*lrf,
+evaluated per iteration; EMA weights are evaluated and saved; AMP on CUDA only; gradient clipping.
+Every epoch writes last.pt (everything needed for an exact resume: raw + EMA weights, optimizer, epoch,
+RNG states, hooks' state, history) and best.pt (by mAP50), log.csv, log.json and curves.png.
+
+Hooks (the sparsity trainer plugs in here) are objects with any of: on_train_start(trainer),
+extra_loss(trainer, imgs, targets, feats) -> (tensor, dict) | None, after_backward(trainer, step) (called
+with unscaled gradients, before the optimizer step), on_epoch_end(trainer, epoch) -> dict, state_dict(),
+load_state_dict(d).
+
+Under torchrun (WORLD_SIZE > 1) the loop runs DistributedDataParallel on a gloo/nccl process group:
+`cfg.batch` is the global batch, each rank loads batch / world_size images (a DistributedSampler shard),
+rank 0 alone evaluates and writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import TrainConfig
+from ..errors import CheckpointError, ConfigError, DataError
+from ..fsio import atomic_write_json, atomic_write_text
+from ..models.io import load_checkpoint, save_checkpoint
+from .ema import ModelEMA
+from .loss import DetectionLoss
+
+log = logging.getLogger(__name__)
+
+
+class _TrainStep(nn.Module):
+    """Wraps the detector so one forward (the one DDP sees) returns both the neck features and head maps."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        feats = self.model.forward_features(x)
+        return feats, self.model.detect(feats)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    st = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
+                       "has_gauss": int(st[3]), "gauss": float(st[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """[BN/norm weights (no decay), other weights (decay), biases (no decay)] — YOLOv5's three groups."""
+    bn, weights, biases = [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name == "bias":
+                biases.append(p)
+            elif isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)):
+                bn.append(p)
+            else:
+                weights.append(p)
+    return [{"params": bn, "weight_decay": 0.0, "name": "bn"},
+            {"params": weights, "weight_decay": weight_decay, "name": "weights"},
+            {"params": biases, "weight_decay": 0.0, "name": "biases"}]
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+class Trainer:
+    """State of one training run; hooks receive it. Public attributes: model (raw, unwrapped), ema,
+    optimizer, cfg, epoch, step (global iteration), epochs, nb (iterations per epoch), teacher, device,
+    imgsz, out_dir, data, rank, world_size, is_main."""
+
+    def __init__(self, model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path,
+                 hooks: Sequence[Any] = (), teacher: nn.Module | None = None, imgsz: int = 256,
+                 device: str | None = None, progress: bool = True):
+        if not data.splits.get("train"):
+            raise DataError("the dataset has no 'train' samples; check the dataset path / split names")
+        self.world_size, self.rank, local_rank = _dist_info()
+        self.is_main = self.rank == 0
+        if cfg.batch % self.world_size:
+            raise ConfigError(f"config key train.batch: the global batch {cfg.batch} must be divisible by the "
+                              f"world size {self.world_size} (torchrun --nproc-per-node); "
+                              f"use e.g. train.batch={cfg.batch // self.world_size * self.world_size or self.world_size}")
+        if cfg.accumulate < 1:
+            raise ConfigError(f"config key train.accumulate: must be >= 1, got {cfg.accumulate}")
+        self.cfg, self.data, self.imgsz, self.progress = cfg, data, imgsz, progress
+        self.out_dir = Path(out_dir)
+        if device is None:
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        self.hooks = list(hooks)
+        self.model = model.to(self.device)
+        self.teacher = None
+        if teacher is not None:
+            self.teacher = teacher.to(self.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        self.epochs = cfg.epochs
+        self.epoch = 0
+        self.step = 0
+        self.best_map50 = -1.0
+        self.history: list[dict[str, Any]] = []
+        self.loss_fn = DetectionLoss(self.model, imgsz, cfg.box_gain, cfg.obj_gain, cfg.cls_gain, cfg.anchor_t)
+        self.batch_per_rank = cfg.batch // self.world_size
+        self.dataset = self._make_dataset()
+        self.nb = math.ceil(len(self.dataset) / self.world_size / self.batch_per_rank)
+        self.optimizer = self._make_optimizer()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ema: ModelEMA | None = None
+        self.step_module: nn.Module = _TrainStep(self.model)
+        if self.world_size > 1:
+            self._wrap_ddp()
+
+    # ----------------------------------------------------------------- setup
+    def _make_dataset(self):
+        from ..data.torchdata import DetectionDataset
+        return DetectionDataset(self.data.splits["train"], self.imgsz, augment=True, train_cfg=self.cfg,
+                                seed=self.cfg.seed)
+
+    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        from ..data.torchdata import collate
+
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
+        if self.world_size > 1:
+            sampler = torch.utils.data.DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=True,
+                                                          seed=self.cfg.seed, drop_last=False)
+            sampler.set_epoch(epoch)
+            return torch.utils.data.DataLoader(self.dataset, self.batch_per_rank, sampler=sampler,
+                                               num_workers=self.cfg.workers, collate_fn=collate, generator=gen)
+        return torch.utils.data.DataLoader(self.dataset, self.batch_per_rank, shuffle=True, generator=gen,
+                                           num_workers=self.cfg.workers, collate_fn=collate)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        groups = param_groups(self.model, cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr0, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr0, betas=(cfg.momentum, 0.999))
+
+    def _wrap_ddp(self) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.cfg.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.optimizer = self._make_optimizer()
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.step_module = nn.parallel.DistributedDataParallel(_TrainStep(self.model), device_ids=ids)
+
+    # ------------------------------------------------------------- schedule
+    def lr_factor(self, progress_epochs: float) -> float:
+        """Cosine from 1 to lrf over the run (progress in epochs, fractional)."""
+        x = min(progress_epochs / max(self.epochs, 1), 1.0)
+        return ((1 - math.cos(x * math.pi)) / 2) * (self.cfg.lrf - 1) + 1
+
+    def _set_lr(self, step: int) -> None:
+        cfg = self.cfg
+        target = cfg.lr0 * self.lr_factor(step / self.nb)
+        warm = max(round(cfg.warmup_epochs * self.nb), 1) if cfg.warmup_epochs > 0 else 0
+        for g in self.optimizer.param_groups:
+            lr, mom = target, cfg.momentum
+            if step < warm:
+                xi = step / warm
+                start = cfg.warmup_bias_lr if (g["name"] == "biases" and cfg.optimizer == "sgd") else 0.0
+                lr = start + (target - start) * xi
+                mom = cfg.warmup_momentum + (cfg.momentum - cfg.warmup_momentum) * xi
+            g["lr"] = lr
+            if "momentum" in g:
+                g["momentum"] = mom
+            else:
+                g["betas"] = (mom, g["betas"][1])
+
+    # ----------------------------------------------------------- checkpoint
+    def _state(self, final: dict[str, Any] | None) -> dict[str, Any]:
+        return {"train": {
+            "epoch": self.epoch, "step": self.step, "epochs": self.epochs,
+            "model_raw": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema_updates": self.ema.updates,
+            "best_map50": self.best_map50,
+            "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
+            "rng": _rng_state(),
+            "history": self.history,
+            "cfg": dataclasses.asdict(self.cfg),
+            "imgsz": self.imgsz,
+            "final": final,
+        }}
+
+    def _resume(self, path: Path) -> dict[str, Any] | None:
+        ckpt = load_checkpoint(path, map_location=str(self.device))
+        st = ckpt.get("train")
+        if not isinstance(st, dict):
+            raise CheckpointError(f"{path}: has no training state to resume from; use another out_dir "
+                                  "or resume=False")
+        if ckpt["spec"] != self.model.spec:
+            raise CheckpointError(f"{path}: was written for another model (architecture spec differs); "
+                                  "use another out_dir or resume=False")
+        if st["cfg"] != dataclasses.asdict(self.cfg):
+            changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items() if st["cfg"].get(k) != v)
+            log.warning("%s: resuming with changed train settings %s; the run is no longer exact", path, changed)
+        self.model.load_state_dict(st["model_raw"])
+        self.ema = ModelEMA(self.model, updates=int(st["ema_updates"]))
+        self.ema.ema.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scaler.load_state_dict(st["scaler"])
+        for h, hs in zip(self.hooks, st["hooks"]):
+            if hs is not None and hasattr(h, "load_state_dict"):
+                h.load_state_dict(hs)
+        self.epoch, self.step = int(st["epoch"]), int(st["step"])
+        self.best_map50 = float(st["best_map50"])
+        self.history = list(st["history"])
+        _set_rng_state(st["rng"])
+        return st.get("final")
+
+    def _save(self, metrics: dict[str, Any] | None, final: dict[str, Any] | None) -> None:
+        improved = metrics is not None and metrics["map50"] > self.best_map50
+        if improved:
+            self.best_map50 = metrics["map50"]
+        save_checkpoint(self.out_dir / "last.pt", self.ema.ema, **self._state(final))
+        if improved or not (self.out_dir / "best.pt").exists():
+            save_checkpoint(self.out_dir / "best.pt", self.ema.ema, metrics=metrics, epoch=self.epoch)
+
+    # -------------------------------------------------------------- running
+    def run(self, resume: bool = True) -> dict[str, Any]:
+        last = self.out_dir / "last.pt"
+        final = None
+        if resume and last.is_file():
+            final = self._resume(last)
+            if final is not None:
+                return final
+        else:
+            seed_everything(self.cfg.seed)
+            self.ema = ModelEMA(self.model)
+        for h in self.hooks:
+            if hasattr(h, "on_train_start"):
+                h.on_train_start(self)
+        while self.epoch < self.epochs:
+            row = self._train_epoch()
+            self.epoch += 1
+            metrics = None
+            if self.epoch % max(self.cfg.eval_every, 1) == 0 or self.epoch == self.epochs:
+                metrics = self._evaluate()
+                if metrics is not None:
+                    row.update(map50=metrics["map50"], map=metrics["map"], ap_small=metrics["ap_small"])
+            for h in self.hooks:
+                if hasattr(h, "on_epoch_end"):
+                    row.update(h.on_epoch_end(self, self.epoch - 1) or {})
+            self.history.append(row)
+            if self.epoch == self.epochs:
+                final = {**(metrics or {}), "best_map50": max(self.best_map50, (metrics or {}).get("map50", -1.0)),
+                         "epochs": self.epochs}
+            if self.is_main:
+                self._save(metrics, final)
+                self._write_logs()
+        return final if final is not None else {}
+
+    def _evaluate(self) -> dict[str, Any] | None:
+        val = self.data.splits.get("val")
+        if not val or not self.is_main:
+            return None
+        from ..metrics import evaluate
+        return evaluate(self.ema.ema, val, self.data.names, self.imgsz, batch=max(self.batch_per_rank, 1),
+                        progress=self.progress)
+
+    def _train_epoch(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.step_module.train()
+        loader = self._loader(self.epoch)
+        sums: dict[str, float] = {}
+        seen, t0 = 0, time.perf_counter()
+        bar = tqdm(loader, total=self.nb, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                   disable=not (self.progress and self.is_main), leave=False)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (imgs, targets, _metas) in enumerate(bar):
+            self._set_lr(self.step)
+            imgs = imgs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device)
+            with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                feats, raw = self.step_module(imgs)
+                loss, items = self.loss_fn(raw, targets)
+                loss = loss * self.world_size      # DDP averages gradients over ranks; YOLOv5's loss is a sum
+                for h in self.hooks:
+                    extra = h.extra_loss(self, imgs, targets, feats) if hasattr(h, "extra_loss") else None
+                    if extra is not None:
+                        loss = loss + extra[0]
+                        items.update(extra[1])
+            last_of_epoch = i + 1 == self.nb
+            self.scaler.scale(loss / cfg.accumulate).backward()
+            if (i + 1) % cfg.accumulate == 0 or last_of_epoch:
+                self.scaler.unscale_(self.optimizer)
+                for h in self.hooks:
+                    if hasattr(h, "after_backward"):
+                        h.after_backward(self, self.step)
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.ema.update(self.model)
+            if not math.isfinite(float(loss.detach())):
+                raise DataError(f"training loss became {float(loss)} at epoch {self.epoch + 1}, batch {i}; "
+                                "lower train.lr0 or check the labels")
+            items["loss"] = float(loss.detach())
+            for k, v in items.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            seen += imgs.shape[0]
+            self.step += 1
+            bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.3f}")
+        dt = time.perf_counter() - t0
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[1]["lr"]}
+        row.update({k: v / max(self.nb, 1) for k, v in sums.items()})
+        row.update(time_s=round(dt, 3), img_per_s=round(seen * self.world_size / max(dt, 1e-9), 2))
+        return row
+
+    def _write_logs(self) -> None:
+        keys: list[str] = []
+        for row in self.history:
+            keys += [k for k in row if k not in keys]
+        lines = [",".join(keys)]
+        for row in self.history:
+            lines.append(",".join("" if row.get(k) is None else str(row[k]) for k in keys))
+        atomic_write_text(self.out_dir / "log.csv", "\n".join(lines) + "\n")
+        atomic_write_json(self.out_dir / "log.json", {"cfg": dataclasses.asdict(self.cfg), "imgsz": self.imgsz,
+                                                      "history": self.history})
+        from .plots import plot_curves
+        plot_curves(self.history, self.out_dir / "curves.png")
+
+
+def fit(model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path, hooks: Sequence[Any] = (),
+        resume: bool = True, teacher: nn.Module | None = None, imgsz: int = 256, device: str | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Train `model` on data.splits["train"], evaluating its EMA on data.splits["val"]; see the module doc.
+    Returns the final metrics ({"map50", "map", "ap_small", "per_class", "best_map50", "epochs"})."""
+    trainer = Trainer(model, data, cfg, out_dir, hooks, teacher, imgsz, device, progress)
+    return trainer.run(resume)
+
+
+def new_model(data: Any, size: str = "n", imgsz: int = 256, seed: int = 0, autoanchor: bool = True):
+    """A fresh detector for `data` (class names from it), with k-means anchors when the defaults' best
+    possible recall on the training boxes is below 0.98. Returns (model, anchor report)."""
+    from ..models.spec import DEFAULT_ANCHORS, new_spec
+    from ..models.yolo import build_model
+    from .anchors import auto_anchors
+
+    anchors, report = DEFAULT_ANCHORS, {"changed": False}
+    if autoanchor:
+        anchors, report = auto_anchors(data.splits["train"], imgsz, DEFAULT_ANCHORS, seed=seed)
+    seed_everything(seed)
+    return build_model(new_spec(len(data.names), data.names, size, anchors)), report
+
+
+__all__ = ["fit", "new_model", "Trainer", "param_groups", "seed_everything"]
