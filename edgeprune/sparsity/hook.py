@@ -27,6 +27,18 @@ def total_steps(trainer: Any) -> int:
     return int(total) if total else int(trainer.epochs) * int(trainer.nb)
 
 
+def bn_lr(trainer: Any, reg: L1RRRegularizer) -> float | None:
+    """The current learning rate of the optimizer group holding the BN weights (None if unknown)."""
+    opt = getattr(trainer, "optimizer", None)
+    if opt is None:
+        return None
+    probe = next(iter(reg.bns.values())).weight
+    for group in opt.param_groups:
+        if any(p is probe for p in group["params"]):
+            return float(group["lr"])
+    return None
+
+
 class SparsityHook:
     def __init__(self, cfg: SparseConfig):
         self.cfg = cfg
@@ -52,7 +64,8 @@ class SparsityHook:
             for p in trainer.teacher.parameters():
                 p.requires_grad_(False)
         if self._pending is not None:
-            self._restore(self._pending)
+            if self._pending.get("reg"):
+                self.reg.load_state_dict(self._pending["reg"])
             self._pending = None
         else:
             self.reg.refresh()
@@ -85,7 +98,7 @@ class SparsityHook:
         assert self.reg is not None, "on_train_start was not called"
         if step % self.cfg.refresh_every == 0:
             self.reg.refresh()
-        s = self.reg.apply(step)
+        s = self.reg.apply(step, bn_lr(trainer, self.reg))
         self.steps.append([int(step), float(s), self.reg.zero_share(), self._last_att])
 
     def _snapshot(self, epoch: int) -> dict[str, Any]:
@@ -110,13 +123,10 @@ class SparsityHook:
         return {"reg": self.reg.state_dict() if self.reg else None, "steps": self.steps, "epochs": self.epochs}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        # The trainer may restore before on_train_start built the regularizer: keep it until then.
+        # The trainer restores before on_train_start builds the regularizer (and a finished run never
+        # calls it): take the logs now, keep the regularizer state until it exists.
+        self.steps, self.epochs = list(d["steps"]), list(d["epochs"])
         if self.reg is None:
             self._pending = d
-        else:
-            self._restore(d)
-
-    def _restore(self, d: dict[str, Any]) -> None:
-        if d.get("reg"):
+        elif d.get("reg"):
             self.reg.load_state_dict(d["reg"])
-        self.steps, self.epochs = list(d["steps"]), list(d["epochs"])
