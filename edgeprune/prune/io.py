@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,11 @@ def load_pruned(path: str | Path) -> tuple[Detector, dict[str, Any]]:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise PruneError(f"{weights}: truncated or corrupt ({str(exc).splitlines()[0]}); re-run edgeprune prune") from None
-    except Exception as exc:  # the weights_only unpickler refuses anything but tensors and plain containers
-        raise PruneError(f"{weights}: not a plain state_dict ({type(exc).__name__})") from None
+    except pickle.UnpicklingError as exc:
+        if not zipfile.is_zipfile(weights):  # torch.save always writes a zip archive
+            raise PruneError(f"{weights}: truncated or corrupt (not a torch.save archive); re-run edgeprune prune") from None
+        raise PruneError(f"{weights}: not a plain state_dict, the safe loader refused it "
+                         f"({str(exc).splitlines()[0][:120]}); re-save it with save_pruned") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
