@@ -11,7 +11,7 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -34,10 +34,24 @@ def spec_from_pruned(model: Detector, dense_spec: dict[str, Any]) -> dict[str, A
     return with_widths(dense_spec, model.conv_widths())
 
 
-def save_pruned(out_dir: str | Path, model: Detector, spec: dict[str, Any], recombination_map: dict[str, Any],
-                table: list[dict[str, Any]], stats: dict[str, Any] | None = None) -> Path:
-    from .apply import format_table
+class Pruned(NamedTuple):
+    model: Detector
+    recombination_map: dict[str, Any]
 
+
+def save_pruned(out_dir: str | Path, model: Any, spec: dict[str, Any] | None = None,
+                recombination_map: dict[str, Any] | None = None, table: list[dict[str, Any]] | None = None,
+                stats: dict[str, Any] | None = None) -> Path:
+    """Write the pruned folder. `model` may also be a PruneResult whose `spec` is set (prune_from_ratios)."""
+    from .apply import PruneResult, format_table
+
+    if isinstance(model, PruneResult):
+        if model.spec is None:
+            raise PruneError("save_pruned(dir, result): result.spec is not set; pass the spec explicitly")
+        model, spec, recombination_map, table, stats = (model.model, model.spec, model.recombination_map,
+                                                        model.table, model.stats)
+    if spec is None or recombination_map is None or table is None:
+        raise PruneError("save_pruned needs the spec, the recombination map and the table")
     out = Path(out_dir)
     save_spec(spec, out / "arch.json")
     with AtomicFile(out / "weights.pt", suffix=".pt") as tmp:
@@ -48,7 +62,7 @@ def save_pruned(out_dir: str | Path, model: Detector, spec: dict[str, Any], reco
     return out
 
 
-def load_pruned(path: str | Path) -> tuple[Detector, dict[str, Any]]:
+def load_pruned(path: str | Path) -> Pruned:
     """Rebuild a pruned detector from its folder -> (model, recombination map)."""
     path = Path(path)
     try:
@@ -77,7 +91,29 @@ def load_pruned(path: str | Path) -> tuple[Detector, dict[str, Any]]:
         rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {"version": 1, "junctions": []}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PruneError(f"{rec_path}: not valid JSON ({exc})") from None
-    return model, rec
+    return Pruned(model, rec)
+
+
+def save_pruned_model(out_dir: str | Path, model: Detector, pruned_dir: str | Path) -> Path:
+    """Save a fine-tuned pruned model next to the recombination map and table of the folder it came from."""
+    src = Path(pruned_dir)
+    rec = load_pruned(src).recombination_map
+    table_path = src / "prune_table.json"
+    try:
+        doc = json.loads(table_path.read_text()) if table_path.is_file() else {"layers": [], "stats": {}}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PruneError(f"{table_path}: not valid JSON ({exc})") from None
+    return save_pruned(out_dir, model, model.spec, rec, doc.get("layers", []), doc.get("stats", {}))
+
+
+def read_ratios(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PruneError(f"{path}: ratios file not found (run `edgeprune sparse` first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PruneError(f"{path}: not valid JSON ({exc})") from None
 
 
 def keep_from_ratios(doc: Any, model: Detector, source: str = "ratios.json") -> dict[str, list[int]]:
