@@ -59,7 +59,30 @@ def save_pruned(out_dir: str | Path, model: Any, spec: dict[str, Any] | None = N
     atomic_write_json(out / "recombination.json", recombination_map)
     atomic_write_json(out / "prune_table.json", {"layers": table, "stats": stats or {}})
     atomic_write_text(out / "prune_table.txt", format_table(table, stats) + "\n")
+    plot_widths(table, out / "prune_widths.png")
     return out
+
+
+def plot_widths(table: list[dict[str, Any]], path: str | Path) -> None:
+    """Bar chart of every layer's width before/after, junction producers highlighted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table if not r.get("fixed")]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.14 * len(rows)), 3.5))
+    xs = range(len(rows))
+    ax.bar(xs, [r["before"] for r in rows], color="#d0d0d0", label="before")
+    ax.bar(xs, [r["after"] for r in rows], color=["#d62728" if r.get("junction") else "#1f77b4" for r in rows],
+           label="after (red: residual-junction producer)")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([r["layer"] for r in rows], rotation=90, fontsize=5)
+    ax.set_ylabel("output channels")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with AtomicFile(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
 
 
 def load_pruned(path: str | Path) -> Pruned:

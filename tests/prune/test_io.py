@@ -44,7 +44,8 @@ def test_save_and_load_in_a_fresh_process(helpers, tmp_path):
     assert spec["widths"] and spec_sha(spec) == spec_sha(dense_spec)
     out = save_pruned(tmp_path / "pruned", res.model, spec, res.recombination_map, res.table, res.stats)
     assert sorted(p.name for p in out.iterdir()) == ["arch.json", "prune_table.json", "prune_table.txt",
-                                                      "recombination.json", "weights.pt"]
+                                                      "prune_widths.png", "recombination.json", "weights.pt"]
+    assert (out / "prune_widths.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(out.glob(".tmp-*"))
     torch.save(X, tmp_path / "x.pt")
     subprocess.run([sys.executable, "-c", LOAD_AND_RUN, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
