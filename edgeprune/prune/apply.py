@@ -79,9 +79,9 @@ def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
     def hook(name: str):
         def fn(_module: nn.Module, args: tuple) -> None:
             if name not in captured:
-                x = args[0][0]  # first sample; a removed channel is constant over space (interior)
-                idx = torch.from_numpy(removed_in[name])
-                captured[name] = x[idx][(..., *[s // 2 for s in x.shape[1:]])].clone() if x.dim() > 1 else x[idx].clone()
+                # first sample, removed channels, read at the centre (a removed channel is constant there)
+                x = args[0][0].index_select(0, torch.from_numpy(removed_in[name]))
+                captured[name] = x[(slice(None), *(s // 2 for s in x.shape[1:]))].clone()
         return fn
 
     saved = {}
@@ -102,6 +102,9 @@ def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
         for h in handles:
             h.remove()
         model.train(was_training)
+    missing = sorted(set(removed_in) - set(captured))
+    if missing:
+        raise PruneError(f"folding: {missing[:3]} did not run on the example input; pass fold=False (--no-fold)")
     owner_of = g.producer_bn()
     with torch.no_grad():
         for c, r in removed_in.items():
