@@ -122,8 +122,9 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
 
     # classes that cannot be masked through a BN (a conv without BN, the input, a frozen op) stay whole
     locked = graph.fixed.copy()
+    owned = graph.producer_bn()
     for path, ids in graph.producers.items():
-        if path not in graph.producer_bn():
+        if path not in owned:
             locked[ids] = True
     locked_class = np.zeros(n_ids, bool)
     locked_class[graph.root[locked]] = True
