@@ -138,7 +138,7 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     report = verify_graph(graph, spec, conv_nodes, rec)
     smoke: dict[str, Any] = {"skipped": "EfficientNMS_TRT runs in TensorRT only"}
     if manifest["model"]["nms"] == "none":
-        shape = [d if isinstance(d, int) else 1 for d in manifest["model"]["input_shape"]]
+        shape = [max(int(d), 1) for d in manifest["model"]["input_shape"]]
         out = ort_run.run(ort_run.session(graph), np.random.default_rng(0).random(shape, dtype=np.float32))
         nc = len(manifest["classes"])
         if out.ndim != 3 or out.shape[2] != 5 + nc or not np.isfinite(out).all():
