@@ -36,11 +36,13 @@ def build_manifest(spec: dict[str, Any], export: ExportResult, model_sha: str, *
                    recombination: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None,
                    extra_sha256: dict[str, str] | None = None) -> dict[str, Any]:
     h, w = export.input_shape[2:]
+    # -1 marks the symbolic batch (the device loader's convention).
+    input_shape = [-1 if export.dynamic_batch else export.input_shape[0], 3, h, w]
     return {
         "schema_version": SCHEMA_VERSION,
         "producer": {"name": "edgeprune", "version": __version__},
         "model": {"file": MODEL_FILE, "sha256": model_sha, "opset": export.opset, "input_name": INPUT_NAME,
-                  "input_shape": list(export.input_shape), "dynamic_batch": export.dynamic_batch,
+                  "input_shape": input_shape, "dynamic_batch": export.dynamic_batch,
                   "output_names": list(NMS_OUTPUTS) if nms == "efficient_nms" else [OUTPUT_NAME],
                   "output_layout": "efficient_nms" if nms == "efficient_nms" else "yolov5_decoded", "nms": nms},
         "classes": list(spec["names"]),

@@ -7,31 +7,61 @@ from typing import Any
 
 import numpy as np
 
+from ..config import ExportConfig
 from ..errors import BundleError, ExportError
 from ..models.spec import validate_spec
 from . import ort_run
 from .bundle import read_bundle, write_bundle
 from .nms_plugin import append_efficient_nms
-from .onnx_export import DEFAULT_OPSET, export_onnx, graph_summary, load_onnx
+from .onnx_export import export_onnx, graph_summary, load_onnx
 from .parity import load_images, match_detections, run_parity, synthetic_images
 from .source import load_source
 from .verify import conv_flops, verify_graph
 
 
-def export_bundle(source: str | Path, out: str | Path, *, imgsz: int | None = None, opset: int = DEFAULT_OPSET,
-                  dynamic_batch: bool = False, simplify: bool = True, nms_plugin: bool = False,
+def _val_images(dataset: Any, limit: int) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """Images + truth from a Dataset's val split (Sample: image path, boxes xyxy in pixels, classes)."""
+    from PIL import Image
+
+    images, truth = [], []
+    for sample in dataset.splits["val"][:limit]:
+        with Image.open(sample.image) as im:
+            images.append(np.asarray(im.convert("RGB")))
+        truth.append((np.asarray(sample.boxes, np.float32).reshape(-1, 4), np.asarray(sample.classes, np.int64)))
+    return images, truth
+
+
+def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset: Any = None, *,
+                  metrics: dict[str, Any] | None = None, imgsz: int | None = None, opset: int | None = None,
+                  dynamic_batch: bool | None = None, simplify: bool | None = None, nms_plugin: bool | None = None,
                   int8: bool = False, calib: str | Path | None = None, images: str | Path | None = None,
-                  parity_images: int = 8, conf: float = 0.25, iou: float = 0.45, max_det: int = 300) -> dict[str, Any]:
+                  parity_images: int | None = None, conf: float = 0.25, iou: float = 0.45,
+                  max_det: int = 300) -> dict[str, Any]:
+    """Model folder/checkpoint -> verified, parity-checked bundle. `cfg` (a Config) supplies the export section
+    and imgsz for arguments left None; `dataset` (a Dataset) supplies val images with truth for the parity
+    check (then mAP through ORT must match mAP through torch); `metrics` overrides the source's metrics."""
+    ec = cfg.export if cfg is not None else ExportConfig()
+    opset = ec.opset if opset is None else opset
+    dynamic_batch = ec.dynamic_batch if dynamic_batch is None else dynamic_batch
+    simplify = ec.simplify if simplify is None else simplify
+    nms_plugin = ec.nms_plugin if nms_plugin is None else nms_plugin
+    parity_images = ec.parity_images if parity_images is None else parity_images
     if int8 and calib is None:
         raise ExportError("--int8 needs --calib DIR (a folder of .npy calibration batches; see `edgeprune calib build`)")
     src = load_source(source)
-    size = imgsz or src.imgsz or 256
+    size = imgsz or (cfg.model.imgsz if cfg is not None else None) or src.imgsz or 256
     model, spec = src.model, src.model.spec
     exp = export_onnx(model, size, opset=opset, dynamic_batch=dynamic_batch, do_simplify=simplify)
     verify_report = verify_graph(exp.model, spec, exp.conv_nodes, src.recombination)
-    imgs = load_images(images, parity_images) if images else synthetic_images(parity_images, size)
-    parity = run_parity(model, exp.model, imgs, size)
-    parity["image_source"] = str(images) if images else "synthetic (no --images given)"
+    truth = None
+    if images:
+        imgs, image_source = load_images(images, parity_images), str(images)
+    elif dataset is not None and dataset.splits.get("val"):
+        (imgs, truth), image_source = _val_images(dataset, parity_images), "dataset val split"
+    else:
+        imgs, image_source = synthetic_images(parity_images, size), "synthetic (no images given)"
+    parity = run_parity(model, exp.model, imgs, size, truth=truth)
+    parity["image_source"] = image_source
     reports: dict[str, dict[str, Any]] = {"verify": verify_report, "parity": parity}
     int8_graph = None
     if int8:
@@ -46,14 +76,17 @@ def export_bundle(source: str | Path, out: str | Path, *, imgsz: int | None = No
         graph = append_efficient_nms(graph, model.num_classes, conf, iou, max_det)
         int8_graph = append_efficient_nms(int8_graph, model.num_classes, conf, iou, max_det) if int8_graph else None
         nms = "efficient_nms"
-    metrics = {k: src.metrics[k] for k in ("map50", "map") if isinstance(src.metrics.get(k), (int, float))}
-    metrics["params"] = int(sum(p.numel() for p in model.parameters()))
-    metrics["flops"] = conv_flops(exp.model) // exp.input_shape[0]
-    manifest = write_bundle(out, spec, exp, graph, nms=nms, conf=conf, iou=iou, max_det=max_det, metrics=metrics,
-                            recombination=src.recombination, reports=reports, int8_graph=int8_graph,
-                            calib_dir=calib if int8 else None)
-    return {"bundle": str(out), "manifest": manifest, "graph": graph_summary(graph), "verify": verify_report["checked"],
-            "parity": {k: parity[k] for k in ("max_abs_diff", "detection_match", "images")},
+    known = {**src.metrics, **(metrics or {})}
+    bundle_metrics = {k: float(known[k]) for k in ("map50", "map") if isinstance(known.get(k), (int, float))}
+    bundle_metrics["params"] = int(sum(p.numel() for p in model.parameters()))
+    bundle_metrics["flops"] = conv_flops(exp.model) // exp.input_shape[0]
+    manifest = write_bundle(out, spec, exp, graph, nms=nms, conf=conf, iou=iou, max_det=max_det,
+                            metrics=bundle_metrics, recombination=src.recombination, reports=reports,
+                            int8_graph=int8_graph, calib_dir=calib if int8 else None)
+    parity_summary = {k: parity[k] for k in ("max_abs_diff", "detection_match", "images", "image_source")}
+    parity_summary.update({k: parity[k] for k in ("map_torch", "map_ort") if k in parity})
+    return {"bundle": str(out), "manifest": manifest, "graph": graph_summary(graph),
+            "verify": {"status": "passed", **verify_report["checked"]}, "parity": parity_summary,
             "int8": reports.get("int8")}
 
 
@@ -105,7 +138,7 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     report = verify_graph(graph, spec, conv_nodes, rec)
     smoke: dict[str, Any] = {"skipped": "EfficientNMS_TRT runs in TensorRT only"}
     if manifest["model"]["nms"] == "none":
-        shape = [d if isinstance(d, int) else 1 for d in manifest["model"]["input_shape"]]
+        shape = [max(int(d), 1) for d in manifest["model"]["input_shape"]]
         out = ort_run.run(ort_run.session(graph), np.random.default_rng(0).random(shape, dtype=np.float32))
         nc = len(manifest["classes"])
         if out.ndim != 3 or out.shape[2] != 5 + nc or not np.isfinite(out).all():

@@ -1,9 +1,10 @@
 """Host-side INT8: ONNX Runtime static quantization (QDQ, per-channel symmetric weights, symmetric activations,
 as TensorRT's explicit quantization expects) calibrated on `.npy` batches of preprocessed images.
 
-Calibration folder (docs/CONTRACTS.md, written by `edgeprune calib build`): float32 NCHW `.npy` batches,
-preprocessed exactly as the bundle's manifest says, listed in `manifest.json` ("files") or, without one,
-every `*.npy` in name order. Only Conv inputs are quantized: the box-decoding tail works in input pixels
+Calibration folder (docs/CONTRACTS.md "Calibration set", written by `edgeprune calib build` into a bundle's
+`calib/`): float32 NCHW `.npy` batches preprocessed exactly as the bundle's manifest says, listed in
+`manifest.json` ("batches": [{"file", "sha256"}], each sha checked) or, without a manifest, every `*.npy`
+in name order. Only Conv inputs are quantized: the box-decoding tail works in input pixels
 (0..imgsz) and would lose box precision at 8 bits, so it stays float.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import onnx
 
 from ..errors import DataError, ExportError
-from ..fsio import AtomicFile
+from ..fsio import AtomicFile, sha256_file
 
 
 def calib_files(folder: str | Path) -> list[Path]:
@@ -26,18 +27,31 @@ def calib_files(folder: str | Path) -> list[Path]:
     manifest = folder / "manifest.json"
     if manifest.is_file():
         try:
-            names = json.loads(manifest.read_text())["files"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{manifest}: expected a JSON object with a 'files' list ({exc})") from None
-        files = [folder / n for n in names]
-        missing = [str(p) for p in files if not p.is_file()]
-        if missing:
-            raise DataError(f"{manifest}: lists {missing[0]}, which is missing")
+            batches = json.loads(manifest.read_text())["batches"]
+            entries = [(b["file"], b.get("sha256")) for b in batches]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"{manifest}: expected a calibration manifest with a 'batches' list of "
+                            f"{{'file', 'sha256'}} ({type(exc).__name__}: {exc})") from None
+        files = []
+        for name, sha in entries:
+            path = _inside(folder, name, manifest)
+            if not path.is_file():
+                raise DataError(f"{manifest}: lists {path}, which is missing (rebuild with `edgeprune calib build`)")
+            if sha is not None and sha256_file(path) != sha:
+                raise DataError(f"{path}: sha256 does not match {manifest}; rebuild the calibration set")
+            files.append(path)
     else:
         files = sorted(folder.glob("*.npy"))
     if not files:
         raise DataError(f"{folder}: no .npy calibration batches found")
     return files
+
+
+def _inside(folder: Path, name: Any, manifest: Path) -> Path:
+    path = (folder / str(name)).resolve()
+    if not isinstance(name, str) or folder.resolve() not in path.parents:
+        raise DataError(f"{manifest}: batch file {name!r} must be a relative path inside {folder}")
+    return path
 
 
 class NpyCalibrationReader:

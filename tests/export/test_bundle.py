@@ -89,3 +89,14 @@ def test_nms_bundle(tmp_path, dense_model, dense_export):
 
 def test_recombination_summary_of_dense_model():
     assert recombination_summary(None) == {"rule": None, "junctions": 0, "channels_removed": 0}
+
+
+def test_dynamic_batch_bundle_marks_batch_minus_one(tmp_path, dense_model):
+    from edgeprune.export.onnx_export import export_onnx
+
+    exp = export_onnx(dense_model, IMGSZ, dynamic_batch=True)
+    m = write_bundle(tmp_path / "b", dense_model.spec, exp, exp.model)
+    assert m["model"]["input_shape"] == [-1, 3, IMGSZ, IMGSZ] and m["model"]["dynamic_batch"] is True
+    pbtxt = (tmp_path / "b" / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in pbtxt and "dims: [ 3, 64, 64 ]" in pbtxt and "dynamic_batching" in pbtxt
+    assert verify_bundle(tmp_path / "b")["smoke"]["output_shape"] == [1, 252, 8]

@@ -113,3 +113,30 @@ def test_really_pruned_model_exports_and_verifies(tmp_path):
     verify = json.loads((tmp_path / "b" / "reports" / "verify.json").read_text())
     assert verify["ok"] and verify["checked"]["junctions"] == len(rec["junctions"])
     assert main(["verify", str(tmp_path / "b")]) == 0
+
+
+def test_compress_stage_call_uses_config_and_dataset_truth(tmp_path, dense_model):
+    """The compress pipeline calls export_bundle(model_dir, out, cfg, dataset, metrics=...)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from edgeprune.config import make_config
+    from edgeprune.export.pipeline import export_bundle
+    from tests.export.export_helpers import scenes
+
+    images, truth = scenes(3, seed=7)
+    samples = []
+    for i, (img, (boxes, classes)) in enumerate(zip(images, truth)):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        samples.append(SimpleNamespace(image=tmp_path / f"{i}.png", boxes=boxes, classes=classes))
+    dataset = SimpleNamespace(names=["plane", "ship", "tank"], splits={"train": [], "val": samples})
+    save_checkpoint(tmp_path / "m.pt", dense_model)
+    cfg = make_config("quick", {"model": {"imgsz": 64}, "export": {"opset": 14, "parity_images": 2}})
+    res = export_bundle(tmp_path / "m.pt", tmp_path / "b", cfg, dataset, metrics={"map50": 0.4, "map": 0.2})
+    assert res["verify"]["status"] == "passed" and res["manifest"]["model"]["opset"] == 14
+    assert res["parity"]["images"] == 2 and res["parity"]["image_source"] == "dataset val split"
+    assert res["parity"]["map_torch"] == res["parity"]["map_ort"] or \
+        abs(res["parity"]["map_torch"]["map"] - res["parity"]["map_ort"]["map"]) <= 0.001
+    assert res["manifest"]["metrics"]["map50"] == 0.4
+    json.dumps(res)  # the stage records it in its done-marker

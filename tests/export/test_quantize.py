@@ -6,6 +6,7 @@ import pytest
 from edgeprune.errors import DataError
 from edgeprune.export import ort_run
 from edgeprune.export.bundle import read_bundle, write_bundle
+from edgeprune.fsio import sha256_file
 from edgeprune.export.quantize import NpyCalibrationReader, calib_files, quantize_int8
 from tests.export.export_helpers import IMGSZ, scenes
 
@@ -16,13 +17,14 @@ def _calib_dir(path, n_batches=2, batch=3, with_manifest=True):
     path.mkdir()
     images, _ = scenes(n_batches * batch, seed=5)
     xs = np.concatenate([preprocess(img, IMGSZ)[0] for img in images])
-    files = []
+    batches = []
     for i in range(n_batches):
-        files.append(f"batch_{i:05d}.npy")
-        np.save(path / files[-1], xs[i * batch:(i + 1) * batch])
-    if with_manifest:
-        (path / "manifest.json").write_text(json.dumps({"version": 1, "files": files, "batch_size": batch,
-                                                         "shape": [3, IMGSZ, IMGSZ], "count": len(images)}))
+        name = f"batch_{i:05d}.npy"
+        np.save(path / name, xs[i * batch:(i + 1) * batch])
+        batches.append({"file": name, "sha256": sha256_file(path / name)})
+    if with_manifest:  # the fields calib/build.py writes that the host reader uses
+        (path / "manifest.json").write_text(json.dumps({"version": 1, "batch_size": batch, "dtype": "float32",
+                                                         "shape": [batch, 3, IMGSZ, IMGSZ], "batches": batches}))
     return path
 
 
@@ -76,6 +78,15 @@ def test_calibration_errors_name_the_file(tmp_path):
     reader = NpyCalibrationReader(bad, "images", [1, 3, IMGSZ, IMGSZ])
     with pytest.raises(DataError, match=r"b0\.npy: calibration batch is float32 \[2, 3, 32, 32\]"):
         reader.get_next()
-    (bad / "manifest.json").write_text(json.dumps({"files": ["b0.npy", "b1.npy"]}))
+    (bad / "manifest.json").write_text(json.dumps({"batches": [{"file": "b0.npy"}, {"file": "b1.npy"}]}))
     with pytest.raises(DataError, match="b1.npy, which is missing"):
+        calib_files(bad)
+    (bad / "manifest.json").write_text(json.dumps({"batches": [{"file": "b0.npy", "sha256": "0" * 64}]}))
+    with pytest.raises(DataError, match="b0.npy: sha256 does not match"):
+        calib_files(bad)
+    (bad / "manifest.json").write_text(json.dumps({"batches": [{"file": "../b0.npy"}]}))
+    with pytest.raises(DataError, match="inside"):
+        calib_files(bad)
+    (bad / "manifest.json").write_text(json.dumps({"files": ["b0.npy"]}))
+    with pytest.raises(DataError, match="'batches' list"):
         calib_files(bad)
