@@ -92,9 +92,12 @@ def register(subparsers):
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_build_engine)
 
+    # `edgeprune serve` lives in jetson/serve_cli.py (the serve engineer's module); absent in a trimmed tree
     try:
         from . import serve_cli
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != __package__ + ".serve_cli":
+            raise
         serve_cli = None
     if serve_cli is not None:
         serve_cli.register_serve(subparsers)
