@@ -1,6 +1,7 @@
 """Device subcommands: detect, bench, build-engine (+ serve, registered from jetson/serve_cli.py when present).
 Python 3.6; declares arguments only, handlers import the real code lazily."""
 import argparse
+import importlib
 import json
 import sys
 
@@ -94,7 +95,7 @@ def register(subparsers):
 
     # `edgeprune serve` lives in jetson/serve_cli.py (the serve engineer's module); absent in a trimmed tree
     try:
-        from . import serve_cli
+        serve_cli = importlib.import_module(__package__ + ".serve_cli")
     except ModuleNotFoundError as exc:
         if exc.name != __package__ + ".serve_cli":
             raise
