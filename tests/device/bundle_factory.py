@@ -5,6 +5,7 @@ Only imported where torch exists; the Python 3.6 runs get the bundle path from E
 import hashlib
 import json
 import os
+import warnings
 
 CLASSES = ["plane", "ship", "vehicle"]
 
@@ -31,8 +32,10 @@ def make_bundle(root, imgsz=96, seed=0, size="n", widths=None, confident=True):
     os.makedirs(root, exist_ok=True)
     onnx_path = os.path.join(root, "model.onnx")
     x = torch.rand(1, 3, imgsz, imgsz)
-    torch.onnx.export(model, (x,), onnx_path, input_names=["images"], output_names=["output"], opset_version=13,
-                      dynamo=False)
+    with warnings.catch_warnings():  # the legacy exporter warns it is legacy; opset 13 is what TRT 8.0 parses
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (x,), onnx_path, input_names=["images"], output_names=["output"], opset_version=13,
+                          dynamo=False)
     with open(onnx_path, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
     manifest = {
