@@ -11,7 +11,7 @@ Image = pytest.importorskip("PIL.Image")
 
 @pytest.fixture
 def images(tmp_path):
-    from conftest import scene
+    from device_helpers import scene
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(2):

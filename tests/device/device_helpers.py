@@ -1,6 +1,7 @@
-"""Host-side helper for the device tests: export a tiny real detector to a bundle per docs/CONTRACTS.md.
+"""Helpers for the device tests (unique module name: tests/ folders share one sys.path).
 
-Only imported where torch exists; the Python 3.6 runs get the bundle path from EDGEPRUNE_TEST_BUNDLE.
+`make_bundle` exports a tiny real detector to a bundle per docs/CONTRACTS.md (needs torch; the Python 3.6
+runs get the bundle path from EDGEPRUNE_TEST_BUNDLE instead); `scene` makes a deterministic test image.
 """
 import hashlib
 import json
@@ -8,6 +9,17 @@ import os
 import warnings
 
 CLASSES = ["plane", "ship", "vehicle"]
+
+
+def scene(h=120, w=160, seed=0):
+    """A deterministic RGB test image: noise plus a few bright rectangles (numpy only)."""
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    img = rng.randint(0, 60, size=(h, w, 3)).astype(np.uint8)
+    for _ in range(4):
+        y, x = rng.randint(0, h - 20), rng.randint(0, w - 20)
+        img[y:y + rng.randint(8, 20), x:x + rng.randint(8, 20)] = rng.randint(150, 255, size=3)
+    return img
 
 
 def make_bundle(root, imgsz=96, seed=0, size="n", widths=None, confident=True):
@@ -59,7 +71,7 @@ def make_bundle(root, imgsz=96, seed=0, size="n", widths=None, confident=True):
     return root, model
 
 
-if __name__ == "__main__":  # used by scripts/py36_check.sh: python tests/device/bundle_factory.py OUT_DIR
+if __name__ == "__main__":  # used by scripts/py36_check.sh: python tests/device/device_helpers.py OUT_DIR
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
     print(make_bundle(sys.argv[1])[0])
