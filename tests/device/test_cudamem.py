@@ -1,5 +1,4 @@
 """cuda-python buffers against the real library: a round trip where a GPU exists, a clear DeviceError where not."""
-import importlib
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 real-TensorRT test is test_tensorrt.py). The stand-in records the builder calls and, like TensorRT, drains
 the INT8 calibrator during the build, so cache, version dispatch and calibrator plumbing run for real."""
 import os
-import shutil
 import sys
 import types
 
