@@ -46,19 +46,21 @@ class Detector(object):
         return preprocess_from_manifest(image, self.manifest)
 
     def infer(self, batch):
-        """Raw outputs for a float32 NCHW batch of any size (split/padded to a fixed-batch model's batch)."""
+        """Raw outputs for a float32 NCHW batch of any size: split (and padded) to a fixed-batch model's batch,
+        or split to a dynamic TensorRT engine's profile maximum."""
         batch = np.asarray(batch, dtype=np.float32)
         exp = self.input_shape
         if batch.ndim != 4 or list(batch.shape[1:]) != exp[1:]:
             raise DeviceError("infer(): input {} does not match the bundle's input_shape {}".format(batch.shape, exp))
-        fixed = self.backend.batch
-        if fixed is None or batch.shape[0] == fixed:
+        fixed, top = self.backend.batch, self.backend.max_batch
+        step = fixed or top
+        if step is None or batch.shape[0] == fixed or (fixed is None and batch.shape[0] <= top):
             return self.backend.infer(batch)
         chunks = []
-        for i in range(0, batch.shape[0], fixed):
-            part = batch[i:i + fixed]
+        for i in range(0, batch.shape[0], step):
+            part = batch[i:i + step]
             n = part.shape[0]
-            if n < fixed:  # pad the last chunk with copies of its last image, drop those rows after
+            if fixed and n < fixed:  # pad the last chunk with copies of its last image, drop those rows after
                 part = np.concatenate([part, np.repeat(part[-1:], fixed - n, axis=0)])
             chunks.append([o[:n] for o in self.backend.infer(part)])
         return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]

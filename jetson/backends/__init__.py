@@ -6,6 +6,7 @@ model's outputs (numpy arrays, in the manifest's `output_names` order). Attribut
   description   what actually runs, e.g. "onnxruntime CPUExecutionProvider on host"
   precision     the precision that actually runs (fp32/fp16/int8)
   batch         fixed batch size of the model, or None when the batch is dynamic
+  max_batch     largest batch a dynamic model accepts (TensorRT optimization profile), None = unbounded
   last_split    per-phase milliseconds of the last infer() ({"h2d", "compute", "d2h"}) or None
 `close()` frees the session/engine; backends are also context managers.
 """
@@ -21,6 +22,7 @@ class Backend(object):
     description = "?"
     precision = "fp32"
     batch = None
+    max_batch = None
     last_split = None
 
     def infer(self, batch):

@@ -12,7 +12,7 @@ from . import Backend
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def choose_providers(available, device="host", want_gpu=True):
+def choose_providers(available, want_gpu=True):
     """CUDA first when present (and wanted), CPU always last."""
     order = []
     if want_gpu and "CUDAExecutionProvider" in available:
@@ -37,7 +37,7 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = providers or choose_providers(ort.get_available_providers(), device)
+        providers = providers or choose_providers(ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types

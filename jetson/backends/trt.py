@@ -84,6 +84,17 @@ def describe_io(engine, api, nptype, input_mode=None):
     return io
 
 
+def profile_max_batch(engine, api, tensor):
+    """Largest batch of optimization profile 0 for a dynamic input (None when the input is static)."""
+    if tensor.shape[0] > 0:
+        return None
+    if api == "tensor":
+        shapes = engine.get_tensor_profile_shape(tensor.name, 0)
+    else:
+        shapes = engine.get_profile_shape(0, tensor.index)
+    return int(shapes[2][0])
+
+
 class TrtBackend(Backend):
     name = "tensorrt"
 
@@ -110,6 +121,7 @@ class TrtBackend(Backend):
         self.outputs = outputs
         b = self.input.shape[0]
         self.batch = b if b > 0 else None
+        self.max_batch = None if self.batch else profile_max_batch(engine, api, self.input)
         self._ptr = {}
         self._nbytes = {}
         self.description = description or "tensorrt ({} API) on {}".format(api, device)

@@ -1,13 +1,12 @@
 import json
 import os
 import random
-import shutil
 
 import numpy as np
 import pytest
 
 from edgeprune.errors import BundleError, DataError, DeviceError
-from calib.build import build_calib, load_calib_set, load_for_bundle
+from calib.build import build_calib, load_for_bundle
 from calib.calibrators import BatchFeeder, make_trt_calibrator
 from calib.select import label_path_for, read_yolo_labels, scan_dataset, select_images, size_band
 from jetson.bundle import load_bundle

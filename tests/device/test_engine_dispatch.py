@@ -249,3 +249,52 @@ def test_missing_output_name_is_reported():
     io = describe_io(engine, "binding", lambda dt: np.float32)
     with pytest.raises(DeviceError, match="no output"):
         TrtBackend(engine, None, "binding", io, FakeMem(), output_names=["num_detections"])
+
+
+class DynamicEngine(TensorEngine):
+    def get_tensor_shape(self, name):
+        return (-1,) + SHAPES[name][1:]
+
+    def get_tensor_profile_shape(self, name, profile):
+        assert profile == 0
+        return [(1, 3, 4, 4), (2, 3, 4, 4), (2, 3, 4, 4)]
+
+
+class DynamicContext(Context):
+    def __init__(self, mem, api):
+        Context.__init__(self, mem, api)
+        self.n = None
+        self.batches = []
+
+    def set_input_shape(self, name, shape):
+        if shape[0] > 2:
+            return False
+        self.n = shape[0]
+        self.batches.append(shape[0])
+        return True
+
+    def get_tensor_shape(self, name):
+        return (self.n,) + SHAPES[name][1:]
+
+    def _run(self, inp, out):
+        k = self.n * 48 * 4
+        x = self.mem.buf[inp][:k].view(np.float32)
+        self.mem.buf[out][:k] = (x * 2).view(np.uint8)
+
+
+def test_dynamic_engine_is_fed_in_profile_sized_chunks():
+    from jetson.runtime import Detector
+    engine = DynamicEngine()
+    io = describe_io(engine, "tensor", lambda dt: np.float32, input_mode="IN")
+    mem = FakeMem()
+    ctx = DynamicContext(mem, "tensor")
+    be = TrtBackend(engine, ctx, "tensor", io, mem, output_names=["output"])
+    assert be.batch is None and be.max_batch == 2
+    manifest = {"model": {"input_shape": [-1, 3, 4, 4]}, "classes": ["a"], "_root": "/x"}
+    det = Detector(manifest, be, get_profile("host"))
+    x = np.random.RandomState(0).rand(5, 3, 4, 4).astype(np.float32)
+    out = det.infer(x)[0]
+    assert ctx.batches == [2, 2, 1]
+    np.testing.assert_allclose(out.reshape(5, -1), x.reshape(5, -1) * 2)
+    with pytest.raises(DeviceError, match="optimization profile"):
+        be.infer(np.zeros((3, 3, 4, 4), np.float32))
