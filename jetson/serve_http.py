@@ -173,11 +173,12 @@ class _Handler(BaseHTTPRequestHandler):
         log.log(level, "%s %s", self.address_string(), fmt % args)
 
     def send_response(self, code, message=None):
-        self._status = code
+        self._status = int(code)  # http.HTTPStatus prints as "HTTPStatus.OK" before 3.11: keep metric labels numeric
         BaseHTTPRequestHandler.send_response(self, code, message)
 
     def send_error(self, code, message=None, explain=None):
         """Errors the base class detects itself (bad request line, header overflow, unknown method)."""
+        code = int(code)
         if not self._in_dispatch:
             self.server.app.metrics.requests.inc(("other", self.command or "-", code))
         self._send_json(code, {"error": message or self.responses.get(code, ("error",))[0], "status": code},
@@ -233,7 +234,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._in_dispatch = self._expect_continue = False
             app.request_finished(endpoint, self.command, self._status, time.monotonic() - started)
 
-    do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
+    def __getattr__(self, name):
+        # The base class looks up `do_<METHOD>`: every method reaches the router, so an unknown method on a
+        # known path is a 405 with `Allow` (and a 404 elsewhere) instead of the base class's 501.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
 
     def _route(self, app, path, query, started):
         if path not in ROUTES:

@@ -297,3 +297,28 @@ def test_expect_100_continue_only_after_the_checks(server):
         assert resp.status == 200 and "detections" in json.loads(resp.read().decode("utf-8"))
     finally:
         sock.close()
+
+
+def test_protocol_errors_are_answered_as_json_and_counted(start_server):
+    from serve_helpers import parse_prometheus
+    srv = start_server()
+    addr = srv.address
+    reply = raw_call(addr, b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.status == 405 and reply.headers["allow"] == "GET, HEAD"
+    assert raw_call(addr, b"BREW /teapot HTTP/1.1\r\nHost: x\r\n\r\n").status == 404
+    reply = raw_call(addr, b"GET /healthz HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 150 + b"\r\n")
+    assert reply.status == 431 and reply.json()["status"] == 431
+    import socket
+    sock = socket.create_connection(addr, timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.x\r\n\r\n")  # unparsable version: the base class answers HTTP/0.9-style
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    assert b'"status": 400' in data
+    fams = parse_prometheus(call(srv, "GET", "/metrics").body.decode("utf-8"))
+    statuses = {l["status"] for _, l, _ in fams["edgeprune_http_requests_total"]["samples"]}
+    assert {"400", "404", "405", "431"} <= statuses, statuses  # numeric labels on every Python version

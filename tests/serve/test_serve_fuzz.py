@@ -28,7 +28,7 @@ _HEADERS = st.lists(st.one_of(
 
 @st.composite
 def requests(draw):
-    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]))
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]) | _TOKEN)
     path = draw(st.sampled_from(PATHS) | st.text(_URL_CHARS, max_size=40).map(lambda s: "/" + s))
     query = draw(st.one_of(st.just(""), st.text(_URL_CHARS, max_size=40),
                            st.lists(st.tuples(st.sampled_from(["conf", "iou", "max_det", "x"]),
