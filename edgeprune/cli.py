@@ -47,7 +47,8 @@ def build_parser():
         except ModuleNotFoundError as exc:
             # A subsystem whose package is not installed (e.g. a trimmed device install) is left out;
             # any other import failure inside a registration module is a bug and propagates.
-            if exc.name == name:
+            # (exc.name is the missing module itself, or its parent package such as edgeprune.data)
+            if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
                 continue
             raise
         module.register(sub)

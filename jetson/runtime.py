@@ -157,9 +157,9 @@ def load_detector(bundle, backend="auto", device="host", precision="fp32", threa
                           output_names=manifest["model"]["output_names"])
     else:
         from .engine import get_engine
-        from .backends.trt import TrtBackend
+        from .backends.trt import open_trt_backend
         plan_path, prec = get_engine(manifest, profile, precision, cache_dir=cache_dir, workspace_mb=workspace_mb,
                                      dla_core=dla_core, log=log)
-        impl = TrtBackend(plan_path, device=profile.name, precision=prec,
-                          output_names=manifest["model"]["output_names"])
+        impl = open_trt_backend(plan_path, device=profile.name, precision=prec,
+                                output_names=manifest["model"]["output_names"])
     return Detector(manifest, impl, profile)

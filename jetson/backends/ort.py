@@ -56,9 +56,10 @@ class OrtBackend(Backend):
         self.batch = b if isinstance(b, int) and b > 0 else None
         self.output_names = list(output_names) if output_names else [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
+        # ORT runs on this machine whatever --device says; say where it really ran
         where = "GPU" if self.provider == "CUDAExecutionProvider" else "CPU"
-        self.description = "onnxruntime {} {} on {} ({}, {})".format(ort.__version__, self.provider, device, where,
-                                                                     os.path.basename(self.model_path))
+        self.description = "onnxruntime {} {} on host {} ({}, {})".format(ort.__version__, self.provider, where,
+                                                                          precision, os.path.basename(self.model_path))
 
     def infer(self, batch):
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)

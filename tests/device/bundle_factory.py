@@ -54,3 +54,9 @@ def make_bundle(root, imgsz=96, seed=0, size="n", widths=None, confident=True):
     with open(os.path.join(root, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
     return root, model
+
+
+if __name__ == "__main__":  # used by scripts/py36_check.sh: python tests/device/bundle_factory.py OUT_DIR
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    print(make_bundle(sys.argv[1])[0])

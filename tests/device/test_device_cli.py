@@ -1,0 +1,94 @@
+import json
+import os
+
+import pytest
+
+from edgeprune.cli import main
+
+pytestmark = pytest.mark.py36
+Image = pytest.importorskip("PIL.Image")
+
+
+@pytest.fixture
+def images(tmp_path):
+    from conftest import scene
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(scene(90, 120, seed=i)).save(str(folder / "s{}.png".format(i)))
+    return str(folder)
+
+
+def test_detect_folder_writes_annotated_images_and_jsonl(tiny_bundle, images, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    code = main(["detect", tiny_bundle, "--source", images, "--out", out, "--backend", "onnxruntime",
+                 "--threads", "1", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 2 and summary["failed"] == 0
+    with open(os.path.join(out, "detections.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    assert [r["source"] for r in recs] == ["s0.png", "s1.png"]
+    assert sum(len(r["detections"]) for r in recs) == summary["detections"] > 0
+    with Image.open(os.path.join(out, recs[0]["annotated"])) as annotated:
+        assert annotated.size == (120, 90)
+
+
+def test_detect_single_image_to_stdout_and_bad_image_fails(tiny_bundle, images, tmp_path, capsys):
+    assert main(["detect", tiny_bundle, "--source", os.path.join(images, "s0.png"), "--backend", "onnxruntime",
+                 "--conf", "0.5", "--threads", "1"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert all(d["score"] > 0.5 for d in line["detections"])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    assert main(["detect", tiny_bundle, "--source", str(bad), "--backend", "onnxruntime"]) == 1
+    assert "bad.jpg" in capsys.readouterr().out
+
+
+def test_bench_json_compare(tiny_bundle, tmp_path, capsys):
+    out = str(tmp_path / "bench.json")
+    code = main(["bench", tiny_bundle, "--compare", tiny_bundle, "--backend", "onnxruntime", "--device", "tx2",
+                 "--iterations", "3", "--warmup", "0", "--threads", "1", "--json", "--out", out])
+    assert code == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["models"][0]["end_to_end"]["count"] == 3 and "compare" in rep
+    assert "only selected a profile" in rep["models"][0]["note"]
+    with open(out) as f:
+        assert json.load(f)["compare"] == rep["compare"]
+
+
+def test_usage_errors(tiny_bundle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["detect", tiny_bundle, "--source", "x.png", "--conf", "1.5"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", tiny_bundle, "--iterations", "3", "--duration", "1"])
+    assert exc.value.code == 2
+
+
+def test_missing_bundle_is_one_line_error(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "nope"), "--backend", "onnxruntime"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_build_engine_without_tensorrt_says_so(tiny_bundle, capsys):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT present: covered by test_tensorrt.py")
+    except ImportError:
+        pass
+    assert main(["build-engine", tiny_bundle, "--device", "tx2", "--precision", "fp16"]) == 1
+    assert "TensorRT is not importable" in capsys.readouterr().err
+
+
+def test_calib_build_cli_and_help(tiny_bundle, images, tmp_path, capsys):
+    import shutil
+    bundle = str(tmp_path / "b")
+    shutil.copytree(tiny_bundle, bundle)
+    code = main(["calib", "build", "--data", images, "--bundle", bundle, "--n", "2", "--batch-size", "2", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 2 and summary["batches"] == 1
+    with pytest.raises(SystemExit):
+        main(["calib", "build", "--help"])
+    assert "example" in capsys.readouterr().out

@@ -1,0 +1,67 @@
+import json
+
+import numpy as np
+import pytest
+
+from jetson.bench import run_bench, ran_on_note, format_report
+from jetson.runtime import load_detector
+from jetson.stats import speedup, summarize
+
+pytestmark = pytest.mark.py36
+
+
+def test_summarize_matches_hand_computed():
+    s = summarize([4.0, 1.0, 3.0, 2.0, 10.0])
+    assert s["count"] == 5 and s["min"] == 1.0 and s["max"] == 10.0
+    assert s["mean"] == pytest.approx(4.0) and s["median"] == 3.0 and s["p50"] == 3.0
+    # linear interpolation between order statistics 1,2,3,4,10: p90 at rank 3.6 -> 4 + 0.6*6
+    assert s["p90"] == pytest.approx(7.6) and s["p95"] == pytest.approx(8.8) and s["p99"] == pytest.approx(9.76)
+    assert s["throughput"] == pytest.approx(5 / 0.020)
+    assert summarize([5.0] * 3, wall_s=0.5)["throughput"] == pytest.approx(6.0)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_speedup_direction():
+    slow, fast = summarize([10.0, 10.0]), summarize([5.0, 5.0])
+    assert speedup(slow, fast) == pytest.approx(2.0)
+    assert speedup(fast, slow, "median") == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def two(tiny_bundle):
+    a = load_detector(tiny_bundle, backend="onnxruntime", threads=1)
+    b = load_detector(tiny_bundle, backend="onnxruntime", device="tx2", threads=1)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_bench_iterations_and_compare(two):
+    a, b = two
+    img = np.full((64, 80, 3), 90, np.uint8)
+    rep = run_bench([("dense", a), ("pruned", b)], image=img, iterations=6, warmup_s=0.0)
+    assert rep["mode"]["measured_iterations"] == 6 and rep["mode"]["interleaved"]
+    for e in rep["models"]:
+        for phase in ("preprocess", "infer", "postprocess", "end_to_end"):
+            assert e[phase]["count"] == 6
+            assert e[phase]["min"] <= e[phase]["median"] <= e[phase]["max"]
+        # end to end is the sum of the three phases, iteration by iteration
+        assert e["end_to_end"]["mean"] == pytest.approx(
+            e["preprocess"]["mean"] + e["infer"]["mean"] + e["postprocess"]["mean"], rel=1e-6)
+    c = rep["compare"]
+    assert c["speedup_end_to_end_mean"] == pytest.approx(
+        rep["models"][0]["end_to_end"]["mean"] / rep["models"][1]["end_to_end"]["mean"])
+    assert "not a tx2 measurement" in rep["models"][1]["note"]
+    assert rep["models"][0]["note"].startswith("onnxruntime")
+    json.dumps(rep)
+    assert "speed-up of pruned over dense" in format_report(rep)
+
+
+def test_bench_duration_runs_at_least_min_iterations(two):
+    ticks = iter(range(1000))
+    clock = lambda: float(next(ticks))  # noqa: E731  one "second" per call: duration ends at once
+    rep = run_bench([("m", two[0])], image=np.zeros((32, 32, 3), np.uint8), duration=1.0, warmup_s=0.0, clock=clock)
+    assert rep["mode"]["measured_iterations"] == 10
+    assert "compare" not in rep
+    assert ran_on_note(two[1]).startswith("--device tx2 only selected a profile")
