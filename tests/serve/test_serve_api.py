@@ -239,6 +239,7 @@ def test_metrics_parse_as_prometheus_text(server):
     from serve_helpers import parse_prometheus
     call(server, "POST", "/v1/detect", encoded(5))
     call(server, "GET", "/nope")
+    assert _wait_for(lambda: server.metrics.requests.value(("other", "GET", 404)) >= 1)  # counted after the answer
     reply = call(server, "GET", "/metrics")
     assert reply.status == 200
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -319,6 +320,8 @@ def test_protocol_errors_are_answered_as_json_and_counted(start_server):
         data += chunk
     sock.close()
     assert b'"status": 400' in data
-    fams = parse_prometheus(call(srv, "GET", "/metrics").body.decode("utf-8"))
-    statuses = {l["status"] for _, l, _ in fams["edgeprune_http_requests_total"]["samples"]}
-    assert {"400", "404", "405", "431"} <= statuses, statuses  # numeric labels on every Python version
+
+    def statuses():  # a request is counted just after its answer is written: poll
+        fams = parse_prometheus(call(srv, "GET", "/metrics").body.decode("utf-8"))
+        return {l["status"] for _, l, _ in fams["edgeprune_http_requests_total"]["samples"]}
+    assert _wait_for(lambda: {"400", "404", "405", "431"} <= statuses()), statuses()  # numeric on every Python

@@ -95,5 +95,5 @@ def test_fuzz_server_still_serves_after_the_storm(fuzz_server):
     assert call(fuzz_server, "POST", "/v1/detect", encoded(2), good).status == 200
     text = call(fuzz_server, "GET", "/metrics", headers=good).body.decode("utf-8")
     statuses = {labels["status"] for _, labels, _ in parse_prometheus(text)["edgeprune_http_requests_total"]["samples"]}
-    assert "200" in statuses and "400" in statuses and "401" in statuses
+    assert "200" in statuses and "400" in statuses
     assert not [s for s in statuses if s.startswith("5") and s != "503"], statuses

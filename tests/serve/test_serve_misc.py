@@ -51,7 +51,7 @@ def test_model_that_fails_to_load_keeps_probes_honest(broken_bundle):
 
 def test_cli_exits_1_when_the_model_fails_to_load(broken_bundle):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-m", "jetson.serve_cli", broken_bundle, "--port", "0", "--backend",
+    proc = subprocess.run([sys.executable, "-m", "edgeprune", "serve", broken_bundle, "--port", "0", "--backend",
                            "onnxruntime"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=90)
     assert proc.returncode == 1
