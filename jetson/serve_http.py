@@ -37,6 +37,7 @@ PROTECTED = ("/v1/detect", "/v1/model", "/metrics")
 MAX_DET_LIMIT = 10000
 DECODE_SLOTS = 4  # concurrent decode+letterbox: bounds memory when many clients send large images at once
 _DIGITS = re.compile(r"^[0-9]{1,12}$")
+_KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
 
 
 class HTTPError(Exception):
@@ -180,16 +181,20 @@ class _Handler(BaseHTTPRequestHandler):
         """Errors the base class detects itself (bad request line, header overflow, unknown method)."""
         code = int(code)
         if not self._in_dispatch:
-            self.server.app.metrics.requests.inc(("other", self.command or "-", code))
+            self.server.app.metrics.requests.inc(("other", self._method_label(), code))
         self._send_json(code, {"error": message or self.responses.get(code, ("error",))[0], "status": code},
                         close=True)
 
     def _unread_body(self):
-        headers = getattr(self, "headers", None)
+        """True when the client sent (or announced) a body we did not read: the connection must then close."""
+        headers = getattr(self, "headers", None)  # absent when the request line itself was bad
         if self._body_done or headers is None:
             return False
-        return bool(headers and (self.headers.get("Content-Length", "0").strip() not in ("", "0")
-                                       or self.headers.get("Transfer-Encoding")))
+        return headers.get("Content-Length", "0").strip() not in ("", "0") or bool(headers.get("Transfer-Encoding"))
+
+    def _method_label(self):
+        # Clients choose the method token: only known ones become metric labels, so series stay bounded.
+        return self.command if self.command in _KNOWN_METHODS else "other"
 
     def _send_bytes(self, code, body, content_type, headers=(), close=False):
         close = close or self._unread_body()
@@ -232,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self._in_dispatch = self._expect_continue = False
-            app.request_finished(endpoint, self.command, self._status, time.monotonic() - started)
+            app.request_finished(endpoint, self._method_label(), self._status, time.monotonic() - started)
 
     def __getattr__(self, name):
         # The base class looks up `do_<METHOD>`: every method reaches the router, so an unknown method on a

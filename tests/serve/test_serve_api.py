@@ -325,3 +325,5 @@ def test_protocol_errors_are_answered_as_json_and_counted(start_server):
         fams = parse_prometheus(call(srv, "GET", "/metrics").body.decode("utf-8"))
         return {l["status"] for _, l, _ in fams["edgeprune_http_requests_total"]["samples"]}
     assert _wait_for(lambda: {"400", "404", "405", "431"} <= statuses()), statuses()  # numeric on every Python
+    text = call(srv, "GET", "/metrics").body.decode("utf-8")
+    assert "BREW" not in text and 'method="other"' in text  # client-chosen tokens never become label values
