@@ -313,6 +313,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not app.is_ready():
             raise _busy("model not ready: {}".format(app.readiness()[1]))
         params = parse_detect_query(query)
+        if self.headers.get("Content-Type", "").strip().lower().startswith("multipart/"):
+            raise HTTPError(415, "send the raw image bytes as the body (curl --data-binary @scene.jpg), "
+                                 "not a multipart form upload (curl -F)")
         body = self._read_body(self._content_length(opts.max_body_bytes))
         deadline = started + opts.timeout_s
 

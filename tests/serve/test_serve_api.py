@@ -75,6 +75,14 @@ def test_undecodable_image_is_400_with_the_reason(server):
     assert call(server, "GET", "/healthz").status == 200
 
 
+def test_multipart_upload_is_415_with_a_hint(server):
+    reply = call(server, "POST", "/v1/detect", b"--x\r\n\r\n--x--", {"Content-Type": "multipart/form-data; boundary=x"})
+    assert reply.status == 415 and "--data-binary" in reply.json()["error"]
+    # curl --data-binary labels the body x-www-form-urlencoded: that must still work
+    reply = call(server, "POST", "/v1/detect", encoded(0), {"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status == 200
+
+
 def test_unknown_path_404_and_wrong_method_405(server):
     assert call(server, "GET", "/v2/detect").status == 404
     assert call(server, "GET", "/../../etc/passwd").status == 404
