@@ -1,6 +1,7 @@
 """Device subcommands: detect, bench, build-engine (+ serve, registered from jetson/serve_cli.py when present).
 Python 3.6; declares arguments only, handlers import the real code lazily."""
 import argparse
+import importlib
 import json
 import sys
 
@@ -92,9 +93,12 @@ def register(subparsers):
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_build_engine)
 
+    # `edgeprune serve` lives in jetson/serve_cli.py (the serve engineer's module); absent in a trimmed tree
     try:
-        from . import serve_cli
-    except ImportError:
+        serve_cli = importlib.import_module(__package__ + ".serve_cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != __package__ + ".serve_cli":
+            raise
         serve_cli = None
     if serve_cli is not None:
         serve_cli.register_serve(subparsers)

@@ -53,7 +53,7 @@ if [ -z "$BUNDLE" ]; then
         exit 1
     fi
     BUNDLE="$WORK/bundle"
-    "$HOST_PYTHON" tests/device/bundle_factory.py "$BUNDLE" >/dev/null
+    "$HOST_PYTHON" tests/device/device_helpers.py "$BUNDLE" >/dev/null
 fi
 BUNDLE=$(cd "$BUNDLE" && pwd)
 

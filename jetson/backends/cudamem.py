@@ -84,7 +84,9 @@ class CudartMem(object):
     def _ok(self, ret, what):
         err = ret[0] if isinstance(ret, tuple) else ret
         if int(err) != 0:
-            raise DeviceError("CUDA {} failed: {}".format(what, err))
+            name = getattr(err, "name", str(err))
+            raise DeviceError("CUDA {} failed: {} (is there a usable GPU and driver? else use --backend onnxruntime)"
+                              .format(what, name))
         if isinstance(ret, tuple):
             return ret[1] if len(ret) == 2 else ret[1:]
         return None

@@ -11,7 +11,7 @@ Image = pytest.importorskip("PIL.Image")
 
 @pytest.fixture
 def images(tmp_path):
-    from conftest import scene
+    from device_helpers import scene
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(2):
@@ -92,3 +92,15 @@ def test_calib_build_cli_and_help(tiny_bundle, images, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["calib", "build", "--help"])
     assert "example" in capsys.readouterr().out
+
+
+def test_video_without_opencv_is_a_clear_error(tiny_bundle, tmp_path, capsys):
+    try:
+        import cv2  # noqa: F401
+        pytest.skip("OpenCV installed")
+    except ImportError:
+        pass
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\0" * 64)
+    assert main(["detect", tiny_bundle, "--source", str(video), "--backend", "onnxruntime"]) == 1
+    assert "video input needs OpenCV" in capsys.readouterr().err

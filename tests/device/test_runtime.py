@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import scene
+from device_helpers import scene
 from edgeprune.errors import DeviceError
 from jetson.runtime import load_detector
 
@@ -60,7 +60,7 @@ def test_onnxruntime_matches_torch_model():
     torch = pytest.importorskip("torch")
     import tempfile
 
-    from bundle_factory import make_bundle
+    from device_helpers import make_bundle
     from jetson import postprocess as post
     from jetson.preprocess import preprocess_from_manifest
 

@@ -17,7 +17,7 @@ def bundle(tiny_bundle, tmp_path):
 
 
 def test_engine_build_cache_and_parity(bundle):
-    from conftest import scene
+    from device_helpers import scene
     from jetson.engine import get_engine
     from jetson.profiles import get_profile
     from jetson.runtime import load_detector

@@ -1,12 +1,25 @@
-"""Host-side helper for the device tests: export a tiny real detector to a bundle per docs/CONTRACTS.md.
+"""Helpers for the device tests (unique module name: tests/ folders share one sys.path).
 
-Only imported where torch exists; the Python 3.6 runs get the bundle path from EDGEPRUNE_TEST_BUNDLE.
+`make_bundle` exports a tiny real detector to a bundle per docs/CONTRACTS.md (needs torch; the Python 3.6
+runs get the bundle path from EDGEPRUNE_TEST_BUNDLE instead); `scene` makes a deterministic test image.
 """
 import hashlib
 import json
 import os
+import warnings
 
 CLASSES = ["plane", "ship", "vehicle"]
+
+
+def scene(h=120, w=160, seed=0):
+    """A deterministic RGB test image: noise plus a few bright rectangles (numpy only)."""
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    img = rng.randint(0, 60, size=(h, w, 3)).astype(np.uint8)
+    for _ in range(4):
+        y, x = rng.randint(0, h - 20), rng.randint(0, w - 20)
+        img[y:y + rng.randint(8, 20), x:x + rng.randint(8, 20)] = rng.randint(150, 255, size=3)
+    return img
 
 
 def make_bundle(root, imgsz=96, seed=0, size="n", widths=None, confident=True):
@@ -31,8 +44,10 @@ def make_bundle(root, imgsz=96, seed=0, size="n", widths=None, confident=True):
     os.makedirs(root, exist_ok=True)
     onnx_path = os.path.join(root, "model.onnx")
     x = torch.rand(1, 3, imgsz, imgsz)
-    torch.onnx.export(model, (x,), onnx_path, input_names=["images"], output_names=["output"], opset_version=13,
-                      dynamo=False)
+    with warnings.catch_warnings():  # the legacy exporter warns it is legacy; opset 13 is what TRT 8.0 parses
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (x,), onnx_path, input_names=["images"], output_names=["output"], opset_version=13,
+                          dynamo=False)
     with open(onnx_path, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
     manifest = {
@@ -56,7 +71,7 @@ def make_bundle(root, imgsz=96, seed=0, size="n", widths=None, confident=True):
     return root, model
 
 
-if __name__ == "__main__":  # used by scripts/py36_check.sh: python tests/device/bundle_factory.py OUT_DIR
+if __name__ == "__main__":  # used by scripts/py36_check.sh: python tests/device/device_helpers.py OUT_DIR
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
     print(make_bundle(sys.argv[1])[0])
