@@ -1,6 +1,6 @@
 """Load test for `edgeprune serve`: N concurrent clients for T seconds against a server it starts itself.
 
-Starts `python -m jetson.serve_cli BUNDLE --port 0 --json` on 127.0.0.1, waits until it is ready, runs
+Starts `python -m edgeprune serve BUNDLE --port 0 --json` on 127.0.0.1, waits until it is ready, runs
 a warm-up (so the backend's first-call allocations are not counted as growth), then N client threads
 POST the same image with urllib until the time is up. Reports throughput, latency percentiles (all
 answers and 200s only), counts by status, and the server's RSS (VmRSS from /proc/<pid>/status) after
@@ -53,7 +53,7 @@ def percentile(values, q):
 
 def start_server(bundle, server_args, ready_timeout=120.0):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "jetson.serve_cli", bundle, "--host", "127.0.0.1", "--port", "0", "--json"]
+    cmd = [sys.executable, "-m", "edgeprune", "serve", bundle, "--host", "127.0.0.1", "--port", "0", "--json"]
     proc = subprocess.Popen(cmd + list(server_args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             universal_newlines=True)
     watchdog = threading.Timer(ready_timeout, proc.kill)  # a server that never gets ready must not hang us

@@ -32,7 +32,7 @@ class ServeOptions(object):
     """Validated server settings; a bad value raises UsageError naming the command-line flag."""
 
     def __init__(self, bundle, host="127.0.0.1", port=8080, backend="auto", device="host", precision="fp32",
-                 max_queue=16, max_batch=1, batch_window_ms=2.0, max_body_mb=16.0, max_megapixels=36.0,
+                 threads=None, cache_dir=None, max_queue=16, max_batch=1, batch_window_ms=2.0, max_body_mb=16.0, max_megapixels=36.0,
                  timeout_s=10.0, token=None, max_connections=64, io_timeout_s=10.0, drain_timeout_s=30.0,
                  access_log=False):
         self.bundle = str(bundle)
@@ -41,6 +41,8 @@ class ServeOptions(object):
         self.backend = backend
         self.device = device
         self.precision = precision
+        self.threads = None if threads is None else _check_int("--threads", threads, 1, 1024)
+        self.cache_dir = cache_dir
         self.max_queue = _check_int("--max-queue", max_queue, 1, 100000)
         self.max_batch = _check_int("--max-batch", max_batch, 1, 1024)
         self.batch_window_s = _check_float("--batch-window-ms", batch_window_ms, 0.0, 1000.0) / 1000.0

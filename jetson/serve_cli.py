@@ -20,16 +20,14 @@ def register_serve(subparsers):
         description="Serve a deploy bundle over HTTP: one inference worker owns the model, a bounded queue "
                     "feeds it (503 when full), optional micro-batching and bearer-token auth.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", help="deploy bundle folder (with manifest.json)")
+    from .cli import _common  # BUNDLE, --backend, --device, --precision, --threads, --cache-dir: as detect/bench
+    _common(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: local only; 0.0.0.0 exposes it on every interface)")
     p.add_argument("--port", type=int, default=8080, help="TCP port, 0 = any free port (default 8080)")
-    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime (default auto)")
-    p.add_argument("--device", default="host", help="device profile: tx2, xavier-nx, orin-nano, ..., host (default host)")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (default fp32)")
     p.add_argument("--max-queue", type=int, default=16, help="queued images before answering 503 (default 16)")
     p.add_argument("--max-batch", type=int, default=1,
-                   help="images per inference call; >1 needs a dynamic-batch or batch-N model (default 1)")
+                   help="images per inference call; speeds up dynamic-batch or batch-N models (default 1)")
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="how long the worker waits to fill a batch (default 2 ms)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body, else 413 (default 16)")
@@ -56,31 +54,9 @@ def _run_serve(args):
     token = read_token(args.token_file) if args.token_file else None
     options = ServeOptions(
         args.bundle, host=args.host, port=args.port, backend=args.backend, device=args.device,
-        precision=args.precision, max_queue=args.max_queue, max_batch=args.max_batch,
+        precision=args.precision, threads=args.threads, cache_dir=args.cache_dir, max_queue=args.max_queue, max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb, max_megapixels=args.max_megapixels,
         timeout_s=args.timeout, token=token, max_connections=args.max_connections, io_timeout_s=args.io_timeout,
         drain_timeout_s=args.drain_timeout, access_log=args.access_log)
     return serve(options, as_json=args.json)
 
-
-def main(argv=None):
-    """`python -m jetson.serve_cli BUNDLE [options]`: the same as `edgeprune serve`, for scripts and tests
-    that start the server as a subprocess. Exit codes as the edgeprune CLI (0 ok, 1 failed, 2 bad usage)."""
-    import sys
-
-    from edgeprune.errors import EdgepruneError, UsageError
-    parser = argparse.ArgumentParser(prog="edgeprune")
-    register_serve(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve"] + list(sys.argv[1:] if argv is None else argv))
-    try:
-        return args.handler(args)
-    except UsageError as exc:
-        sys.stderr.write("edgeprune: usage error: {}\n".format(exc))
-        return 2
-    except EdgepruneError as exc:
-        sys.stderr.write("edgeprune: error: {}\n".format(exc))
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

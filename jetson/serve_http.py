@@ -37,6 +37,7 @@ PROTECTED = ("/v1/detect", "/v1/model", "/metrics")
 MAX_DET_LIMIT = 10000
 DECODE_SLOTS = 4  # concurrent decode+letterbox: bounds memory when many clients send large images at once
 _DIGITS = re.compile(r"^[0-9]{1,12}$")
+_KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
 
 
 class HTTPError(Exception):
@@ -173,22 +174,27 @@ class _Handler(BaseHTTPRequestHandler):
         log.log(level, "%s %s", self.address_string(), fmt % args)
 
     def send_response(self, code, message=None):
-        self._status = code
+        self._status = int(code)  # http.HTTPStatus prints as "HTTPStatus.OK" before 3.11: keep metric labels numeric
         BaseHTTPRequestHandler.send_response(self, code, message)
 
     def send_error(self, code, message=None, explain=None):
         """Errors the base class detects itself (bad request line, header overflow, unknown method)."""
+        code = int(code)
         if not self._in_dispatch:
-            self.server.app.metrics.requests.inc(("other", self.command or "-", code))
+            self.server.app.metrics.requests.inc(("other", self._method_label(), code))
         self._send_json(code, {"error": message or self.responses.get(code, ("error",))[0], "status": code},
                         close=True)
 
     def _unread_body(self):
-        headers = getattr(self, "headers", None)
+        """True when the client sent (or announced) a body we did not read: the connection must then close."""
+        headers = getattr(self, "headers", None)  # absent when the request line itself was bad
         if self._body_done or headers is None:
             return False
-        return bool(headers and (self.headers.get("Content-Length", "0").strip() not in ("", "0")
-                                       or self.headers.get("Transfer-Encoding")))
+        return headers.get("Content-Length", "0").strip() not in ("", "0") or bool(headers.get("Transfer-Encoding"))
+
+    def _method_label(self):
+        # Clients choose the method token: only known ones become metric labels, so series stay bounded.
+        return self.command if self.command in _KNOWN_METHODS else "other"
 
     def _send_bytes(self, code, body, content_type, headers=(), close=False):
         close = close or self._unread_body()
@@ -231,9 +237,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self._in_dispatch = self._expect_continue = False
-            app.request_finished(endpoint, self.command, self._status, time.monotonic() - started)
+            app.request_finished(endpoint, self._method_label(), self._status, time.monotonic() - started)
 
-    do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
+    def __getattr__(self, name):
+        # The base class looks up `do_<METHOD>`: every method reaches the router, so an unknown method on a
+        # known path is a 405 with `Allow` (and a 404 elsewhere) instead of the base class's 501.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
 
     def _route(self, app, path, query, started):
         if path not in ROUTES:
@@ -302,6 +313,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not app.is_ready():
             raise _busy("model not ready: {}".format(app.readiness()[1]))
         params = parse_detect_query(query)
+        if self.headers.get("Content-Type", "").strip().lower().startswith("multipart/"):
+            raise HTTPError(415, "send the raw image bytes as the body (curl --data-binary @scene.jpg), "
+                                 "not a multipart form upload (curl -F)")
         body = self._read_body(self._content_length(opts.max_body_bytes))
         deadline = started + opts.timeout_s
 

@@ -67,7 +67,9 @@ class InferenceWorker(threading.Thread):
         try:
             from .runtime import load_detector
             self.detector = load_detector(self.options.bundle, backend=self.options.backend,
-                                          device=self.options.device, precision=self.options.precision)
+                                          device=self.options.device, precision=self.options.precision,
+                                          threads=self.options.threads, cache_dir=self.options.cache_dir,
+                                          log=lambda msg: log.info("%s", msg))
         except Exception as exc:  # reported by DetectionServer.wait_until_loaded; the CLI then exits 1
             self.load_error = exc
             self.loaded.set()

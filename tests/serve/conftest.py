@@ -19,7 +19,7 @@ def serve_bundle(tmp_path_factory):
     if given:
         return given
     pytest.importorskip("torch")
-    from bundle_factory import make_bundle
+    from device_helpers import make_bundle
     root, _ = make_bundle(str(tmp_path_factory.mktemp("serve") / "bundle"))
     return root
 

@@ -75,6 +75,14 @@ def test_undecodable_image_is_400_with_the_reason(server):
     assert call(server, "GET", "/healthz").status == 200
 
 
+def test_multipart_upload_is_415_with_a_hint(server):
+    reply = call(server, "POST", "/v1/detect", b"--x\r\n\r\n--x--", {"Content-Type": "multipart/form-data; boundary=x"})
+    assert reply.status == 415 and "--data-binary" in reply.json()["error"]
+    # curl --data-binary labels the body x-www-form-urlencoded: that must still work
+    reply = call(server, "POST", "/v1/detect", encoded(0), {"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status == 200
+
+
 def test_unknown_path_404_and_wrong_method_405(server):
     assert call(server, "GET", "/v2/detect").status == 404
     assert call(server, "GET", "/../../etc/passwd").status == 404
@@ -239,6 +247,7 @@ def test_metrics_parse_as_prometheus_text(server):
     from serve_helpers import parse_prometheus
     call(server, "POST", "/v1/detect", encoded(5))
     call(server, "GET", "/nope")
+    assert _wait_for(lambda: server.metrics.requests.value(("other", "GET", 404)) >= 1)  # counted after the answer
     reply = call(server, "GET", "/metrics")
     assert reply.status == 200
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -297,3 +306,32 @@ def test_expect_100_continue_only_after_the_checks(server):
         assert resp.status == 200 and "detections" in json.loads(resp.read().decode("utf-8"))
     finally:
         sock.close()
+
+
+def test_protocol_errors_are_answered_as_json_and_counted(start_server):
+    from serve_helpers import parse_prometheus
+    srv = start_server()
+    addr = srv.address
+    reply = raw_call(addr, b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.status == 405 and reply.headers["allow"] == "GET, HEAD"
+    assert raw_call(addr, b"BREW /teapot HTTP/1.1\r\nHost: x\r\n\r\n").status == 404
+    reply = raw_call(addr, b"GET /healthz HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 150 + b"\r\n")
+    assert reply.status == 431 and reply.json()["status"] == 431
+    import socket
+    sock = socket.create_connection(addr, timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.x\r\n\r\n")  # unparsable version: the base class answers HTTP/0.9-style
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    assert b'"status": 400' in data
+
+    def statuses():  # a request is counted just after its answer is written: poll
+        fams = parse_prometheus(call(srv, "GET", "/metrics").body.decode("utf-8"))
+        return {l["status"] for _, l, _ in fams["edgeprune_http_requests_total"]["samples"]}
+    assert _wait_for(lambda: {"400", "404", "405", "431"} <= statuses()), statuses()  # numeric on every Python
+    text = call(srv, "GET", "/metrics").body.decode("utf-8")
+    assert "BREW" not in text and 'method="other"' in text  # client-chosen tokens never become label values

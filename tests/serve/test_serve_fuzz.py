@@ -28,7 +28,7 @@ _HEADERS = st.lists(st.one_of(
 
 @st.composite
 def requests(draw):
-    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]))
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]) | _TOKEN)
     path = draw(st.sampled_from(PATHS) | st.text(_URL_CHARS, max_size=40).map(lambda s: "/" + s))
     query = draw(st.one_of(st.just(""), st.text(_URL_CHARS, max_size=40),
                            st.lists(st.tuples(st.sampled_from(["conf", "iou", "max_det", "x"]),
@@ -94,6 +94,11 @@ def test_fuzz_server_still_serves_after_the_storm(fuzz_server):
     good = {"Authorization": "Bearer " + TOKEN}
     assert call(fuzz_server, "POST", "/v1/detect", encoded(2), good).status == 200
     text = call(fuzz_server, "GET", "/metrics", headers=good).body.decode("utf-8")
-    statuses = {labels["status"] for _, labels, _ in parse_prometheus(text)["edgeprune_http_requests_total"]["samples"]}
-    assert "200" in statuses and "400" in statuses and "401" in statuses
+    samples = parse_prometheus(text)["edgeprune_http_requests_total"]["samples"]
+    statuses = {labels["status"] for _, labels, _ in samples}
+    methods = {labels["method"] for _, labels, _ in samples}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"}, methods
+    assert {labels["endpoint"] for _, labels, _ in samples} <= {"/v1/detect", "/v1/model", "/healthz", "/readyz",
+                                                                 "/metrics", "other"}
+    assert "200" in statuses and "400" in statuses
     assert not [s for s in statuses if s.startswith("5") and s != "503"], statuses
