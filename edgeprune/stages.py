@@ -3,7 +3,6 @@ Each takes the RunDir and returns the JSON-able outputs recorded in its done-mar
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,7 @@ def stage_prune(run: RunDir) -> dict[str, Any]:
     out = stale_stage_dir(run, "prune")
     c, sparse = run.cfg, run.outputs("sparse")
     result = prune_checkpoint(sparse["checkpoint"], out, ratios=sparse["ratios"], rule=c.prune.rule,
-                              round_to=c.prune.round_to, min_channels=c.prune.min_channels, imgsz=c.model.imgsz,
+                              round_to=c.prune.round_to, min_channels=c.prune.min_channels, fold=c.prune.fold, imgsz=c.model.imgsz,
                               skip_unsupported=c.prune.skip_unsupported)
     model, _ = load_pruned(out)
     metrics = _evaluate(model, ds, run)
@@ -95,13 +94,13 @@ def stage_prune(run: RunDir) -> dict[str, Any]:
 
 def stage_finetune(run: RunDir) -> dict[str, Any]:
     from .models.io import model_from_checkpoint
-    from .prune.io import load_pruned, save_pruned
+    from .prune.io import load_pruned, save_pruned_model
     from .train.trainer import fit
 
     ds = _dataset(run)
     out = stale_stage_dir(run, "finetune")
     c = run.cfg
-    model, recombination = load_pruned(run.outputs("prune")["model_dir"])
+    model = load_pruned(run.outputs("prune")["model_dir"]).model
     if c.finetune.epochs > 0:
         tcfg = dataclasses.replace(c.train, epochs=c.finetune.epochs, lr0=c.finetune.lr0,
                                    warmup_epochs=min(1.0, c.train.warmup_epochs))
@@ -109,8 +108,7 @@ def stage_finetune(run: RunDir) -> dict[str, Any]:
         fit(model, ds, tcfg, out, resume=True, imgsz=c.model.imgsz, teacher=teacher)
         model = model_from_checkpoint(out / "best.pt")
     metrics = _evaluate(model, ds, run)
-    table = json.loads((Path(run.outputs("prune")["model_dir"]) / "prune_table.json").read_text())
-    save_pruned(out / "model", model, model.spec, recombination, table["layers"], table["stats"])
+    save_pruned_model(out / "model", model, run.outputs("prune")["model_dir"])
     atomic_write_json(out / "model" / "metrics.json", metrics)
     run.log(f"[finetune] mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map']:.3f}")
     return {"model_dir": str(out / "model"), "metrics": metrics}
