@@ -56,6 +56,11 @@ class _Scene:
     occupied: list = field(default_factory=list)  # boxes nothing else may overlap
 
 
+def _uni(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """uniform(lo, hi) that tolerates hi < lo (small scenes shrink the upper bounds below the lower ones)."""
+    return float(rng.uniform(lo, max(lo, hi)))
+
+
 def _rot(pts: np.ndarray, angle: float, cx: float, cy: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     return pts @ np.array([[c, s], [-s, c]]) + (cx, cy)
@@ -135,7 +140,7 @@ def _place_airplanes(sc: _Scene, n: int, region) -> None:
     rng = sc.rng
     for _ in range(n):
         for _try in range(12):
-            L = float(rng.uniform(12, min(64, sc.size * 0.3)))
+            L = _uni(rng, 12, min(64, sc.size * 0.3))
             cx, cy = rng.uniform(region[0], region[2]), rng.uniform(region[1], region[3])
             polys = _airplane_polys(L, float(rng.uniform(0, 2 * math.pi)), cx, cy)
             box = _bbox(polys)
@@ -159,10 +164,10 @@ def _place_ships(sc: _Scene, n: int) -> None:
     along_angle = math.atan2(uy, ux)
     for _ in range(n):
         for _try in range(15):
-            L = float(rng.uniform(12, min(72, hw * 3)))
+            L = _uni(rng, 12, min(72, hw * 3))
             b = L * float(rng.uniform(0.2, 0.3))
             t = rng.uniform(-sc.size, sc.size)
-            off = rng.uniform(-hw + b, hw - b)
+            off = _uni(rng, -hw + b, hw - b)
             cx, cy = cx0 + t * ux - off * uy, cy0 + t * uy + off * ux
             ang = along_angle + (math.pi if rng.random() < 0.5 else 0) + rng.normal(0, 0.25)
             polys = _ship_polys(L, b, ang, cx, cy)
@@ -180,7 +185,7 @@ def _place_ships(sc: _Scene, n: int) -> None:
 
 def _place_tanks(sc: _Scene, n: int, region, grid: bool) -> None:
     rng = sc.rng
-    r = float(rng.uniform(4, min(22, sc.size * 0.07)))
+    r = _uni(rng, 4, min(22, sc.size * 0.07))
     if grid:
         step = 2 * r + float(rng.uniform(3, 8))
         cols = max(1, int(math.ceil(math.sqrt(n))))
@@ -257,10 +262,10 @@ def _place_harbor(sc: _Scene) -> None:
     for _try in range(10):
         side = 1 if rng.random() < 0.5 else -1
         t = rng.uniform(-sc.size * 0.45, sc.size * 0.45)
-        quay_len = float(rng.uniform(40, min(110, sc.size * 0.45)))
+        quay_len = _uni(rng, min(40, sc.size * 0.3), min(110, sc.size * 0.45))
         depth = float(rng.uniform(6, 11))
         n_piers = int(rng.integers(2, 6))
-        pier_len = float(rng.uniform(14, min(34, hw * 1.2)))
+        pier_len = _uni(rng, min(14, hw), min(34, hw * 1.2))
         pier_w = float(rng.uniform(3, 6))
         # local frame: x along the bank, y towards the water (quay sits on the bank, piers reach into the water)
         ang = math.atan2(uy, ux) if side == -1 else math.atan2(-uy, -ux)
@@ -525,10 +530,11 @@ def ensure_synthetic(root: str | Path, n_train: int, n_val: int, size: int = 320
     """
     root = Path(root)
     final = root / f"synth-{size}px-{n_train}+{n_val}-s{seed}-{cache_key(n_train, n_val, size, seed)}"
+    if final.exists() and not (final / DONE_MARKER).is_file():
+        # the marker goes in before the rename, so only an interrupted older run leaves a folder without it
+        shutil.rmtree(final)
     if (final / DONE_MARKER).is_file():
         return final
-    if final.exists():
-        shutil.rmtree(final)
     staging = root / f".staging-{final.name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
