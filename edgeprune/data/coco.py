@@ -88,7 +88,8 @@ def parse_coco(data: bytes | str, source: str) -> tuple[list[str], list[CocoImag
                                 f"'categories' {order}")
             bbox = ann.get("bbox")
             if not isinstance(bbox, list) or len(bbox) != 4:
-                raise DataError(f"{where} (id {aid}, image {rec['file_name']}): bbox must be [x, y, w, h], got {bbox!r}")
+                raise DataError(f"{where} (id {aid}, image {rec['file_name']}): bbox must be [x, y, w, h], "
+                                f"got {bbox!r}")
             x, y, bw, bh = (_num(v, f"{where} (id {aid})", "bbox value") for v in bbox)
             box = check_box((x, y, x + bw, y + bh), rec["w"], rec["h"], f"{where} (id {aid}, image {rec['file_name']})")
         except DataError as exc:

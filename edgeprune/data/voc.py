@@ -68,7 +68,8 @@ def _parse_xml(data: bytes, source: str) -> _Node:
 
 
 class VocRecord:
-    def __init__(self, filename: str | None, size: tuple[int, int] | None, objects: list[tuple[str, tuple, int]]) -> None:
+    def __init__(self, filename: str | None, size: tuple[int, int] | None,
+                 objects: list[tuple[str, tuple, int]]) -> None:
         self.filename, self.size, self.objects = filename, size, objects   # objects: (name, xyxy, line)
 
 
