@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, dump_config, load_config, make_config, parse_set
-from .errors import EdgepruneError
+from .errors import EdgepruneError, StorageError
 from .fsio import atomic_write_json, atomic_write_text
 from .pipeline_cli import STAGES
 
@@ -123,7 +123,10 @@ def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None =
 
     root = Path(runs_dir) / cfg.name
     run = RunDir(root, cfg, log)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        (root / "stages").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the run directory {root}: {exc.strerror}") from None
     atomic_write_text(root / "config.yaml", dump_config(cfg))
     if restart:
         run.invalidate_from(STAGES[0])
