@@ -65,9 +65,9 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
     reports: dict[str, dict[str, Any]] = {"verify": verify_report, "parity": parity}
     int8_graph = None
     if int8:
-        from .quantize import quantize_int8
+        from .quantize import head_nodes, quantize_int8
 
-        int8_graph, info = quantize_int8(exp.model, calib)
+        int8_graph, info = quantize_int8(exp.model, calib, float_nodes=head_nodes(exp.conv_nodes))
         info.update(int8_fidelity(exp.model, int8_graph, imgs, size))
         reports["int8"] = info
     graph = exp.model
