@@ -5,9 +5,10 @@ Calibration folder (docs/CONTRACTS.md "Calibration set", written by `edgeprune c
 `calib/`): float32 NCHW `.npy` batches preprocessed exactly as the bundle's manifest says, listed in
 `manifest.json` ("batches": [{"file", "sha256"}], each sha checked) or, without a manifest, every `*.npy`
 in name order. Only Conv inputs are quantized: the box-decoding tail works in input pixels
-(0..imgsz) and would lose box precision at 8 bits, so it stays float. The detect head's Convs stay float
-too (`head_nodes`: float weights; an input shared with the neck keeps its Q/DQ): quantizing them reorders near-tied objectness scores (measured: mAP50 against FP32's
-detections 0.15 with an int8 head vs 0.99 with a float head, docs/export.md).
+(0..imgsz) and would lose box precision at 8 bits, so it stays float. The detect head's Convs keep float
+weights too (`head_nodes`; an input shared with the neck keeps its Q/DQ): quantizing them reorders
+near-tied objectness scores (measured: mAP50 against FP32's detections 0.15 with an int8 head, 0.99 with a
+float head; docs/export.md).
 """
 from __future__ import annotations
 

@@ -94,3 +94,12 @@ def test_conv_flops_matches_hand_count(dense_export, dense_model):
     for h in hooks:
         h.remove()
     assert conv_flops(dense_export.model) == expected
+
+
+def test_unsimplified_graph_verifies_too(pruned_model):
+    from edgeprune.export.onnx_export import export_onnx
+
+    exp = export_onnx(pruned_model, 64, do_simplify=False)
+    assert any(n.op_type == "BatchNormalization" for n in exp.model.graph.node)
+    rep = verify_graph(exp.model, pruned_model.spec, exp.conv_nodes, RECOMBINATION)
+    assert rep["checked"]["layers"] == 60 and rep["checked"]["junctions"] == 2
