@@ -13,6 +13,7 @@ float head; docs/export.md).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -125,6 +126,9 @@ def quantize_int8(fp32: onnx.ModelProto, calib_dir: str | Path, max_images: int 
     with tempfile.TemporaryDirectory(prefix="edgeprune-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(fp32, str(src))
+        # ORT logs a "consider pre-processing" advice on the root logger; its pre-processing would rename
+        # the nodes `float_nodes` names, so we skip it and keep the advice out of the CLI output.
+        logging.disable(logging.WARNING)
         try:
             quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -136,6 +140,8 @@ def quantize_int8(fp32: onnx.ModelProto, calib_dir: str | Path, max_images: int 
         except Exception as exc:
             raise ExportError(f"ONNX Runtime static quantization failed: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        finally:
+            logging.disable(logging.NOTSET)
         if reader.images == 0:
             raise DataError(f"{calib_dir}: no calibration images fit the model's batch size {shape[0]}")
         q = onnx.load(str(dst))
