@@ -82,6 +82,7 @@ class PruneConfig:
     round_to: int = 8
     min_channels: int = 8
     skip_unsupported: bool = False
+    fold: bool = True                  # fold removed channels' constant act(beta) into consumers (prune/apply.py)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,7 +22,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import PruneError
-from .graph import ChannelGraph, build_graph
+from .graph import build_graph
+# the folder I/O is re-exported here for the compress stages (io imports apply lazily, no cycle)
+from .io import keep_from_ratios, load_pruned, read_ratios, save_pruned, save_pruned_model, spec_from_pruned  # noqa: F401
 from .recombine import Plan, decide, recombination_map
 
 
@@ -32,6 +35,7 @@ class PruneResult:
     table: list[dict[str, Any]]
     stats: dict[str, Any]
     plan: Plan
+    spec: dict[str, Any] | None = None   # set for our detector (prune_from_ratios)
 
 
 def complexity(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
@@ -75,9 +79,9 @@ def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
     def hook(name: str):
         def fn(_module: nn.Module, args: tuple) -> None:
             if name not in captured:
-                x = args[0][0]  # first sample; a removed channel is constant over space (interior)
-                idx = torch.from_numpy(removed_in[name])
-                captured[name] = x[idx][(..., *[s // 2 for s in x.shape[1:]])].clone() if x.dim() > 1 else x[idx].clone()
+                # first sample, removed channels, read at the centre (a removed channel is constant there)
+                x = args[0][0].index_select(0, torch.from_numpy(removed_in[name]))
+                captured[name] = x[(slice(None), *(s // 2 for s in x.shape[1:]))].clone()
         return fn
 
     saved = {}
@@ -98,6 +102,9 @@ def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
         for h in handles:
             h.remove()
         model.train(was_training)
+    missing = sorted(set(removed_in) - set(captured))
+    if missing:
+        raise PruneError(f"folding: {missing[:3]} did not run on the example input; pass fold=False (--no-fold)")
     owner_of = g.producer_bn()
     with torch.no_grad():
         for c, r in removed_in.items():
@@ -224,3 +231,16 @@ def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[s
         "frozen": [{k: v for k, v in f.items()} for f in graph.frozen],
     }
     return PruneResult(model=model, recombination_map=rmap, table=table, stats=stats, plan=plan)
+
+
+def prune_from_ratios(model: nn.Module, ratios: str | Path | dict[str, Any], cfg: Any = None,
+                      imgsz: int = 256) -> PruneResult:
+    """The compress pipeline's prune stage: ratios.json + PruneConfig -> PruneResult with `spec` set."""
+    source = "ratios" if isinstance(ratios, dict) else str(ratios)
+    keep = keep_from_ratios(ratios if isinstance(ratios, dict) else read_ratios(ratios), model, source)
+    dense_spec = {**model.spec, "widths": {}}
+    result = prune_model(model, keep, rule=getattr(cfg, "rule", "union"), round_to=getattr(cfg, "round_to", 8),
+                         min_channels=getattr(cfg, "min_channels", 8), example_input=torch.zeros(1, 3, imgsz, imgsz),
+                         fold=getattr(cfg, "fold", True), skip_unsupported=getattr(cfg, "skip_unsupported", False))
+    result.spec = spec_from_pruned(result.model, dense_spec)
+    return result

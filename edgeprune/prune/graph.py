@@ -63,10 +63,6 @@ class ChannelGraph:
     depthwise: dict[str, np.ndarray]         # depthwise conv path -> ids (in == out)
     junctions: list[Junction]
     frozen: list[dict[str, Any]]             # ops whose neighbourhood was frozen, with the reason
-    adds: int = 0
-
-    def classes_of(self, ids: np.ndarray) -> np.ndarray:
-        return self.root[ids]
 
     def producer_bn(self) -> dict[str, str]:
         return {p: b for b, p in self.owner_bn.items()}
@@ -135,7 +131,6 @@ class _Builder:
         self.depthwise: dict[str, np.ndarray] = {}
         self.add_layouts: list[tuple[str, np.ndarray]] = []
         self.frozen: list[dict[str, Any]] = []
-        self.calls: dict[str, int] = {}
 
     # -- helpers ---------------------------------------------------------------------------------
     def new_ids(self, label: str, n: int) -> np.ndarray:
@@ -255,7 +250,6 @@ class _Builder:
         return None
 
     def produce(self, path: str, n: int) -> np.ndarray:
-        self.calls[path] = self.calls.get(path, 0) + 1
         if path not in self.producers:
             self.producers[path] = self.new_ids(path, n)
         return self.producers[path]
@@ -425,7 +419,7 @@ class _Builder:
             frozen.append(f)
         graph = ChannelGraph(modules=modules, origin=self.origin, root=root, fixed=fixed, producers=self.producers,
                              owner_bn=self.owner_bn, bn_layouts=self.bn_layouts, consumers=self.consumers,
-                             depthwise=self.depthwise, junctions=[], frozen=frozen, adds=len(self.add_layouts))
+                             depthwise=self.depthwise, junctions=[], frozen=frozen)
         graph.junctions = _junctions(graph, self.add_layouts)
         return graph
 

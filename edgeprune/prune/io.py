@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,10 +34,24 @@ def spec_from_pruned(model: Detector, dense_spec: dict[str, Any]) -> dict[str, A
     return with_widths(dense_spec, model.conv_widths())
 
 
-def save_pruned(out_dir: str | Path, model: Detector, spec: dict[str, Any], recombination_map: dict[str, Any],
-                table: list[dict[str, Any]], stats: dict[str, Any] | None = None) -> Path:
-    from .apply import format_table
+class Pruned(NamedTuple):
+    model: Detector
+    recombination_map: dict[str, Any]
 
+
+def save_pruned(out_dir: str | Path, model: Any, spec: dict[str, Any] | None = None,
+                recombination_map: dict[str, Any] | None = None, table: list[dict[str, Any]] | None = None,
+                stats: dict[str, Any] | None = None) -> Path:
+    """Write the pruned folder. `model` may also be a PruneResult whose `spec` is set (prune_from_ratios)."""
+    from .apply import PruneResult, format_table
+
+    if isinstance(model, PruneResult):
+        if model.spec is None:
+            raise PruneError("save_pruned(dir, result): result.spec is not set; pass the spec explicitly")
+        model, spec, recombination_map, table, stats = (model.model, model.spec, model.recombination_map,
+                                                        model.table, model.stats)
+    if spec is None or recombination_map is None or table is None:
+        raise PruneError("save_pruned needs the spec, the recombination map and the table")
     out = Path(out_dir)
     save_spec(spec, out / "arch.json")
     with AtomicFile(out / "weights.pt", suffix=".pt") as tmp:
@@ -44,10 +59,33 @@ def save_pruned(out_dir: str | Path, model: Detector, spec: dict[str, Any], reco
     atomic_write_json(out / "recombination.json", recombination_map)
     atomic_write_json(out / "prune_table.json", {"layers": table, "stats": stats or {}})
     atomic_write_text(out / "prune_table.txt", format_table(table, stats) + "\n")
+    plot_widths(table, out / "prune_widths.png")
     return out
 
 
-def load_pruned(path: str | Path) -> tuple[Detector, dict[str, Any]]:
+def plot_widths(table: list[dict[str, Any]], path: str | Path) -> None:
+    """Bar chart of every layer's width before/after, junction producers highlighted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table if not r.get("fixed")]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.14 * len(rows)), 3.5))
+    xs = range(len(rows))
+    ax.bar(xs, [r["before"] for r in rows], color="#d0d0d0", label="before")
+    ax.bar(xs, [r["after"] for r in rows], color=["#d62728" if r.get("junction") else "#1f77b4" for r in rows],
+           label="after (red: residual-junction producer)")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([r["layer"] for r in rows], rotation=90, fontsize=5)
+    ax.set_ylabel("output channels")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with AtomicFile(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def load_pruned(path: str | Path) -> Pruned:
     """Rebuild a pruned detector from its folder -> (model, recombination map)."""
     path = Path(path)
     try:
@@ -62,8 +100,11 @@ def load_pruned(path: str | Path) -> tuple[Detector, dict[str, Any]]:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise PruneError(f"{weights}: truncated or corrupt ({str(exc).splitlines()[0]}); re-run edgeprune prune") from None
-    except Exception as exc:  # the weights_only unpickler refuses anything but tensors and plain containers
-        raise PruneError(f"{weights}: not a plain state_dict ({type(exc).__name__})") from None
+    except pickle.UnpicklingError as exc:
+        if not zipfile.is_zipfile(weights):  # torch.save always writes a zip archive
+            raise PruneError(f"{weights}: truncated or corrupt (not a torch.save archive); re-run edgeprune prune") from None
+        raise PruneError(f"{weights}: not a plain state_dict, the safe loader refused it "
+                         f"({str(exc).splitlines()[0][:120]}); re-save it with save_pruned") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
@@ -73,7 +114,29 @@ def load_pruned(path: str | Path) -> tuple[Detector, dict[str, Any]]:
         rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {"version": 1, "junctions": []}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PruneError(f"{rec_path}: not valid JSON ({exc})") from None
-    return model, rec
+    return Pruned(model, rec)
+
+
+def save_pruned_model(out_dir: str | Path, model: Detector, pruned_dir: str | Path) -> Path:
+    """Save a fine-tuned pruned model next to the recombination map and table of the folder it came from."""
+    src = Path(pruned_dir)
+    rec = load_pruned(src).recombination_map
+    table_path = src / "prune_table.json"
+    try:
+        doc = json.loads(table_path.read_text()) if table_path.is_file() else {"layers": [], "stats": {}}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PruneError(f"{table_path}: not valid JSON ({exc})") from None
+    return save_pruned(out_dir, model, model.spec, rec, doc.get("layers", []), doc.get("stats", {}))
+
+
+def read_ratios(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PruneError(f"{path}: ratios file not found (run `edgeprune sparse` first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PruneError(f"{path}: not valid JSON ({exc})") from None
 
 
 def keep_from_ratios(doc: Any, model: Detector, source: str = "ratios.json") -> dict[str, list[int]]:

@@ -122,8 +122,9 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
 
     # classes that cannot be masked through a BN (a conv without BN, the input, a frozen op) stay whole
     locked = graph.fixed.copy()
+    owned = graph.producer_bn()
     for path, ids in graph.producers.items():
-        if path not in graph.producer_bn():
+        if path not in owned:
             locked[ids] = True
     locked_class = np.zeros(n_ids, bool)
     locked_class[graph.root[locked]] = True
@@ -173,11 +174,12 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
             junction_of[c] = j.id
 
     kept_class = np.ones(n_ids, bool)
-    groups = []
+    groups, group_classes = [], []
     for gid, (g, group_bns) in enumerate(sorted(members.items())):
         classes = np.array(sorted({c for b in group_bns for c in graph.root[graph.producers[graph.owner_bn[b]]].tolist()}),
                            dtype=np.int64)
         classes = classes[~locked_class[classes]]
+        group_classes.append(classes)
         total = len(classes)
         record = {"id": gid, "bns": group_bns, "channels": total, "kept": total,
                   "junction": next((junction_of[c] for c in classes.tolist() if c in junction_of), None)}
@@ -198,7 +200,17 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
             best = dropped[np.argsort(-imp_sum[classes[dropped]], kind="stable")]
             keep_c[best[:target - int(keep_c.sum())]] = True
         kept_class[classes[~keep_c]] = False
-        record["kept"] = int(keep_c.sum())
+    # a group that spans concat segments (an add over a concat) can starve one of its layers: every
+    # layer keeps at least min(min_channels, width) too, again adding back the most important classes
+    for b in bns:
+        free = np.unique(graph.root[graph.producers[graph.owner_bn[b]]])
+        free = free[~locked_class[free]]
+        need = min(max(min_channels, 1), len(free)) - int(kept_class[free].sum())
+        if need > 0:
+            dropped = free[~kept_class[free]]
+            kept_class[dropped[np.argsort(-imp_sum[dropped], kind="stable")[:need]]] = True
+    for record, classes in zip(groups, group_classes):
+        record["kept"] = int(kept_class[classes].sum())
     return Plan(graph=graph, kept_class=kept_class, groups=groups, rule=rule)
 
 

@@ -1,17 +1,17 @@
 """Checkpoint -> pruned folder, the body of `edgeprune prune` (and of the compress pipeline's prune stage)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import PruneError, UsageError
+from ..errors import UsageError
 from ..models.io import load_checkpoint, model_from_checkpoint
 from .apply import format_table, prune_model
 from .graph import build_graph
-from .io import keep_from_global_ratio, keep_from_ratios, keep_from_threshold, save_pruned, spec_from_pruned
+from .io import (keep_from_global_ratio, keep_from_ratios, keep_from_threshold, read_ratios, save_pruned,
+                 spec_from_pruned)
 
 
 def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratios: str | Path | None = None,
@@ -26,14 +26,7 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratios: str | 
     size = imgsz or (ckpt.get("imgsz") if isinstance(ckpt.get("imgsz"), int) else 256)
     x = torch.zeros(1, 3, size, size)
     if ratios is not None:
-        path = Path(ratios)
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PruneError(f"{path}: ratios file not found (run `edgeprune sparse` first)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PruneError(f"{path}: not valid JSON ({exc})") from None
-        keep: dict[str, Any] = keep_from_ratios(doc, model, str(path))
+        keep: dict[str, Any] = keep_from_ratios(read_ratios(ratios), model, str(ratios))
     else:
         bns = sorted(build_graph(model, x, skip_unsupported=skip_unsupported).owner_bn)
         keep = keep_from_threshold(model, bns, threshold) if threshold is not None \

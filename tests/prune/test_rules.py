@@ -128,3 +128,16 @@ def test_ratios_for_another_architecture_are_refused():
         keep_from_ratios({"version": 1, "layers": {"layers.0.bn": {"channels": 32, "keep": 3, "keep_idx": [0, 5]}}}, s)
     with pytest.raises(PruneError, match="not a BatchNorm of this model"):
         keep_from_ratios({"version": 1, "layers": {"layers.0.conv": {"keep_idx": [0]}}}, s)
+
+
+def test_threshold_and_global_ratio_masks():
+    from edgeprune.prune.io import keep_from_global_ratio, keep_from_threshold
+    model = build_model(new_spec(2, size="n"))  # untrained: every gamma is 1 (ties)
+    bns = sorted(build_graph(model, torch.zeros(1, 3, 64, 64)).owner_bn)
+    total = sum(len(m) for m in keep_from_threshold(model, bns, 0.5).values())
+    masks = keep_from_global_ratio(model, bns, 0.25)
+    assert sum(int(m.sum()) for m in masks.values()) == total - int(0.25 * total)
+    assert all(m.all() for m in keep_from_threshold(model, bns, 0.5).values())
+    assert not any(m.any() for m in keep_from_threshold(model, bns, 1.0).values())
+    with pytest.raises(PruneError, match="global-ratio"):
+        keep_from_global_ratio(model, bns, 1.0)
