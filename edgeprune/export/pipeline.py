@@ -1,6 +1,7 @@
 """`edgeprune export` / `edgeprune verify` as functions: model -> verified, parity-checked deploy bundle."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,6 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     graph = load_onnx(root / manifest["model"]["file"])
     spec = conv_nodes = rec = None
     if "arch" in extra and "onnx_map" in extra:
-        import json
-
         try:
             spec = validate_spec(json.loads((root / extra["arch"]).read_text()), str(root / extra["arch"]))
             conv_nodes = json.loads((root / extra["onnx_map"]).read_text())["conv_nodes"]
