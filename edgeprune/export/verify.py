@@ -190,7 +190,13 @@ class _Checker:
             if io is None:
                 continue
             producers[path] = name
-            if io[1] != kept:
+            concat = self._segment_concat(node)
+            if concat is not None:  # an add over a concat: this producer is one segment of the junction
+                width = self.ch(concat.outputs[0])
+                if width is not None and width != kept:
+                    self.issues.append(f"ONNX node {concat.name} (Concat of producer {path} of junction {jid}): "
+                                       f"{width} channels, the recombination map keeps {kept}")
+            elif io[1] != kept:
                 self.issues.append(f"ONNX node {name} (producer {path} of junction {jid}): emits {io[1]} channels, "
                                    f"the recombination map keeps {kept}")
         for path in j.get("consumers", []):
@@ -209,6 +215,20 @@ class _Checker:
         self.counts["junctions"] += 1
         return {"id": jid, "kept": kept, "channels_before": j.get("channels_before"), "producers": producers}
 
+    def _segment_concat(self, conv: gs.Node, depth: int = 3) -> gs.Node | None:
+        """The channel Concat a producer's output reaches through its activation (BN, SiLU = Sigmoid+Mul), if any."""
+        frontier = [conv]
+        for _ in range(depth):
+            nxt = []
+            for node in frontier:
+                for consumer in node.outputs[0].outputs:
+                    if consumer.op == "Concat" and consumer.attrs.get("axis") in (1, -3):
+                        return consumer
+                    if consumer.op in ("Mul", "Sigmoid", "Relu", "Identity", "BatchNormalization"):
+                        nxt.append(consumer)
+            frontier = nxt
+        return None
+
     def _junction_width_into(self, tensor: gs.Tensor, producer_names: set[str]) -> int | None:
         """Channels a consumer reads from the junction: its whole input, or the Concat segments fed by it."""
         src = tensor.inputs[0] if tensor.inputs else None
@@ -223,8 +243,8 @@ def verify_graph(graph: onnx.ModelProto, spec: dict[str, Any] | None = None,
                  conv_nodes: dict[str, str] | None = None, recombination: dict[str, Any] | None = None,
                  report_path: str | Path | None = None) -> dict[str, Any]:
     """Run the checks; write the JSON report (if asked) and raise ExportError on any mismatch."""
-    if (spec is None) != (conv_nodes is None):
-        raise ExportError("verification against the arch spec needs both the spec and the torch->ONNX Conv map")
+    if spec is not None and conv_nodes is None:
+        raise ExportError("verification against the arch spec needs the torch->ONNX Conv map too")
     if recombination is not None and conv_nodes is None:
         raise ExportError("verification of the recombination map needs the torch->ONNX Conv map")
     chk = _Checker(_import(graph))
