@@ -4,7 +4,8 @@ example:
   python benchmarks/int8_host.py --ckpt runs/default/finetune/best.pt --data <dataset dir or data.yaml> \
       --imgsz 256 --calib-images 128 --val-images 200 --out benchmarks/int8_host.json
 
-Calibration images come from the train split (preprocessed like the bundle, written as .npy batches in the
+`--truth fp32` scores every path against FP32's 5 best detections per image instead of the labels: a fidelity
+measure for models whose mAP is too low to compare (e.g. untrained ones). Calibration images come from the train split (preprocessed like the bundle, written as .npy batches in the
 format `edgeprune calib build` uses), evaluation images from the val split. Writes one JSON document.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-images", type=int, default=200)
     ap.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quantize-head", action="store_true", help="quantize the detect head's Convs too")
+    ap.add_argument("--truth", default="labels", choices=["labels", "fp32"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeprune.export.cocomap import coco_map
     from edgeprune.export.onnx_export import export_onnx
     from edgeprune.export.pipeline import ort_latency_ms
-    from edgeprune.export.quantize import quantize_int8
+    from edgeprune.export.quantize import head_nodes, quantize_int8
     from edgeprune.fsio import atomic_write_json, sha256_file
     from edgeprune.models.io import model_from_checkpoint
     from jetson.postprocess import postprocess, scale_boxes
@@ -48,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.data)
     model = model_from_checkpoint(args.ckpt).eval()
-    fp32 = export_onnx(model, args.imgsz).model
+    exp = export_onnx(model, args.imgsz)
+    fp32 = exp.model
+    float_nodes = [] if args.quantize_head else head_nodes(exp.conv_nodes)
 
     def rgb(path: Path) -> np.ndarray:
         with Image.open(path) as im:
@@ -64,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             batches.append({"file": name, "sha256": sha256_file(Path(calib) / name)})
         (Path(calib) / "manifest.json").write_text(json.dumps({"version": 1, "batches": batches}))
         t = time.time()
-        int8, info = quantize_int8(fp32, calib, max_images=args.calib_images, method=args.method)
+        int8, info = quantize_int8(fp32, calib, max_images=args.calib_images, method=args.method,
+                                   float_nodes=float_nodes)
         info["quantize_s"] = time.time() - t
 
     val = ds.splits["val"][: args.val_images]
@@ -79,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         for k, out in outs.items():
             boxes, scores, classes = postprocess(out, 0.001, 0.6)[0]
             dets[k].append((scale_boxes(boxes, meta), scores, classes))
+    if args.truth == "fp32":
+        truth = [(boxes[:5], classes[:5]) for boxes, _, classes in dets["fp32"]]
     size = tuple(rgb(val[0].image).shape[:2])
     maps = {k: coco_map(d, truth, len(ds.names), size) for k, d in dets.items()}
     x, _ = preprocess(rgb(val[0].image), args.imgsz)
     latency = {k: ort_latency_ms(sess, x, warmup=5, iters=50) for k, sess in sessions.items()}
     result = {"ckpt": str(args.ckpt), "data": str(args.data), "imgsz": args.imgsz, "val_images": len(val),
-              "threads": args.threads, "quantization": info, "map": maps,
+              "threads": args.threads, "truth": args.truth, "quantization": info, "map": maps,
               "map50_drop_points": 100 * (maps["fp32"]["map50"] - maps["int8"]["map50"]),
               "map_drop_points": 100 * (maps["fp32"]["map"] - maps["int8"]["map"]),
               "ort_cpu_latency_ms": latency,

@@ -1,6 +1,7 @@
 """`edgeprune export` / `edgeprune verify` as functions: model -> verified, parity-checked deploy bundle."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,9 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
     reports: dict[str, dict[str, Any]] = {"verify": verify_report, "parity": parity}
     int8_graph = None
     if int8:
-        from .quantize import quantize_int8
+        from .quantize import head_nodes, quantize_int8
 
-        int8_graph, info = quantize_int8(exp.model, calib)
+        int8_graph, info = quantize_int8(exp.model, calib, float_nodes=head_nodes(exp.conv_nodes))
         info.update(int8_fidelity(exp.model, int8_graph, imgs, size))
         reports["int8"] = info
     graph = exp.model
@@ -127,8 +128,6 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     graph = load_onnx(root / manifest["model"]["file"])
     spec = conv_nodes = rec = None
     if "arch" in extra and "onnx_map" in extra:
-        import json
-
         try:
             spec = validate_spec(json.loads((root / extra["arch"]).read_text()), str(root / extra["arch"]))
             conv_nodes = json.loads((root / extra["onnx_map"]).read_text())["conv_nodes"]

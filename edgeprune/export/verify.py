@@ -21,7 +21,9 @@ from ..errors import ExportError
 from ..fsio import atomic_write_json
 from ..models.yolo import build_model
 
-_ACT_PASSTHROUGH = ("Mul", "Sigmoid", "Identity", "Relu")
+# Ops whose output has their first input's channels: used where shape inference gives up (e.g. Resize with
+# computed sizes in an un-simplified graph).
+_SAME_CHANNELS = ("Mul", "Sigmoid", "Identity", "Relu", "Resize", "Upsample", "MaxPool", "BatchNormalization", "Add")
 
 
 def _channels(t: gs.Tensor) -> int | None:
@@ -57,6 +59,25 @@ class _Checker:
         self.issues: list[str] = []
         self.unknown: list[str] = []
         self.counts = {"conv": 0, "add": 0, "concat": 0, "layers": 0, "junctions": 0}
+        self._ch: dict[str, int | None] = {}
+
+    def ch(self, t: gs.Tensor) -> int | None:
+        """Channels of a rank-4 tensor: inferred shape, else derived from its producer."""
+        known = _channels(t)
+        if known is not None or isinstance(t, gs.Constant) or not t.inputs:
+            return known
+        if t.name not in self._ch:
+            self._ch[t.name] = None  # guards against cycles in a malformed graph
+            node = t.inputs[0]
+            if node.op in _SAME_CHANNELS:
+                self._ch[t.name] = self.ch(node.inputs[0])
+            elif node.op == "Conv":
+                io = self.conv_io(node)
+                self._ch[t.name] = io[1] if io else None
+            elif node.op == "Concat" and node.attrs.get("axis") in (1, -3):
+                parts = [self.ch(x) for x in node.inputs]
+                self._ch[t.name] = None if None in parts else sum(parts)
+        return self._ch[t.name]
 
     def conv_io(self, node: gs.Node) -> tuple[int, int] | None:
         w = node.inputs[1]
@@ -77,7 +98,7 @@ class _Checker:
 
     def _conv(self, node: gs.Node) -> None:
         io = self.conv_io(node)
-        c_in = _channels(node.inputs[0])
+        c_in = self.ch(node.inputs[0])
         if io is None:
             return
         if c_in is None:
@@ -95,7 +116,7 @@ class _Checker:
         a, b = node.inputs[:2]
         if isinstance(a, gs.Constant) or isinstance(b, gs.Constant) or _rank(a) != 4 or _rank(b) != 4:
             return  # broadcasts with constants (box decoding), not a residual junction
-        ca, cb = _channels(a), _channels(b)
+        ca, cb = self.ch(a), self.ch(b)
         if ca is None or cb is None:
             self.unknown.append(f"ONNX node {node.name}: Add input channels unknown")
             return
@@ -108,8 +129,10 @@ class _Checker:
         out = node.outputs[0]
         if _rank(out) != 4 or node.attrs.get("axis") not in (1, -3):
             return
-        widths = [_channels(t) for t in node.inputs]
-        c_out = _channels(out)
+        widths = [self.ch(t) for t in node.inputs]
+        c_out = _channels(out)  # inferred only: deriving it from the inputs would make the check circular
+        if c_out is None and None not in widths:
+            return  # nothing to compare against; the consumers' checks see the width
         if None in widths or c_out is None:
             self.unknown.append(f"ONNX node {node.name}: Concat widths unknown")
             return
@@ -167,7 +190,13 @@ class _Checker:
             if io is None:
                 continue
             producers[path] = name
-            if io[1] != kept:
+            concat = self._segment_concat(node)
+            if concat is not None:  # an add over a concat: this producer is one segment of the junction
+                width = self.ch(concat.outputs[0])
+                if width is not None and width != kept:
+                    self.issues.append(f"ONNX node {concat.name} (Concat of producer {path} of junction {jid}): "
+                                       f"{width} channels, the recombination map keeps {kept}")
+            elif io[1] != kept:
                 self.issues.append(f"ONNX node {name} (producer {path} of junction {jid}): emits {io[1]} channels, "
                                    f"the recombination map keeps {kept}")
         for path in j.get("consumers", []):
@@ -186,22 +215,36 @@ class _Checker:
         self.counts["junctions"] += 1
         return {"id": jid, "kept": kept, "channels_before": j.get("channels_before"), "producers": producers}
 
+    def _segment_concat(self, conv: gs.Node, depth: int = 3) -> gs.Node | None:
+        """The channel Concat a producer's output reaches through its activation (BN, SiLU = Sigmoid+Mul), if any."""
+        frontier = [conv]
+        for _ in range(depth):
+            nxt = []
+            for node in frontier:
+                for consumer in node.outputs[0].outputs:
+                    if consumer.op == "Concat" and consumer.attrs.get("axis") in (1, -3):
+                        return consumer
+                    if consumer.op in ("Mul", "Sigmoid", "Relu", "Identity", "BatchNormalization"):
+                        nxt.append(consumer)
+            frontier = nxt
+        return None
+
     def _junction_width_into(self, tensor: gs.Tensor, producer_names: set[str]) -> int | None:
         """Channels a consumer reads from the junction: its whole input, or the Concat segments fed by it."""
         src = tensor.inputs[0] if tensor.inputs else None
         if src is not None and src.op == "Concat":
             parts = [t for t in src.inputs if self._ancestors(t) & producer_names]
-            widths = [_channels(t) for t in parts]
+            widths = [self.ch(t) for t in parts]
             return None if not parts or None in widths else sum(widths)
-        return _channels(tensor)
+        return self.ch(tensor)
 
 
 def verify_graph(graph: onnx.ModelProto, spec: dict[str, Any] | None = None,
                  conv_nodes: dict[str, str] | None = None, recombination: dict[str, Any] | None = None,
                  report_path: str | Path | None = None) -> dict[str, Any]:
     """Run the checks; write the JSON report (if asked) and raise ExportError on any mismatch."""
-    if (spec is None) != (conv_nodes is None):
-        raise ExportError("verification against the arch spec needs both the spec and the torch->ONNX Conv map")
+    if spec is not None and conv_nodes is None:
+        raise ExportError("verification against the arch spec needs the torch->ONNX Conv map too")
     if recombination is not None and conv_nodes is None:
         raise ExportError("verification of the recombination map needs the torch->ONNX Conv map")
     chk = _Checker(_import(graph))

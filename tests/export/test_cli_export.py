@@ -44,9 +44,19 @@ def test_export_pruned_dir_with_int8_and_nms_then_verify(tmp_path, pruned_model,
 
 
 def test_export_checkpoint_and_verify_plain_output(tmp_path, dense_model, capfd):
+    from PIL import Image
+
+    from tests.export.export_helpers import scenes
+
     save_checkpoint(tmp_path / "m.pt", dense_model, imgsz=IMGSZ)
-    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "b"), "--parity-images", "2"]) == 0
+    (tmp_path / "imgs").mkdir()
+    for i, img in enumerate(scenes(3)[0]):
+        Image.fromarray(img).save(tmp_path / "imgs" / f"{i}.png")
+    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "b"), "--parity-images", "2",
+                 "--images", str(tmp_path / "imgs")]) == 0
     assert "parity max|diff|" in capfd.readouterr().out
+    parity = json.loads((tmp_path / "b" / "reports" / "parity.json").read_text())
+    assert parity["images"] == 2 and parity["image_source"] == str(tmp_path / "imgs")
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["model"]["input_shape"] == [1, 3, IMGSZ, IMGSZ]
     assert main(["verify", str(tmp_path / "b")]) == 0

@@ -7,7 +7,7 @@ from edgeprune.errors import DataError
 from edgeprune.export import ort_run
 from edgeprune.export.bundle import read_bundle, write_bundle
 from edgeprune.fsio import sha256_file
-from edgeprune.export.quantize import NpyCalibrationReader, calib_files, quantize_int8
+from edgeprune.export.quantize import NpyCalibrationReader, calib_files, head_nodes, quantize_int8
 from tests.export.export_helpers import IMGSZ, scenes
 
 
@@ -30,8 +30,15 @@ def _calib_dir(path, n_batches=2, batch=3, with_manifest=True):
 
 def test_qdq_model_runs_in_ort_and_lands_in_the_bundle(tmp_path, dense_model, dense_export):
     calib = _calib_dir(tmp_path / "calib")
-    q, info = quantize_int8(dense_export.model, calib)
+    q, info = quantize_int8(dense_export.model, calib, float_nodes=head_nodes(dense_export.conv_nodes))
     ops = {n.op_type for n in q.graph.node}
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    convs = {n.name: n for n in q.graph.node if n.op_type == "Conv"}
+    assert producers[convs["/layers.1/conv/Conv"].input[1]] == "DequantizeLinear"
+    assert info["float_nodes"] == ["/detect/m.0/Conv", "/detect/m.1/Conv", "/detect/m.2/Conv"]
+    for name in info["float_nodes"]:  # the head keeps float weights (P3/P4 inputs stay Q/DQ: shared with the neck)
+        assert convs[name].input[1] not in producers
+    assert producers[convs["/detect/m.2/Conv"].input[0]] == "Mul"  # P5 feeds only the head: stays float
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     assert info["calib_images"] == 6 and info["per_channel"] and info["format"] == "QDQ"
     # per-channel weights: a weight DequantizeLinear carries one scale per output channel

@@ -94,3 +94,40 @@ def test_conv_flops_matches_hand_count(dense_export, dense_model):
     for h in hooks:
         h.remove()
     assert conv_flops(dense_export.model) == expected
+
+
+def test_unsimplified_graph_verifies_too(pruned_model):
+    from edgeprune.export.onnx_export import export_onnx
+
+    exp = export_onnx(pruned_model, 64, do_simplify=False)
+    assert any(n.op_type == "BatchNormalization" for n in exp.model.graph.node)
+    rep = verify_graph(exp.model, pruned_model.spec, exp.conv_nodes, RECOMBINATION)
+    assert rep["checked"]["layers"] == 60 and rep["checked"]["junctions"] == 2
+
+
+def _add_over_concat_graph(c_seg=(2, 2), c_short=4):
+    """X -> convA, convB -> Concat -> Add(convC(X)) -> convD: a junction whose producers are Concat segments."""
+    rng = np.random.default_rng(0)
+    x = gs.Variable("x", np.float32, (1, 4, 8, 8))
+    g = gs.Graph(inputs=[x], opset=13)
+
+    def conv(name, inp, c_out, c_in):
+        w = gs.Constant(f"{name}_w", rng.random((c_out, c_in, 1, 1), dtype=np.float32))
+        return g.layer(op="Conv", name=name, inputs=[inp, w], outputs=[gs.Variable(f"{name}_y", np.float32)])[0]
+
+    a, b = conv("A", x, c_seg[0], 4), conv("B", x, c_seg[1], 4)
+    cat = g.layer(op="Concat", name="cat", inputs=[a, b], outputs=[gs.Variable("cat_y", np.float32)],
+                  attrs={"axis": 1})[0]
+    s = g.layer(op="Add", name="add", inputs=[cat, conv("C", x, c_short, 4)], outputs=[gs.Variable("add_y", np.float32)])[0]
+    g.outputs = [conv("D", s, 3, c_short)]
+    g.outputs[0].dtype = np.float32
+    return gs.export_onnx(g)
+
+
+def test_add_over_concat_junction():
+    junction = {"id": "j", "producers": ["a", "b", "c"], "consumers": ["d"], "kept": [0, 1, 2, 3]}
+    nodes = {"a": "A", "b": "B", "c": "C", "d": "D"}
+    rep = verify_graph(_add_over_concat_graph(), None, nodes, {"junctions": [junction]})
+    assert rep["checked"]["add"] == 1 and rep["checked"]["concat"] == 1 and rep["checked"]["junctions"] == 1
+    with pytest.raises(ExportError, match=r"ONNX node cat \(Concat of producer a of junction j\): 4 channels"):
+        verify_graph(_add_over_concat_graph(), None, nodes, {"junctions": [{**junction, "kept": [0, 1, 2]}]})

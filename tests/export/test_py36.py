@@ -1,0 +1,33 @@
+import os
+import shutil
+import subprocess
+
+import pytest
+
+PY36 = os.path.expanduser("~/.pyenv/versions/3.6.15/bin/python")
+
+
+@pytest.mark.py36
+@pytest.mark.skipif(not os.path.exists(PY36), reason="Python 3.6.15 (pyenv) not installed")
+def test_export_cli_registers_under_python36():
+    """`edgeprune/export/cli.py` is on the device's import path: it must parse and register on Python 3.6."""
+    code = ("import argparse, sys\n"
+            "from edgeprune.export import cli\n"
+            "p = argparse.ArgumentParser(); s = p.add_subparsers(); cli.register(s)\n"
+            "a = p.parse_args(['export', 'm.pt', '--out', 'b', '--int8', '--calib', 'c', '--json'])\n"
+            "assert a.int8 and a.calib == 'c' and a.opset == 13\n"
+            "assert p.parse_args(['verify', 'b']).bundle == 'b'\n"
+            "assert 'torch' not in sys.modules and 'onnx' not in sys.modules\n")
+    out = subprocess.run([PY36, "-c", code], cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         universal_newlines=True, env={"PYTHONPATH": os.getcwd(), "PATH": os.environ.get("PATH", "")})
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.skipif(shutil.which("vermin") is None and not os.path.exists("/work/venv/bin/vermin"),
+                    reason="vermin not installed")
+def test_export_cli_source_targets_python36():
+    vermin = shutil.which("vermin") or "/work/venv/bin/vermin"
+    out = subprocess.run([vermin, "-t=3.6-", "--no-tips", "--violations", "edgeprune/export/cli.py",
+                          "edgeprune/export/__init__.py"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         universal_newlines=True)
+    assert out.returncode == 0, out.stdout
