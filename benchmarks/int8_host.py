@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeprune.data.dataset import load_dataset
     from edgeprune.export import ort_run
-    from edgeprune.export.cocomap import coco_map
+    from edgeprune.metrics.coco import coco_map
     from edgeprune.export.onnx_export import export_onnx
     from edgeprune.export.pipeline import ort_latency_ms
     from edgeprune.export.quantize import head_nodes, quantize_int8
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.truth == "fp32":
         truth = [(boxes[:5], classes[:5]) for boxes, _, classes in dets["fp32"]]
     size = tuple(rgb(val[0].image).shape[:2])
-    maps = {k: coco_map(d, truth, len(ds.names), size) for k, d in dets.items()}
+    maps = {k: coco_map(truth, d, ds.names, [size] * len(truth)) for k, d in dets.items()}
     x, _ = preprocess(rgb(val[0].image), args.imgsz)
     latency = {k: ort_latency_ms(sess, x, warmup=5, iters=50) for k, sess in sessions.items()}
     result = {"ckpt": str(args.ckpt), "data": str(args.data), "imgsz": args.imgsz, "val_images": len(val),

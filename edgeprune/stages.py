@@ -118,13 +118,11 @@ def stage_export(run: RunDir) -> dict[str, Any]:
     from .export.pipeline import export_bundle
 
     out = stale_stage_dir(run, "export", "bundle")
-    e = run.cfg.export
-    val_images = Path(run.outputs("data")["dataset"]) / "images" / "val"
-    result = export_bundle(run.outputs("finetune")["model_dir"], out, imgsz=run.cfg.model.imgsz, opset=e.opset,
-                           dynamic_batch=e.dynamic_batch, simplify=e.simplify, nms_plugin=e.nms_plugin,
-                           images=val_images if val_images.is_dir() else None, parity_images=e.parity_images)
-    run.log(f"[export] bundle {out}: ORT vs torch max abs diff {result['parity']['max_abs_diff']:.2e}")
-    return {"bundle": str(out), "verify": result["verify"], "parity": result["parity"]}
+    result = export_bundle(run.outputs("finetune")["model_dir"], out, run.cfg, _dataset(run),
+                           metrics=run.outputs("finetune")["metrics"])
+    parity = result["parity"]
+    run.log(f"[export] bundle {out}: graph verified, ORT vs torch max abs diff {parity['max_abs_diff']:.2e}")
+    return {"bundle": str(out), "verify": result["verify"], "parity": parity}
 
 
 def stage_report(run: RunDir) -> dict[str, Any]:

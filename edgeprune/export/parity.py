@@ -19,7 +19,11 @@ from jetson.preprocess import preprocess
 from ..errors import DataError, ExportError
 from ..models.yolo import Detector
 from . import ort_run
-from .cocomap import Detections, Truth, coco_map
+from ..metrics.coco import Detections as ImageDetections
+from ..metrics.coco import GroundTruth, coco_map
+
+Detections = list[ImageDetections]   # per image: boxes (K,4) xyxy, scores (K,), classes (K,)
+Truth = list[GroundTruth]            # per image: boxes (M,4) xyxy, classes (M,)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -103,8 +107,9 @@ def run_parity(model: Detector, graph: onnx.ModelProto | str | Path, images: lis
         problems.append(f"only {match:.1%} of post-NMS detections agree (need {min_match:.0%})")
     if truth is not None:
         size = images[0].shape[:2]
-        m_t = coco_map(torch_dets, truth, model.num_classes, size)
-        m_o = coco_map(ort_dets, truth, model.num_classes, size)
+        names, sizes = [str(c) for c in range(model.num_classes)], [size] * len(images)
+        m_t = {k: coco_map(truth, torch_dets, names, sizes)[k] for k in ("map50", "map")}
+        m_o = {k: coco_map(truth, ort_dets, names, sizes)[k] for k in ("map50", "map")}
         report["map_torch"], report["map_ort"] = m_t, m_o
         if abs(m_t["map50"] - m_o["map50"]) > map_tol or abs(m_t["map"] - m_o["map"]) > map_tol:
             problems.append(f"mAP differs: torch {m_t} vs ORT {m_o} (tolerance {map_tol * 100:.1f} point)")
