@@ -264,7 +264,8 @@ class Trainer:
             self.best_map50 = metrics["map50"]
         save_checkpoint(self.out_dir / "last.pt", self.ema.ema, **self._state(final))
         if improved or not (self.out_dir / "best.pt").exists():
-            save_checkpoint(self.out_dir / "best.pt", self.ema.ema, metrics=metrics, epoch=self.epoch)
+            save_checkpoint(self.out_dir / "best.pt", self.ema.ema, metrics=metrics, epoch=self.epoch,
+                            imgsz=self.imgsz)
 
     # -------------------------------------------------------------- running
     def run(self, resume: bool = True) -> dict[str, Any]:
