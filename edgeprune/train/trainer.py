@@ -129,6 +129,9 @@ class Trainer:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        if cfg.sync_bn and self.world_size > 1 and self.device.type != "cuda":
+            raise ConfigError("config key train.sync_bn: SyncBatchNorm runs on CUDA only; set "
+                              "train.sync_bn=false for CPU (gloo) training")
         self.hooks = list(hooks)
         self.model = model.to(self.device)
         self.teacher = None
@@ -184,9 +187,6 @@ class Trainer:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.cfg.sync_bn:
-            if self.device.type != "cuda":
-                raise ConfigError("config key train.sync_bn: SyncBatchNorm runs on CUDA only; set "
-                                  "train.sync_bn=false for CPU (gloo) training")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.optimizer = self._make_optimizer()
         ids = [self.device.index] if self.device.type == "cuda" else None

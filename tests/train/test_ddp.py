@@ -91,3 +91,16 @@ def test_world_size_must_divide_batch(monkeypatch, tmp_path):
     data = SimpleNamespace(names=["a"], splits={"train": [object()]})
     with pytest.raises(ConfigError, match="train.batch.*world size 3"):
         Trainer(build_model(new_spec(1)), data, TrainConfig(batch=16), tmp_path)
+
+
+def test_sync_bn_on_cpu_is_refused(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from edgeprune.models.spec import new_spec
+    from edgeprune.models.yolo import build_model
+    from edgeprune.train.trainer import Trainer
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data = SimpleNamespace(names=["a"], splits={"train": [object()]})
+    with pytest.raises(ConfigError, match="train.sync_bn"):
+        Trainer(build_model(new_spec(1)), data, TrainConfig(batch=16, sync_bn=True), tmp_path, device="cpu")
