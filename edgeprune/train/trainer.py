@@ -340,6 +340,9 @@ class Trainer:
                         if extra is not None:
                             loss = loss + extra[0]
                             items.update(extra[1])
+                if not math.isfinite(float(loss.detach())):
+                    raise DataError(f"training loss became {float(loss.detach())} at epoch {self.epoch + 1}, "
+                                    f"batch {i}; lower train.lr0 or check the labels")
                 self.scaler.scale(loss).backward()
             if stepping:
                 self.scaler.unscale_(self.optimizer)
@@ -352,9 +355,6 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.ema.update(self.model)
-            if not math.isfinite(float(loss.detach())):
-                raise DataError(f"training loss became {float(loss)} at epoch {self.epoch + 1}, batch {i}; "
-                                "lower train.lr0 or check the labels")
             items["loss"] = float(loss.detach())
             for k, v in items.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
