@@ -80,8 +80,7 @@ def eval_command(args: Any) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt)
-    train_state = ckpt.get("train") or {}
-    imgsz = args.imgsz or train_state.get("imgsz") or 256
+    imgsz = args.imgsz or ckpt.get("imgsz") or (ckpt.get("train") or {}).get("imgsz") or 256
     cfg = _config(args, {})
     data = load_data(args.data, cfg, args.data_root)
     if args.split not in data.splits or not data.splits[args.split]:

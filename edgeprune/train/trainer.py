@@ -129,6 +129,9 @@ class Trainer:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        if cfg.sync_bn and self.world_size > 1 and self.device.type != "cuda":
+            raise ConfigError("config key train.sync_bn: SyncBatchNorm runs on CUDA only; set "
+                              "train.sync_bn=false for CPU (gloo) training")
         self.hooks = list(hooks)
         self.model = model.to(self.device)
         self.teacher = None
@@ -184,9 +187,6 @@ class Trainer:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.cfg.sync_bn:
-            if self.device.type != "cuda":
-                raise ConfigError("config key train.sync_bn: SyncBatchNorm runs on CUDA only; set "
-                                  "train.sync_bn=false for CPU (gloo) training")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.optimizer = self._make_optimizer()
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -264,7 +264,8 @@ class Trainer:
             self.best_map50 = metrics["map50"]
         save_checkpoint(self.out_dir / "last.pt", self.ema.ema, **self._state(final))
         if improved or not (self.out_dir / "best.pt").exists():
-            save_checkpoint(self.out_dir / "best.pt", self.ema.ema, metrics=metrics, epoch=self.epoch)
+            save_checkpoint(self.out_dir / "best.pt", self.ema.ema, metrics=metrics, epoch=self.epoch,
+                            imgsz=self.imgsz)
 
     # -------------------------------------------------------------- running
     def run(self, resume: bool = True) -> dict[str, Any]:
@@ -339,6 +340,9 @@ class Trainer:
                         if extra is not None:
                             loss = loss + extra[0]
                             items.update(extra[1])
+                if not math.isfinite(float(loss.detach())):
+                    raise DataError(f"training loss became {float(loss.detach())} at epoch {self.epoch + 1}, "
+                                    f"batch {i}; lower train.lr0 or check the labels")
                 self.scaler.scale(loss).backward()
             if stepping:
                 self.scaler.unscale_(self.optimizer)
@@ -351,9 +355,6 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.ema.update(self.model)
-            if not math.isfinite(float(loss.detach())):
-                raise DataError(f"training loss became {float(loss)} at epoch {self.epoch + 1}, batch {i}; "
-                                "lower train.lr0 or check the labels")
             items["loss"] = float(loss.detach())
             for k, v in items.items():
                 sums[k] = sums.get(k, 0.0) + float(v)

@@ -1,5 +1,6 @@
-"""Run by tests/train/test_ddp.py, once plainly and once under `torch.distributed.run --nproc-per-node 2`:
-trains a tiny detector on the images listed in INDEX (JSON) and saves each rank's raw weights."""
+"""Run by tests/train/test_ddp.py, plainly and under `torch.distributed.run --nproc-per-node 2`: for each
+RUN = name:accumulate:batch, trains a tiny detector on the images listed in INDEX (JSON) into OUT/name and
+saves each rank's final raw weights as OUT/name/rank<r>.pt."""
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 
-def main(index: str, out: str, sync_bn: str, accumulate: str, batch: str = "4") -> None:
+def main(index: str, out: str, *runs: str) -> None:
     torch.set_num_threads(1)
     from edgeprune.config import TrainConfig
     from edgeprune.train.trainer import fit, new_model
@@ -19,12 +20,15 @@ def main(index: str, out: str, sync_bn: str, accumulate: str, batch: str = "4") 
     samples = [SimpleNamespace(image=Path(it["image"]), boxes=np.asarray(it["boxes"], np.float32).reshape(-1, 4),
                                classes=np.asarray(it["classes"], np.int64)) for it in items]
     data = SimpleNamespace(names=["a", "b"], splits={"train": samples, "val": samples[:2]})
-    cfg = TrainConfig(epochs=2, batch=int(batch), accumulate=int(accumulate), eval_every=100, warmup_epochs=0.5,
-                      mosaic=0.0, flip=0.0, rot90=0.0, hsv=0.0, sync_bn=sync_bn == "1", lr0=0.02)
-    model, _ = new_model(data, "n", 64, seed=0, autoanchor=False)
-    fit(model, data, cfg, out, imgsz=64, progress=False)
-    rank = int(os.environ.get("RANK", "0"))
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
+    for run in runs:
+        name, accumulate, batch = run.split(":")
+        cfg = TrainConfig(epochs=2, batch=int(batch), accumulate=int(accumulate), eval_every=100,
+                          warmup_epochs=0.5, mosaic=0.0, flip=0.0, rot90=0.0, hsv=0.0, lr0=0.02)
+        model, _ = new_model(data, "n", 64, seed=0, autoanchor=False)
+        fit(model, data, cfg, Path(out) / name, imgsz=64, progress=False)
+        rank = int(os.environ.get("RANK", "0"))
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+                   Path(out) / name / f"rank{rank}.pt")
 
 
 if __name__ == "__main__":

@@ -38,24 +38,27 @@ def _images(tmp_path, n=8):
     return index
 
 
-def _run(args, out, nproc=None):
+def _run(index, out, runs, nproc=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [sys.executable]
     if nproc:
         cmd += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "29517"]
-    cmd += [str(WORKER), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    cmd += [str(WORKER), str(index), str(out), *runs]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {p.name: torch.load(p, weights_only=True) for p in sorted(Path(out).glob("rank*.pt"))}
+    return {run.split(":")[0]: {p.name: torch.load(p, weights_only=True)
+                                for p in sorted((Path(out) / run.split(":")[0]).glob("rank*.pt"))} for run in runs}
 
 
 @pytest.mark.slow
 def test_ddp_two_ranks_match_single_process(tmp_path):
     index = _images(tmp_path)
-    single = _run([str(index), str(tmp_path / "one"), "0", "1"], tmp_path / "one")["rank0.pt"]
-    ddp = _run([str(index), str(tmp_path / "two"), "0", "1"], tmp_path / "two", nproc=2)
+    ddp = _run(index, tmp_path, ["two:1:4"], nproc=2)["two"]
+    # one process: the same global batch 4; 2 accumulated micro-batches of 2; a control with batch 2
+    one = _run(index, tmp_path, ["one:1:4", "acc:2:4", "b2:1:2"])
+    single = one["one"]["rank0.pt"]
     assert set(ddp) == {"rank0.pt", "rank1.pt"}
     for k in ddp["rank0.pt"]:
         assert torch.equal(ddp["rank0.pt"][k], ddp["rank1.pt"][k]), k      # ranks stay bit-identical
@@ -67,11 +70,9 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
     assert (tmp_path / "two" / "last.pt").exists()
     # gradient accumulation keeps the global batch: 2 micro-batches of 2 == 1 batch of 4 (BN running
     # statistics are updated per micro-batch, so only the learnt parameters are compared)
-    accum = _run([str(index), str(tmp_path / "acc"), "0", "2"], tmp_path / "acc")["rank0.pt"]
-    assert _max_diff(single, accum, "param") < 1e-4
+    assert _max_diff(single, one["acc"]["rank0.pt"], "param") < 1e-4
     # the comparison can fail: a global batch of 2 moves the weights far beyond the tolerance
-    other = _run([str(index), str(tmp_path / "b2"), "0", "1", "2"], tmp_path / "b2")["rank0.pt"]
-    assert _max_diff(single, other, "param") > 1e-3
+    assert _max_diff(single, one["b2"]["rank0.pt"], "param") > 1e-3
 
 
 def _max_diff(a, b, which):
@@ -91,3 +92,16 @@ def test_world_size_must_divide_batch(monkeypatch, tmp_path):
     data = SimpleNamespace(names=["a"], splits={"train": [object()]})
     with pytest.raises(ConfigError, match="train.batch.*world size 3"):
         Trainer(build_model(new_spec(1)), data, TrainConfig(batch=16), tmp_path)
+
+
+def test_sync_bn_on_cpu_is_refused(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from edgeprune.models.spec import new_spec
+    from edgeprune.models.yolo import build_model
+    from edgeprune.train.trainer import Trainer
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data = SimpleNamespace(names=["a"], splits={"train": [object()]})
+    with pytest.raises(ConfigError, match="train.sync_bn"):
+        Trainer(build_model(new_spec(1)), data, TrainConfig(batch=16, sync_bn=True), tmp_path, device="cpu")
