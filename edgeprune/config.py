@@ -86,14 +86,15 @@ class SparseConfig:
     flops_target: float = 0.65         # global FLOPs reduction the ratio solver aims for
     # --- L1RR details (edgeprune/sparsity; docs/l1rr.md derives each one; the paper gives none of them) ---
     reweight_eps: float = 0.05         # eps in the reweighting w = 1/(|gamma|+eps)
+    reweight_taylor: float = 0.5       # reweighting also by (loss Taylor importance)^-this per channel (0 = by |gamma| only)
     reweight_max: float = 10.0         # cap on a normalised channel weight (stops near-zero channels dominating)
     l1_update: str = "proximal"        # l1rr: proximal (soft-threshold gamma by lr*s*lam*w; zeros stay zero) | subgradient
     beta_l1: float = 0.0               # L1 on BN beta as a multiple of the gamma strength (yolov5 slimming repos: 10)
     ramp_frac: float = 0.05            # dynamic: share of steps over which s(t) ramps in from 0
     relax_frac: float = 0.2            # dynamic: final share of steps over which s(t) decays so accuracy recovers
     relax_to: float = 0.1              # dynamic: s(t) at the very end as a multiple of its value when relaxing starts
-    dyn_gain: float = 0.1              # dynamic: log s grows by dyn_gain * gap per 1% of training
-    lam_max_mult: float = 100.0        # dynamic: s(t) stays within [lam_min_mult, lam_max_mult] * lam
+    dyn_gain: float = 0.25             # dynamic: log s grows by dyn_gain * gap per 1% of training
+    lam_max_mult: float = 1000.0       # dynamic: s(t) stays within [lam_min_mult, lam_max_mult] * lam
     lam_min_mult: float = 0.1
     adapt_redundancy: float = 1.0      # self-adaptive: exponent on a layer's gamma redundancy (more -> more penalty)
     adapt_importance: float = 0.5      # self-adaptive: exponent on a layer's target-attention importance (more -> less)
