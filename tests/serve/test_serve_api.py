@@ -97,7 +97,8 @@ def test_missing_length_411_and_too_large_413(server):
     addr = server.address
     reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\n\r\n")
     assert reply.status == 411
-    reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\r\nhello\r\n0\r\n\r\n")
     assert reply.status == 411
     # 17 MiB announced, nothing sent: the limit is checked before reading a byte of the body.
     reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 17825792\r\n\r\n")
@@ -253,7 +254,8 @@ def test_metrics_parse_as_prometheus_text(server):
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
     fams = parse_prometheus(reply.body.decode("utf-8"))
     assert fams["edgeprune_http_requests_total"]["type"] == "counter"
-    reqs = {(l["endpoint"], l["method"], l["status"]): v for _, l, v in fams["edgeprune_http_requests_total"]["samples"]}
+    samples = fams["edgeprune_http_requests_total"]["samples"]
+    reqs = {(l["endpoint"], l["method"], l["status"]): v for _, l, v in samples}
     assert reqs[("/v1/detect", "POST", "200")] >= 1 and reqs[("other", "GET", "404")] >= 1
     for name in ("edgeprune_http_request_duration_seconds", "edgeprune_inference_duration_seconds",
                  "edgeprune_batch_size"):
@@ -289,7 +291,8 @@ def test_expect_100_continue_only_after_the_checks(server):
     import http.client
     import socket
     addr = server.address
-    reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n")
+    reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                           b"Content-Length: 99999999\r\n\r\n")
     assert reply.status == 413  # answered at once, no "100 Continue" invitation to upload
     body = encoded(6)
     sock = socket.create_connection(addr, timeout=30)
