@@ -338,3 +338,33 @@ def test_protocol_errors_are_answered_as_json_and_counted(start_server):
     assert _wait_for(lambda: {"400", "404", "405", "431"} <= statuses()), statuses()  # numeric on every Python
     text = call(srv, "GET", "/metrics").body.decode("utf-8")
     assert "BREW" not in text and 'method="other"' in text  # client-chosen tokens never become label values
+
+
+def test_dynamic_batch_model_runs_a_micro_batch_in_one_call(dynamic_bundle):
+    from jetson.runtime import load_detector
+    from jetson.serve import DetectionServer, ServeOptions
+    srv = DetectionServer(ServeOptions(dynamic_bundle, port=0, backend="onnxruntime", max_batch=4,
+                                       batch_window_ms=200)).start()
+    ref = load_detector(dynamic_bundle, backend="onnxruntime")
+    try:
+        assert srv.wait_until_loaded(60)
+        assert srv.worker.detector.backend.batch is None  # symbolic batch: Detector.infer makes one call
+        calls = []
+        backend_infer = srv.worker.detector.backend.infer
+        srv.worker.detector.backend.infer = lambda x: calls.append(x.shape[0]) or backend_infer(x)  # count, not fake
+        assert srv.worker.pause()
+        bodies = {seed: encoded(seed) for seed in (31, 32, 33, 34)}
+        results = {}
+        threads = [_post_in_thread(srv, b, results, seed, "?conf=0.1") for seed, b in bodies.items()]
+        assert _wait_for(lambda: srv.jobs.qsize() == 4)
+        srv.worker.resume()
+        for t in threads:
+            t.join(30)
+        assert calls == [4]
+        for seed, body in bodies.items():
+            out = results[seed].json()
+            assert out["batch_size"] == 4 and out["model"]["input_shape"][0] == -1
+            assert same_detections(out["detections"], _reference(ref, body, conf=0.1))
+    finally:
+        ref.close()
+        srv.stop(drain_timeout=5)
