@@ -26,6 +26,7 @@ from .serve_metrics import ServeMetrics
 from .serve_worker import InferenceWorker
 
 log = logging.getLogger("edgeprune.serve")
+STUCK_FACTOR = 3  # /readyz turns 503 when one backend call runs longer than this many --timeout
 
 
 class ServeOptions(object):
@@ -193,6 +194,11 @@ class DetectionServer(object):
             return False, "model failed to load: {}".format(self.worker.load_error)
         if not self.worker.is_alive():
             return False, "inference worker stopped"
+        busy_since = self.worker.busy_since
+        if busy_since is not None and time.monotonic() - busy_since > STUCK_FACTOR * self.options.timeout_s:
+            # A hung engine (e.g. a wedged GPU) keeps the thread alive but serves nothing: tell the orchestrator.
+            return False, "one inference call has run for {:.1f} s (> {} x --timeout)".format(
+                time.monotonic() - busy_since, STUCK_FACTOR)
         return True, "ok"
 
     def is_ready(self):

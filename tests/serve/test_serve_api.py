@@ -368,3 +368,21 @@ def test_dynamic_batch_model_runs_a_micro_batch_in_one_call(dynamic_bundle):
     finally:
         ref.close()
         srv.stop(drain_timeout=5)
+
+
+def test_a_stuck_inference_call_makes_readyz_fail(start_server):
+    srv = start_server(timeout_s=0.2)  # "stuck" = one call longer than 3 x 0.2 s
+    release = threading.Event()
+    backend = srv.worker.detector.backend
+    real_infer = backend.infer
+    backend.infer = lambda x: release.wait(20) and real_infer(x)  # a slow engine: waits, then really infers
+    try:
+        assert call(srv, "POST", "/v1/detect", encoded(0)).status == 504
+        assert _wait_for(lambda: call(srv, "GET", "/readyz").status == 503)
+        assert "inference call" in call(srv, "GET", "/readyz").json()["reason"]
+        assert call(srv, "GET", "/healthz").status == 200  # the process is up, only not ready
+    finally:
+        release.set()
+    assert _wait_for(lambda: call(srv, "GET", "/readyz").status == 200)
+    backend.infer = real_infer
+    assert call(srv, "POST", "/v1/detect", encoded(0)).status == 200
