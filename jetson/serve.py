@@ -201,9 +201,6 @@ class DetectionServer(object):
                 time.monotonic() - busy_since, STUCK_FACTOR)
         return True, "ok"
 
-    def is_ready(self):
-        return self.readiness()[0]
-
     def decode(self, body):
         """Image bytes -> (1x3xHxW float32, letterbox meta); HTTPError 400/413 for bad or oversized images."""
         from .imageio import decode_image
