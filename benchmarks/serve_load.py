@@ -122,6 +122,32 @@ def test_image(path, size):
     return encode_image(img, ".jpg")
 
 
+def plot(report, latencies_ms, path):
+    """RSS samples (one a second) and the latency histogram of the 200s, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeprune.fsio import AtomicFile
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    rss = [r / 1024.0 for r in report["server"]["rss_kb_samples"] if r is not None]
+    ax1.plot(range(1, len(rss) + 1), rss, marker=".")
+    if rss:
+        ax1.set_ylim(0, max(rss) * 1.15)  # from zero, so growth is shown at its true scale
+    ax1.set_xlabel("seconds of measured load")
+    ax1.set_ylabel("server RSS (MiB)")
+    ax1.set_title("memory: {} clients".format(report["clients"]))
+    ax2.hist(latencies_ms, bins=40)
+    ax2.set_xlabel("latency of 200 answers (ms)")
+    ax2.set_ylabel("requests")
+    ax2.set_title("p50 {:.0f} ms, p99 {:.0f} ms, {:.1f} req/s".format(
+        report["latency_ms_200"]["p50"] or 0, report["latency_ms_200"]["p99"] or 0, report["ok_rps"]))
+    fig.tight_layout()
+    with AtomicFile(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,6 +159,8 @@ def main(argv=None):
     ap.add_argument("--query", default="", help="query string for /v1/detect, e.g. conf=0.3")
     ap.add_argument("--request-timeout", type=float, default=30.0)
     ap.add_argument("--out", default=None, help="write the JSON report here (atomic)")
+    ap.add_argument("--plot", default=None, help="also write a PNG (server RSS over time, latency histogram); "
+                                                 "needs matplotlib")
     argv = list(sys.argv[1:] if argv is None else argv)
     # everything after `--` goes to the server, e.g. `-- --max-queue 4 --max-batch 4`
     server_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -193,6 +221,8 @@ def main(argv=None):
                    "rss_kb_samples": rss_samples, "exit_code": exit_code},
     }
     text = json.dumps(report, indent=2)
+    if args.plot:
+        plot(report, ok, args.plot)
     if args.out:
         from edgeprune.fsio import atomic_write_text
         atomic_write_text(args.out, text + "\n")

@@ -26,15 +26,16 @@ from .serve_metrics import ServeMetrics
 from .serve_worker import InferenceWorker
 
 log = logging.getLogger("edgeprune.serve")
+STUCK_FACTOR = 3  # /readyz turns 503 when one backend call runs longer than this many --timeout
 
 
 class ServeOptions(object):
     """Validated server settings; a bad value raises UsageError naming the command-line flag."""
 
     def __init__(self, bundle, host="127.0.0.1", port=8080, backend="auto", device="host", precision="fp32",
-                 threads=None, cache_dir=None, max_queue=16, max_batch=1, batch_window_ms=2.0, max_body_mb=16.0, max_megapixels=36.0,
-                 timeout_s=10.0, token=None, max_connections=64, io_timeout_s=10.0, drain_timeout_s=30.0,
-                 access_log=False):
+                 threads=None, cache_dir=None, max_queue=16, max_batch=1, batch_window_ms=2.0, max_body_mb=16.0,
+                 max_megapixels=36.0, timeout_s=10.0, token=None, max_connections=64, io_timeout_s=10.0,
+                 drain_timeout_s=30.0, access_log=False):
         self.bundle = str(bundle)
         self.host = host
         self.port = _check_int("--port", port, 0, 65535)
@@ -80,7 +81,8 @@ def read_token(path):
         with open(str(path), "r", encoding="utf-8") as f:
             token = f.read().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError("--token-file {}: cannot read it ({}); write the token into it as UTF-8 text".format(path, exc))
+        raise UsageError("--token-file {}: cannot read it ({}); write the token into it as UTF-8 text"
+                         .format(path, exc))
     if len(token) < 16:
         raise UsageError("--token-file {}: the token has {} characters; use at least 16 (e.g. "
                          "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)".format(path, len(token)))
@@ -192,10 +194,12 @@ class DetectionServer(object):
             return False, "model failed to load: {}".format(self.worker.load_error)
         if not self.worker.is_alive():
             return False, "inference worker stopped"
+        busy_since = self.worker.busy_since
+        if busy_since is not None and time.monotonic() - busy_since > STUCK_FACTOR * self.options.timeout_s:
+            # A hung engine (e.g. a wedged GPU) keeps the thread alive but serves nothing: tell the orchestrator.
+            return False, "one inference call has run for {:.1f} s (> {} x --timeout)".format(
+                time.monotonic() - busy_since, STUCK_FACTOR)
         return True, "ok"
-
-    def is_ready(self):
-        return self.readiness()[0]
 
     def decode(self, body):
         """Image bytes -> (1x3xHxW float32, letterbox meta); HTTPError 400/413 for bad or oversized images."""

@@ -41,7 +41,8 @@ def register_serve(subparsers):
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, how long to wait for in-flight requests (default 30 s)")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
-    p.add_argument("--json", action="store_true", help="print lifecycle events (listening, ready, stopped) as JSON lines")
+    p.add_argument("--json", action="store_true",
+                   help="print lifecycle events (listening, ready, stopped) as JSON lines")
     p.set_defaults(handler=_run_serve)
     return p
 
@@ -54,8 +55,9 @@ def _run_serve(args):
     token = read_token(args.token_file) if args.token_file else None
     options = ServeOptions(
         args.bundle, host=args.host, port=args.port, backend=args.backend, device=args.device,
-        precision=args.precision, threads=args.threads, cache_dir=args.cache_dir, max_queue=args.max_queue, max_batch=args.max_batch,
-        batch_window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb, max_megapixels=args.max_megapixels,
+        precision=args.precision, threads=args.threads, cache_dir=args.cache_dir, max_queue=args.max_queue,
+        max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb,
+        max_megapixels=args.max_megapixels,
         timeout_s=args.timeout, token=token, max_connections=args.max_connections, io_timeout_s=args.io_timeout,
         drain_timeout_s=args.drain_timeout, access_log=args.access_log)
     return serve(options, as_json=args.json)

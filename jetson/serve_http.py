@@ -51,6 +51,10 @@ class HTTPError(Exception):
         self.close = close
 
 
+def _ms(seconds):
+    return round(seconds * 1000.0, 3)
+
+
 def _busy(message):
     return HTTPError(503, message, headers=(("Retry-After", "1"),), close=True)
 
@@ -263,8 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             return self._send_bytes(200, app.metrics.render().encode("utf-8"), METRICS_CONTENT_TYPE)
         if path == "/v1/model":
-            if not app.is_ready():
-                raise _busy("model not ready: {}".format(app.readiness()[1]))
+            ready, reason = app.readiness()
+            if not ready:
+                raise _busy("not ready: {}".format(reason))
             return self._send_json(200, app.worker.detector.public_manifest())
         return self._detect(app, query, started)
 
@@ -308,10 +313,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _detect(self, app, query, started):
         opts = app.options
-        if app.draining:
-            raise _busy("server is shutting down")
-        if not app.is_ready():
-            raise _busy("model not ready: {}".format(app.readiness()[1]))
+        ready, reason = app.readiness()
+        if not ready:
+            raise _busy("not ready: {}".format(reason))
         params = parse_detect_query(query)
         if self.headers.get("Content-Type", "").strip().lower().startswith("multipart/"):
             raise HTTPError(415, "send the raw image bytes as the body (curl --data-binary @scene.jpg), "
@@ -349,11 +353,11 @@ class _Handler(BaseHTTPRequestHandler):
         detections = app.worker.detector.postprocess(job.output, [meta], params.get("conf"), params.get("iou"),
                                                      params.get("max_det"))[0]
         post_s = time.monotonic() - t1
-        ms = lambda s: round(s * 1000.0, 3)  # noqa: E731
         self._send_json(200, {
             "detections": detections,
-            "timing_ms": {"queue": ms(job.started - job.enqueued), "preprocess": ms(pre_s), "infer": ms(job.infer_s),
-                          "postprocess": ms(post_s), "total": ms(time.monotonic() - started)},
+            "timing_ms": {"queue": _ms(job.started - job.enqueued), "preprocess": _ms(pre_s),
+                          "infer": _ms(job.infer_s), "postprocess": _ms(post_s),
+                          "total": _ms(time.monotonic() - started)},
             "batch_size": job.batch,
             "model": app.model_info,
         })

@@ -43,6 +43,7 @@ class InferenceWorker(threading.Thread):
         self.detector = None
         self.load_error = None
         self.loaded = threading.Event()  # set once loading finished, successfully or not
+        self.busy_since = None  # monotonic start of the backend call in progress (stuck-engine detection)
         self._stop_event = threading.Event()
         self._resume = threading.Event()
         self._resume.set()
@@ -109,7 +110,7 @@ class InferenceWorker(threading.Thread):
         return [job for job in batch if not job.cancelled]  # their clients already got 504
 
     def _run(self, batch):
-        started = time.monotonic()
+        started = self.busy_since = time.monotonic()
         try:
             outputs = self.detector.infer(np.concatenate([job.tensor for job in batch], axis=0))
             for i, job in enumerate(batch):
@@ -118,6 +119,8 @@ class InferenceWorker(threading.Thread):
             log.exception("inference failed on a batch of %d", len(batch))
             for job in batch:
                 job.error = exc
+        finally:
+            self.busy_since = None
         infer_s = time.monotonic() - started
         self.metrics.inference.observe(infer_s)
         self.metrics.batch_size.observe(len(batch))

@@ -25,6 +25,18 @@ def serve_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def dynamic_bundle(tmp_path_factory):
+    """The same kind of tiny detector exported with a symbolic batch (manifest input_shape[0] = -1), so
+    micro-batches run as one backend call. EDGEPRUNE_TEST_DYNAMIC_BUNDLE for the 3.6 venv."""
+    given = os.environ.get("EDGEPRUNE_TEST_DYNAMIC_BUNDLE")
+    if given:
+        return given
+    pytest.importorskip("torch")
+    from serve_helpers import export_dynamic_bundle
+    return export_dynamic_bundle(str(tmp_path_factory.mktemp("serve") / "dynamic"))
+
+
+@pytest.fixture(scope="session")
 def reference_detector(serve_bundle):
     """The runtime's own detector on the same bundle: the answers the server must reproduce."""
     from jetson.runtime import load_detector

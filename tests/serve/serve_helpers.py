@@ -1,10 +1,13 @@
 """Test helpers for the serve tests: HTTP calls, test images, a strict Prometheus text parser.
 Python 3.6 compatible (these tests also run in the device venv)."""
+import hashlib
 import http.client
 import json
 import math
+import os
 import re
 import socket
+import warnings
 
 import numpy as np
 
@@ -17,6 +20,32 @@ def scene(seed, h=120, w=160):
         y, x = rng.randint(0, h - 24), rng.randint(0, w - 24)
         img[y:y + rng.randint(8, 24), x:x + rng.randint(8, 24)] = rng.randint(150, 255, size=3)
     return img
+
+
+def export_dynamic_bundle(root):
+    """Host only (torch): the device tests' tiny bundle, re-exported with a symbolic batch (manifest
+    input_shape[0] = -1, the exporter's convention). `python tests/serve/serve_helpers.py OUT` makes one
+    for the 3.6 venv (EDGEPRUNE_TEST_DYNAMIC_BUNDLE)."""
+    import torch
+    from device_helpers import make_bundle
+    root, model = make_bundle(root)
+    manifest_path = os.path.join(root, "manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    onnx_path = os.path.join(root, manifest["model"]["file"])
+    size = manifest["preprocess"]["size"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.rand(1, 3, size[0], size[1]),), onnx_path, input_names=["images"],
+                          output_names=["output"], opset_version=13, dynamo=False,
+                          dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}})
+    with open(onnx_path, "rb") as f:
+        manifest["model"]["sha256"] = hashlib.sha256(f.read()).hexdigest()
+    manifest["model"]["input_shape"][0] = -1
+    manifest["model"]["dynamic_batch"] = True
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=2)
+    return root
 
 
 def encoded(seed, ext=".png", h=120, w=160):
@@ -108,3 +137,10 @@ def parse_prometheus(text):
             assert fam is not None, "line {}: sample {} without # TYPE".format(n, name)
             fam["samples"].append((name, dict(_LABEL_PAIR.findall(labels)), number))
     return families
+
+
+if __name__ == "__main__":
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [os.path.dirname(os.path.dirname(here)), os.path.join(os.path.dirname(here), "device")]
+    print(export_dynamic_bundle(sys.argv[1]))

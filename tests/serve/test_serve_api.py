@@ -97,7 +97,8 @@ def test_missing_length_411_and_too_large_413(server):
     addr = server.address
     reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\n\r\n")
     assert reply.status == 411
-    reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\r\nhello\r\n0\r\n\r\n")
     assert reply.status == 411
     # 17 MiB announced, nothing sent: the limit is checked before reading a byte of the body.
     reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 17825792\r\n\r\n")
@@ -253,7 +254,8 @@ def test_metrics_parse_as_prometheus_text(server):
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
     fams = parse_prometheus(reply.body.decode("utf-8"))
     assert fams["edgeprune_http_requests_total"]["type"] == "counter"
-    reqs = {(l["endpoint"], l["method"], l["status"]): v for _, l, v in fams["edgeprune_http_requests_total"]["samples"]}
+    samples = fams["edgeprune_http_requests_total"]["samples"]
+    reqs = {(l["endpoint"], l["method"], l["status"]): v for _, l, v in samples}
     assert reqs[("/v1/detect", "POST", "200")] >= 1 and reqs[("other", "GET", "404")] >= 1
     for name in ("edgeprune_http_request_duration_seconds", "edgeprune_inference_duration_seconds",
                  "edgeprune_batch_size"):
@@ -289,7 +291,8 @@ def test_expect_100_continue_only_after_the_checks(server):
     import http.client
     import socket
     addr = server.address
-    reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n")
+    reply = raw_call(addr, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                           b"Content-Length: 99999999\r\n\r\n")
     assert reply.status == 413  # answered at once, no "100 Continue" invitation to upload
     body = encoded(6)
     sock = socket.create_connection(addr, timeout=30)
@@ -335,3 +338,51 @@ def test_protocol_errors_are_answered_as_json_and_counted(start_server):
     assert _wait_for(lambda: {"400", "404", "405", "431"} <= statuses()), statuses()  # numeric on every Python
     text = call(srv, "GET", "/metrics").body.decode("utf-8")
     assert "BREW" not in text and 'method="other"' in text  # client-chosen tokens never become label values
+
+
+def test_dynamic_batch_model_runs_a_micro_batch_in_one_call(dynamic_bundle):
+    from jetson.runtime import load_detector
+    from jetson.serve import DetectionServer, ServeOptions
+    srv = DetectionServer(ServeOptions(dynamic_bundle, port=0, backend="onnxruntime", max_batch=4,
+                                       batch_window_ms=200)).start()
+    ref = load_detector(dynamic_bundle, backend="onnxruntime")
+    try:
+        assert srv.wait_until_loaded(60)
+        assert srv.worker.detector.backend.batch is None  # symbolic batch: Detector.infer makes one call
+        calls = []
+        backend_infer = srv.worker.detector.backend.infer
+        srv.worker.detector.backend.infer = lambda x: calls.append(x.shape[0]) or backend_infer(x)  # count, not fake
+        assert srv.worker.pause()
+        bodies = {seed: encoded(seed) for seed in (31, 32, 33, 34)}
+        results = {}
+        threads = [_post_in_thread(srv, b, results, seed, "?conf=0.1") for seed, b in bodies.items()]
+        assert _wait_for(lambda: srv.jobs.qsize() == 4)
+        srv.worker.resume()
+        for t in threads:
+            t.join(30)
+        assert calls == [4]
+        for seed, body in bodies.items():
+            out = results[seed].json()
+            assert out["batch_size"] == 4 and out["model"]["input_shape"][0] == -1
+            assert same_detections(out["detections"], _reference(ref, body, conf=0.1))
+    finally:
+        ref.close()
+        srv.stop(drain_timeout=5)
+
+
+def test_a_stuck_inference_call_makes_readyz_fail(start_server):
+    srv = start_server(timeout_s=0.2)  # "stuck" = one call longer than 3 x 0.2 s
+    release = threading.Event()
+    backend = srv.worker.detector.backend
+    real_infer = backend.infer
+    backend.infer = lambda x: release.wait(20) and real_infer(x)  # a slow engine: waits, then really infers
+    try:
+        assert call(srv, "POST", "/v1/detect", encoded(0)).status == 504
+        assert _wait_for(lambda: call(srv, "GET", "/readyz").status == 503)
+        assert "inference call" in call(srv, "GET", "/readyz").json()["reason"]
+        assert call(srv, "GET", "/healthz").status == 200  # the process is up, only not ready
+    finally:
+        release.set()
+    assert _wait_for(lambda: call(srv, "GET", "/readyz").status == 200)
+    backend.infer = real_infer
+    assert call(srv, "POST", "/v1/detect", encoded(0)).status == 200

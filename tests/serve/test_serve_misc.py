@@ -59,7 +59,8 @@ def test_cli_exits_1_when_the_model_fails_to_load(broken_bundle):
 
 
 def test_cli_module_imports_nothing_heavy():
-    code = "import sys, jetson.serve_cli; print(sorted(m for m in ('numpy', 'torch', 'jetson.serve') if m in sys.modules))"
+    code = ("import sys, jetson.serve_cli; "
+            "print(sorted(m for m in ('numpy', 'torch', 'jetson.serve') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, universal_newlines=True,
                          env=dict(os.environ, PYTHONPATH=ROOT), check=True)
     assert out.stdout.strip() == "[]"
