@@ -70,10 +70,11 @@ def stage_sparse(run: RunDir) -> dict[str, Any]:
 
     ds = _dataset(run)
     out = stale_stage_dir(run, "sparse")
-    result = sparse_train(run.outputs("dense")["checkpoint"], ds, run.cfg, out)
-    metrics = _evaluate(model_from_checkpoint(result["checkpoint"]), ds, run)
-    run.log(f"[sparse] mAP50 {metrics['map50']:.3f}")
-    return {**result, "metrics": metrics}
+    summary = sparse_train(run.outputs("dense")["checkpoint"], ds, run.cfg, out)
+    metrics = _evaluate(model_from_checkpoint(summary["sparse_ckpt"]), ds, run)
+    run.log(f"[sparse] mAP50 {metrics['map50']:.3f}, |gamma| < {summary['zero_threshold']} for "
+            f"{100 * summary['zero_share']:.1f} % of prunable channels")
+    return {**summary, "checkpoint": summary["sparse_ckpt"], "metrics": metrics}
 
 
 def stage_prune(run: RunDir) -> dict[str, Any]:
