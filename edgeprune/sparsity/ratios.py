@@ -207,8 +207,20 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
     taus = sorted({c["dev"] for u in units for c in u.candidates.values()} | {cfg.attention_tol})
     tau = cfg.attention_tol
     if reduction(choose(tau)) < cfg.flops_target:
-        higher = [t for t in taus if t > tau and reduction(choose(t)) >= cfg.flops_target]
-        tau = higher[0] if higher else taus[-1]
+        # The reduction grows with tau, so bisect for the smallest tau that meets the target (a linear scan
+        # recomputes the FLOPs for every distinct deviation value: minutes on a real model).
+        higher = [t for t in taus if t > tau]
+        lo, hi = 0, len(higher) - 1
+        if not higher or reduction(choose(higher[hi])) < cfg.flops_target:
+            tau = taus[-1]
+        else:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if reduction(choose(higher[mid])) >= cfg.flops_target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            tau = higher[lo]
     choice = choose(tau)
     layers: dict[str, Any] = {}
     for u in units:
