@@ -87,6 +87,7 @@ class SparseConfig:
     # --- L1RR details (edgeprune/sparsity; docs/l1rr.md derives each one; the paper gives none of them) ---
     reweight_eps: float = 0.05         # eps in the reweighting w = 1/(|gamma|+eps)
     reweight_max: float = 10.0         # cap on a normalised channel weight (stops near-zero channels dominating)
+    l1_update: str = "proximal"        # l1rr: proximal (soft-threshold gamma by lr*s*lam*w; zeros stay zero) | subgradient
     beta_l1: float = 0.0               # L1 on BN beta as a multiple of the gamma strength (yolov5 slimming repos: 10)
     ramp_frac: float = 0.05            # dynamic: share of steps over which s(t) ramps in from 0
     relax_frac: float = 0.2            # dynamic: final share of steps over which s(t) decays so accuracy recovers
@@ -179,6 +180,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "adamw"),
     "sparse.method": ("l1rr", "slimming"),
     "sparse.importance": ("gamma", "taylor"),
+    "sparse.l1_update": ("proximal", "subgradient"),
     "prune.rule": ("union", "intersection", "topk"),
 }
 

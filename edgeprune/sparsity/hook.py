@@ -27,6 +27,18 @@ def total_steps(trainer: Any) -> int:
     return int(total) if total else int(trainer.epochs) * int(trainer.nb)
 
 
+def bn_lr(trainer: Any, reg: L1RRRegularizer) -> float | None:
+    """The current learning rate of the optimizer group holding the BN weights (None if unknown)."""
+    opt = getattr(trainer, "optimizer", None)
+    if opt is None:
+        return None
+    probe = next(iter(reg.bns.values())).weight
+    for group in opt.param_groups:
+        if any(p is probe for p in group["params"]):
+            return float(group["lr"])
+    return None
+
+
 class SparsityHook:
     def __init__(self, cfg: SparseConfig):
         self.cfg = cfg
@@ -86,7 +98,7 @@ class SparsityHook:
         assert self.reg is not None, "on_train_start was not called"
         if step % self.cfg.refresh_every == 0:
             self.reg.refresh()
-        s = self.reg.apply(step)
+        s = self.reg.apply(step, bn_lr(trainer, self.reg))
         self.steps.append([int(step), float(s), self.reg.zero_share(), self._last_att])
 
     def _snapshot(self, epoch: int) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """The L1RR penalty  P = s(t) * sum_l lam_l * sum_c w_lc |gamma_lc|  (+ beta_l1 * s(t) * sum |beta|),
-applied as a subgradient after backward:  gamma.grad += s(t) * lam_l * w_lc * sign(gamma).
+applied after backward, before the optimizer step, either as a subgradient
+    gamma.grad += s(t) * lam_l * w_lc * sign(gamma)                      (l1_update="subgradient"; slimming)
+or as its proximal step (soft-thresholding with the BN group's learning rate eta)
+    gamma <- sign(gamma) * max(|gamma| - eta * s(t) * lam_l * w_lc, 0)    (l1_update="proximal", default)
+The proximal form keeps a zeroed channel at exactly 0 instead of letting it oscillate around 0 with an
+amplitude of eta*s*w (which, with momentum, can exceed zero_threshold).
 
 - reweighting:   w_lc = (1/(|gamma_lc|+eps)) / mean_c(1/(|gamma_lc|+eps)), capped at reweight_max and
                  refreshed every `refresh_every` steps (reweighted L1, Candes et al. 2008);
@@ -155,20 +160,34 @@ class L1RRRegularizer:
                 v = float(t.mean())
                 self.importance[n] = v if n not in self.importance else mom * self.importance[n] + (1 - mom) * v
 
+    @property
+    def proximal(self) -> bool:
+        return self.cfg.method == "l1rr" and self.cfg.l1_update == "proximal"
+
     @torch.no_grad()
-    def apply(self, step: int) -> float:
-        """Add the penalty's subgradient to gamma.grad (and beta.grad); returns s(t)."""
+    def apply(self, step: int, lr: float | None = None) -> float:
+        """Apply the penalty for this step (see the module doc); returns s(t). `lr` is the BN weights'
+        learning rate, needed by the proximal update (without it the subgradient form is used)."""
         s = self.controller.update(step, self.zero_share())
         self.strength = s
+        prox = self.proximal and lr is not None and lr > 0
         for n, m in self.bns.items():
             g = m.weight
-            if g.grad is None:
-                g.grad = torch.zeros_like(g)
-            g.grad.add_(s * self.lams[n] * self.weights[n].to(g.device) * torch.sign(g))
+            shrink = s * self.lams[n] * self.weights[n].to(g.device)
+            if prox:
+                g.copy_(torch.sign(g) * (g.abs() - lr * shrink).clamp_min(0))
+            else:
+                if g.grad is None:
+                    g.grad = torch.zeros_like(g)
+                g.grad.add_(shrink * torch.sign(g))
             if self.cfg.beta_l1 > 0 and m.bias is not None:
-                if m.bias.grad is None:
-                    m.bias.grad = torch.zeros_like(m.bias)
-                m.bias.grad.add_(self.cfg.beta_l1 * s * torch.sign(m.bias))
+                b = m.bias
+                if prox:
+                    b.copy_(torch.sign(b) * (b.abs() - lr * self.cfg.beta_l1 * s).clamp_min(0))
+                else:
+                    if b.grad is None:
+                        b.grad = torch.zeros_like(b)
+                    b.grad.add_(self.cfg.beta_l1 * s * torch.sign(b))
         return s
 
     def state_dict(self) -> dict[str, Any]:

@@ -115,3 +115,19 @@ def test_ablation_switches(tiny_model, cfg):
     assert all(torch.all(w == 1) for w in reg.weights.values())
     assert set(reg.lams.values()) == {1.0}
     assert math.isclose(reg.zero_share(), reg.zero_share(False))
+
+
+def test_proximal_update_soft_thresholds_and_keeps_zeros(tiny_model, cfg):
+    reg = L1RRRegularizer(tiny_model, cfg.sparse, 100)
+    reg.refresh()
+    before = {n: bn.weight.detach().clone() for n, bn in reg.bns.items()}
+    lr = 0.5
+    s = reg.apply(50, lr=lr)
+    for n, bn in reg.bns.items():
+        step = lr * s * reg.lams[n] * reg.weights[n]
+        expect = torch.sign(before[n]) * (before[n].abs() - step).clamp_min(0)
+        assert torch.allclose(bn.weight.detach(), expect) and bn.weight.grad is None
+    zeroed = sum(int((bn.weight == 0).sum()) for bn in reg.bns.values())
+    assert zeroed > 0
+    reg.apply(51, lr=lr)
+    assert sum(int((bn.weight == 0).sum()) for bn in reg.bns.values()) >= zeroed   # zeros stay exactly zero
