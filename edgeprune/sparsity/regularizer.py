@@ -6,8 +6,10 @@ or as its proximal step (soft-thresholding with the BN group's learning rate eta
 The proximal form keeps a zeroed channel at exactly 0 instead of letting it oscillate around 0 with an
 amplitude of eta*s*w (which, with momentum, can exceed zero_threshold).
 
-- reweighting:   w_lc = (1/(|gamma_lc|+eps)) / mean_c(1/(|gamma_lc|+eps)), capped at reweight_max and
-                 refreshed every `refresh_every` steps (reweighted L1, Candes et al. 2008);
+- reweighting:   w_lc ~ 1/(|gamma_lc|+eps) * (t_lc/mean_l t + 0.1)^(-reweight_taylor), normalised to mean 1 per
+                 layer, capped at reweight_max, refreshed every `refresh_every` steps (reweighted L1, Candes et
+                 al. 2008); t_lc = EMA of |gamma_lc * dLoss/dgamma_lc| (first-order Taylor importance), which
+                 separates channels even when all |gamma| are still equal (a freshly trained dense model);
 - dynamic:       s(t) ramps in, then follows the sparsity gap (see `StrengthController`), then relaxes;
 - self-adaptive: lam_l from each layer's gamma redundancy and target-attention importance (`layer_lams`);
 - slimming:      s(t) = slim_lam (optionally decayed linearly to 0.1x), w = 1, lam_l = 1, and residual-tied
@@ -82,9 +84,13 @@ class StrengthController:
         self.value, self.relax_from, self.total = float(d["value"]), d["relax_from"], int(d["total"])
 
 
-def reweight(gamma: torch.Tensor, eps: float, cap: float) -> torch.Tensor:
-    """Normalised reweighting of one layer: mean 1 before capping; weak channels > 1, strong < 1."""
+def reweight(gamma: torch.Tensor, eps: float, cap: float, taylor: torch.Tensor | None = None,
+             taylor_exp: float = 0.0) -> torch.Tensor:
+    """Normalised reweighting of one layer: mean 1 before capping; weak (and, with `taylor`, unimportant)
+    channels > 1, strong ones < 1."""
     w = 1.0 / (gamma.detach().abs() + eps)
+    if taylor is not None and taylor_exp > 0 and float(taylor.mean()) > 0:
+        w = w * (taylor / taylor.mean() + 0.1) ** (-taylor_exp)
     return (w / w.mean()).clamp(max=cap)
 
 
@@ -129,6 +135,7 @@ class L1RRRegularizer:
         self.weights = {n: torch.ones_like(m.weight, requires_grad=False) for n, m in self.bns.items()}
         self.lams = {n: 1.0 for n in self.bns}
         self.importance: dict[str, float] = {}    # EMA of per-layer target-attention Taylor importance
+        self.taylor: dict[str, torch.Tensor] = {}  # EMA of per-channel |gamma * dLoss/dgamma|
         self.redundancy: dict[str, float] = {}
         self.strength = 0.0
         self.reweighting = cfg.method == "l1rr" and cfg.reweight
@@ -143,7 +150,8 @@ class L1RRRegularizer:
         """Recompute reweighting weights and self-adaptive lambdas from the current gammas."""
         if self.reweighting:
             for n, m in self.bns.items():
-                self.weights[n] = reweight(m.weight, self.cfg.reweight_eps, self.cfg.reweight_max)
+                self.weights[n] = reweight(m.weight, self.cfg.reweight_eps, self.cfg.reweight_max,
+                                           self.taylor.get(n), self.cfg.reweight_taylor)
         if self.adaptive:
             mom = self.cfg.adapt_momentum
             for n, m in self.bns.items():
@@ -160,6 +168,14 @@ class L1RRRegularizer:
                 v = float(t.mean())
                 self.importance[n] = v if n not in self.importance else mom * self.importance[n] + (1 - mom) * v
 
+    def _observe_loss_taylor(self) -> None:
+        mom = self.cfg.adapt_momentum
+        for n, m in self.bns.items():
+            if m.weight.grad is None:
+                continue
+            t = (m.weight.detach() * m.weight.grad).abs()
+            self.taylor[n] = t if n not in self.taylor else mom * self.taylor[n] + (1 - mom) * t
+
     @property
     def proximal(self) -> bool:
         return self.cfg.method == "l1rr" and self.cfg.l1_update == "proximal"
@@ -170,6 +186,8 @@ class L1RRRegularizer:
         learning rate, needed by the proximal update (without it the subgradient form is used)."""
         s = self.controller.update(step, self.zero_share())
         self.strength = s
+        if self.reweighting and self.cfg.reweight_taylor > 0:
+            self._observe_loss_taylor()
         prox = self.proximal and lr is not None and lr > 0
         for n, m in self.bns.items():
             g = m.weight
@@ -192,7 +210,8 @@ class L1RRRegularizer:
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict(), "weights": {n: w.cpu() for n, w in self.weights.items()},
-                "lams": dict(self.lams), "importance": dict(self.importance), "redundancy": dict(self.redundancy)}
+                "lams": dict(self.lams), "importance": dict(self.importance), "redundancy": dict(self.redundancy),
+                "taylor": {n: t.cpu() for n, t in self.taylor.items()}}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.controller.load_state_dict(d["controller"])
@@ -201,3 +220,4 @@ class L1RRRegularizer:
                 self.weights[n] = w.to(self.weights[n].device)
         self.lams.update(d["lams"])
         self.importance, self.redundancy = dict(d["importance"]), dict(d["redundancy"])
+        self.taylor = {n: t.to(self.weights[n].device) for n, t in d.get("taylor", {}).items() if n in self.weights}

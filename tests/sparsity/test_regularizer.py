@@ -131,3 +131,11 @@ def test_proximal_update_soft_thresholds_and_keeps_zeros(tiny_model, cfg):
     assert zeroed > 0
     reg.apply(51, lr=lr)
     assert sum(int((bn.weight == 0).sum()) for bn in reg.bns.values()) >= zeroed   # zeros stay exactly zero
+
+
+def test_taylor_reweighting_separates_equal_gammas():
+    g = torch.ones(4)
+    taylor = torch.tensor([0.0, 0.1, 1.0, 3.0])
+    w = reweight(g, 0.05, 1e9, taylor, 0.5)
+    assert w.mean().item() == pytest.approx(1.0) and torch.all(w[:-1] > w[1:])   # unimportant -> more penalty
+    assert torch.allclose(reweight(g, 0.05, 1e9, taylor, 0.0), torch.ones(4))
