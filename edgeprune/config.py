@@ -74,7 +74,9 @@ class SparseConfig:
     epochs: int = 20
     lr0: float = 0.005
     target: float = 0.65               # target share of prunable channels pushed to zero
-    lam: float = 1e-3                  # base sparsity strength
+    lam: float = 1e-3                  # base sparsity strength (a floor when lam_auto)
+    lam_auto: bool = True              # l1rr: base = max(lam, median|gamma| / (lr0 * steps)): at base strength the
+                                       # median channel would just reach 0 by the end (any run length / lr)
     reweight: bool = True
     dynamic: bool = True
     adaptive: bool = True

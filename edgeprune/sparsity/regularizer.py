@@ -52,6 +52,13 @@ class StrengthController:
     def relax_start(self) -> int:
         return int(round((1.0 - self.cfg.relax_frac) * self.total))
 
+    def calibrate(self, median_gamma: float, lr0: float) -> None:
+        """lam_auto: raise the base strength so that lr0 * base * steps = median |gamma| (proximal units)."""
+        if self.slimming or not self.cfg.lam_auto or lr0 <= 0:
+            return
+        self.base = max(self.cfg.lam, median_gamma / (lr0 * self.total))
+        self.value = self.base
+
     def phase(self, step: int) -> str:
         if step < self.ramp_end:
             return "ramp"
@@ -78,10 +85,11 @@ class StrengthController:
         return self.relax_from * (1.0 - (1.0 - cfg.relax_to) * progress)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "relax_from": self.relax_from, "total": self.total}
+        return {"value": self.value, "relax_from": self.relax_from, "total": self.total, "base": self.base}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.value, self.relax_from, self.total = float(d["value"]), d["relax_from"], int(d["total"])
+        self.base = float(d.get("base", self.base))
 
 
 def reweight(gamma: torch.Tensor, eps: float, cap: float, taylor: torch.Tensor | None = None,

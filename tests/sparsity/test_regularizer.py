@@ -139,3 +139,15 @@ def test_taylor_reweighting_separates_equal_gammas():
     w = reweight(g, 0.05, 1e9, taylor, 0.5)
     assert w.mean().item() == pytest.approx(1.0) and torch.all(w[:-1] > w[1:])   # unimportant -> more penalty
     assert torch.allclose(reweight(g, 0.05, 1e9, taylor, 0.0), torch.ones(4))
+
+
+def test_lam_auto_calibrates_the_base_to_the_run(cfg):
+    ctl = _controller(cfg, lam_auto=True)
+    ctl.calibrate(median_gamma=1.0, lr0=0.01)
+    assert ctl.base == pytest.approx(1.0 / (0.01 * 1000))
+    ctl = _controller(cfg, lam_auto=True, lam=1.0)
+    ctl.calibrate(1.0, 0.01)
+    assert ctl.base == 1.0                                            # lam is a floor
+    ctl = _controller(cfg, lam_auto=False)
+    ctl.calibrate(1.0, 0.01)
+    assert ctl.base == cfg.sparse.lam
