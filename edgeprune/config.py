@@ -89,6 +89,8 @@ class SparseConfig:
     # --- L1RR details (edgeprune/sparsity; docs/l1rr.md derives each one; the paper gives none of them) ---
     reweight_eps: float = 0.05         # eps in the reweighting w = 1/(|gamma|+eps)
     reweight_taylor: float = 0.5       # reweighting also by (loss Taylor importance)^-this per channel (0 = by |gamma| only)
+    protect_margin: float = 0.1        # reweighting: channels ranked above the (target + margin) share by importance
+                                       # get no penalty, so zeros (sticky under the proximal step) cannot overshoot
     reweight_max: float = 10.0         # cap on a normalised channel weight (stops near-zero channels dominating)
     l1_update: str = "proximal"        # l1rr: proximal (soft-threshold gamma by lr*s*lam*w; zeros stay zero) | subgradient
     beta_l1: float = 0.0               # L1 on BN beta as a multiple of the gamma strength (yolov5 slimming repos: 10)

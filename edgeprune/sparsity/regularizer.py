@@ -160,6 +160,7 @@ class L1RRRegularizer:
             for n, m in self.bns.items():
                 self.weights[n] = reweight(m.weight, self.cfg.reweight_eps, self.cfg.reweight_max,
                                            self.taylor.get(n), self.cfg.reweight_taylor)
+            self._protect()
         if self.adaptive:
             mom = self.cfg.adapt_momentum
             for n, m in self.bns.items():
@@ -167,6 +168,27 @@ class L1RRRegularizer:
                 self.redundancy[n] = r if n not in self.redundancy else mom * self.redundancy[n] + (1 - mom) * r
             sizes = {n: m.num_features for n, m in self.bns.items()}
             self.lams = layer_lams(self.redundancy, self.importance, sizes, self.cfg)
+
+    def channel_scores(self) -> dict[str, torch.Tensor]:
+        """Global importance of each penalised channel: |gamma| * (t/mean_layer t + 0.1)^reweight_taylor."""
+        out = {}
+        for n, m in self.bns.items():
+            g = m.weight.detach().abs()
+            t = self.taylor.get(n)
+            if t is not None and self.cfg.reweight_taylor > 0 and float(t.mean()) > 0:
+                g = g * (t / t.mean() + 0.1) ** self.cfg.reweight_taylor
+            out[n] = g
+        return out
+
+    def _protect(self) -> None:
+        """Zero the weight of the channels ranked above the (target + protect_margin) quantile of importance."""
+        share = self.cfg.target + self.cfg.protect_margin
+        if self.cfg.protect_margin < 0 or share >= 1.0:
+            return
+        scores = self.channel_scores()
+        q = float(torch.quantile(torch.cat(list(scores.values())).float(), share))
+        for n, sc in scores.items():
+            self.weights[n] = torch.where(sc > q, torch.zeros_like(self.weights[n]), self.weights[n])
 
     def observe_importance(self, taylor: dict[str, torch.Tensor]) -> None:
         """Feed per-channel Taylor importances (|gamma * dE/dgamma|); kept as a per-layer EMA."""
