@@ -193,10 +193,16 @@ class L1RRRegularizer:
     def observe_importance(self, taylor: dict[str, torch.Tensor]) -> None:
         """Feed per-channel Taylor importances (|gamma * dE/dgamma|); kept as a per-layer EMA."""
         mom = self.cfg.adapt_momentum
-        for n, t in taylor.items():
-            if n in self.bns:
-                v = float(t.mean())
-                self.importance[n] = v if n not in self.importance else mom * self.importance[n] + (1 - mom) * v
+        names = [n for n in taylor if n in self.bns]
+        if not names:
+            return
+        vals = torch.stack([taylor[n].mean().float() for n in names])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # each rank saw other images: average, so every rank keeps identical lambdas (and gammas)
+            torch.distributed.all_reduce(vals)
+            vals /= torch.distributed.get_world_size()
+        for n, v in zip(names, vals.tolist()):
+            self.importance[n] = v if n not in self.importance else mom * self.importance[n] + (1 - mom) * v
 
     def _observe_loss_taylor(self) -> None:
         mom = self.cfg.adapt_momentum
