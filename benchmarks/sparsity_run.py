@@ -38,7 +38,7 @@ def main() -> None:
         over = {**over, sec: {**over.get(sec, {}), **vals}}
     cfg = make_config("default", over)
     d = cfg.data
-    data = load_dataset(ensure_synthetic(Path("data/synthetic"), d.synth_train, d.synth_val, d.synth_size, d.seed))
+    data = load_dataset(ensure_synthetic(Path("runs/data/synthetic"), d.synth_train, d.synth_val, d.synth_size, d.seed))
     dense = Path(args.dense)
     t0 = time.time()
     if not (dense / "log.json").is_file() or \

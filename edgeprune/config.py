@@ -74,7 +74,9 @@ class SparseConfig:
     epochs: int = 20
     lr0: float = 0.005
     target: float = 0.65               # target share of prunable channels pushed to zero
-    lam: float = 1e-3                  # base sparsity strength
+    lam: float = 1e-3                  # base sparsity strength (a floor when lam_auto)
+    lam_auto: bool = True              # l1rr: base = max(lam, median|gamma| / (lr0 * steps)): at base strength the
+                                       # median channel would just reach 0 by the end (any run length / lr)
     reweight: bool = True
     dynamic: bool = True
     adaptive: bool = True
@@ -87,6 +89,8 @@ class SparseConfig:
     # --- L1RR details (edgeprune/sparsity; docs/l1rr.md derives each one; the paper gives none of them) ---
     reweight_eps: float = 0.05         # eps in the reweighting w = 1/(|gamma|+eps)
     reweight_taylor: float = 0.5       # reweighting also by (loss Taylor importance)^-this per channel (0 = by |gamma| only)
+    protect_margin: float = 0.1        # reweighting: channels ranked above the (target + margin) share by importance
+                                       # get no penalty, so zeros (sticky under the proximal step) cannot overshoot
     reweight_max: float = 10.0         # cap on a normalised channel weight (stops near-zero channels dominating)
     l1_update: str = "proximal"        # l1rr: proximal (soft-threshold gamma by lr*s*lam*w; zeros stay zero) | subgradient
     beta_l1: float = 0.0               # L1 on BN beta as a multiple of the gamma strength (yolov5 slimming repos: 10)

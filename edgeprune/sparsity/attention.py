@@ -18,8 +18,12 @@ STRIDES = (8, 16, 32)
 def attention_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """[B, C, H, W] -> [B, H*W], non-negative, unit L2 norm per image."""
     a = feat.float().abs().pow(p).mean(1).flatten(1)
-    a = a / a.amax(dim=1, keepdim=True).clamp_min(1e-30)   # scale first: tiny features must not underflow
-    return a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    # Scale to max 1 first so tiny features do not underflow (detached: the L2 normalisation below is
+    # scale-invariant, so the gradient stays exact). A map whose max is below 1e-20 (a level pruned to
+    # zero) is treated as flat, and the 1e-12 floor avoids 0/0: no NaN or overflowing gradients.
+    amax = a.amax(dim=1, keepdim=True).detach()
+    a = a * torch.where(amax > 1e-20, 1.0 / amax.clamp_min(1e-20), torch.ones_like(amax)) + 1e-12
+    return a / a.norm(dim=1, keepdim=True)
 
 
 def target_weights(targets: torch.Tensor, batch: int, h: int, w: int, stride: int, fg_weight: float = 4.0,

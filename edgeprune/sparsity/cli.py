@@ -17,7 +17,7 @@ def register(subparsers):
                "         edgeprune sparse runs/dense/best.pt --data data/nwpu --out runs/abl --no-reweight --json")
     p.add_argument("checkpoint", help="the dense checkpoint (.pt) written by `edgeprune train`")
     p.add_argument("--data", default="synthetic", help="dataset path or 'synthetic' (default)")
-    p.add_argument("--data-root", default="data/synthetic", help="cache folder of the synthetic dataset")
+    p.add_argument("--data-root", default="runs/data/synthetic", help="cache folder of the synthetic dataset")
     p.add_argument("--out", required=True,
                    help="output folder: sparse.pt, ratios.json, sparsity.json, PNG plots, train/ (resumable)")
     p.add_argument("--method", choices=("l1rr", "slimming"), default=None,

@@ -25,8 +25,18 @@ def _config(args: Any) -> Config:
     return make_config(args.preset, overrides)
 
 
+def load_data(source: str, cfg: Config, root: str | Path):
+    """--data: 'synthetic' (generated once into `root`, cached) or a dataset path."""
+    from ..data.dataset import load_dataset
+    if source == "synthetic":
+        from ..data.synth import ensure_synthetic
+        d = cfg.data
+        return load_dataset(ensure_synthetic(Path(root), d.synth_train, d.synth_val, d.synth_size, d.seed),
+                            "auto", d.skip_bad)
+    return load_dataset(source, cfg.data.format, cfg.data.skip_bad)
+
+
 def sparse_command(args: Any) -> int:
-    from ..train.commands import load_data
     from .run import sparse_train
 
     cfg = _config(args)

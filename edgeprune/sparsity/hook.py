@@ -68,6 +68,9 @@ class SparsityHook:
                 self.reg.load_state_dict(self._pending["reg"])
             self._pending = None
         else:
+            lr0 = float(getattr(trainer.cfg, "lr0", 0.0) or 0.0)
+            gam = torch.cat([m.weight.detach().abs().flatten() for m in self.reg.bns.values()])
+            self.reg.controller.calibrate(float(gam.median()), lr0)
             self.reg.refresh()
             self.epochs.append(self._snapshot(-1))
 

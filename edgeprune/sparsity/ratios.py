@@ -133,6 +133,7 @@ def solve_ratios(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig, 
         layers, extra = _threshold(net, bns, cfg, prune)
     else:
         layers, extra = _attention(net, bns, batches, cfg, prune, convs, dense_flops, progress)
+    layers = {n: layers[n] for n in bns}                 # model order (plots, diffs)
     kept_eff = {n: set(e.get("group_keep_idx", e["keep_idx"])) for n, e in layers.items()}
     flops = sum(conv_flops(convs, kept_eff).values())
     return {"version": 1, "spec_sha": spec_sha(net.spec), "method": cfg.method, "mode": mode,

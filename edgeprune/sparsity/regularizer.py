@@ -52,6 +52,13 @@ class StrengthController:
     def relax_start(self) -> int:
         return int(round((1.0 - self.cfg.relax_frac) * self.total))
 
+    def calibrate(self, median_gamma: float, lr0: float) -> None:
+        """lam_auto: raise the base strength so that lr0 * base * steps = median |gamma| (proximal units)."""
+        if self.slimming or not self.cfg.lam_auto or lr0 <= 0:
+            return
+        self.base = max(self.cfg.lam, median_gamma / (lr0 * self.total))
+        self.value = self.base
+
     def phase(self, step: int) -> str:
         if step < self.ramp_end:
             return "ramp"
@@ -78,10 +85,11 @@ class StrengthController:
         return self.relax_from * (1.0 - (1.0 - cfg.relax_to) * progress)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "relax_from": self.relax_from, "total": self.total}
+        return {"value": self.value, "relax_from": self.relax_from, "total": self.total, "base": self.base}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.value, self.relax_from, self.total = float(d["value"]), d["relax_from"], int(d["total"])
+        self.base = float(d.get("base", self.base))
 
 
 def reweight(gamma: torch.Tensor, eps: float, cap: float, taylor: torch.Tensor | None = None,
@@ -152,6 +160,7 @@ class L1RRRegularizer:
             for n, m in self.bns.items():
                 self.weights[n] = reweight(m.weight, self.cfg.reweight_eps, self.cfg.reweight_max,
                                            self.taylor.get(n), self.cfg.reweight_taylor)
+            self._protect()
         if self.adaptive:
             mom = self.cfg.adapt_momentum
             for n, m in self.bns.items():
@@ -160,13 +169,40 @@ class L1RRRegularizer:
             sizes = {n: m.num_features for n, m in self.bns.items()}
             self.lams = layer_lams(self.redundancy, self.importance, sizes, self.cfg)
 
+    def channel_scores(self) -> dict[str, torch.Tensor]:
+        """Global importance of each penalised channel: |gamma| * (t/mean_layer t + 0.1)^reweight_taylor."""
+        out = {}
+        for n, m in self.bns.items():
+            g = m.weight.detach().abs()
+            t = self.taylor.get(n)
+            if t is not None and self.cfg.reweight_taylor > 0 and float(t.mean()) > 0:
+                g = g * (t / t.mean() + 0.1) ** self.cfg.reweight_taylor
+            out[n] = g
+        return out
+
+    def _protect(self) -> None:
+        """Zero the weight of the channels ranked above the (target + protect_margin) quantile of importance."""
+        share = self.cfg.target + self.cfg.protect_margin
+        if self.cfg.protect_margin < 0 or share >= 1.0:
+            return
+        scores = self.channel_scores()
+        q = float(torch.quantile(torch.cat(list(scores.values())).float(), share))
+        for n, sc in scores.items():
+            self.weights[n] = torch.where(sc > q, torch.zeros_like(self.weights[n]), self.weights[n])
+
     def observe_importance(self, taylor: dict[str, torch.Tensor]) -> None:
         """Feed per-channel Taylor importances (|gamma * dE/dgamma|); kept as a per-layer EMA."""
         mom = self.cfg.adapt_momentum
-        for n, t in taylor.items():
-            if n in self.bns:
-                v = float(t.mean())
-                self.importance[n] = v if n not in self.importance else mom * self.importance[n] + (1 - mom) * v
+        names = [n for n in taylor if n in self.bns]
+        if not names:
+            return
+        vals = torch.stack([taylor[n].mean().float() for n in names])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # each rank saw other images: average, so every rank keeps identical lambdas (and gammas)
+            torch.distributed.all_reduce(vals)
+            vals /= torch.distributed.get_world_size()
+        for n, v in zip(names, vals.tolist()):
+            self.importance[n] = v if n not in self.importance else mom * self.importance[n] + (1 - mom) * v
 
     def _observe_loss_taylor(self) -> None:
         mom = self.cfg.adapt_momentum

@@ -59,3 +59,10 @@ def test_target_energy_gradient_reaches_only_through_targets():
     g = f[0].grad
     assert g[0, :, 4:8, 4:8].abs().sum() > 0
     assert g[0, :, 10:, 10:].abs().sum() == 0 and g[1].abs().sum() == 0
+
+
+def test_all_zero_features_give_finite_gradients():
+    f = [torch.zeros(2, 4, s, s, requires_grad=True) for s in (16, 8, 4)]
+    loss = attention_loss(f, _feats(), BOX)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(x.grad).all() for x in f)

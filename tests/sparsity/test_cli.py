@@ -47,3 +47,27 @@ def test_cli_module_is_python36_compatible():
             "print(p.parse_args(['sparse', 'x', '--out', 'y']).out); print('torch' in sys.modules)") % str(root)
     out = subprocess.run([str(exe), "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["y", "False"]
+
+
+@pytest.mark.slow
+def test_sparse_command_runs_end_to_end(tmp_path, capsys):
+    import json
+
+    from edgeprune.config import make_config
+    from edgeprune.sparsity.commands import load_data
+    from edgeprune.train.trainer import fit, new_model
+
+    sets = ["data.synth_train=16", "data.synth_val=8", "model.imgsz=64", "train.epochs=1", "train.mosaic=0.0",
+            "sparse.epochs=1", "sparse.ratio_batches=1", "sparse.ratio_grid=2"]
+    cfg = make_config("quick", {"data": {"synth_train": 16, "synth_val": 8}, "model": {"imgsz": 64},
+                                "train": {"epochs": 1, "mosaic": 0.0}})
+    data = load_data("synthetic", cfg, tmp_path / "data")
+    model, _ = new_model(data, "n", 64, 0, autoanchor=False)
+    fit(model, data, cfg.train, tmp_path / "dense", imgsz=64, progress=False)
+    argv = ["sparse", str(tmp_path / "dense" / "last.pt"), "--data-root", str(tmp_path / "data"), "--out",
+            str(tmp_path / "sp"), "--preset", "quick", "--quiet", "--json", "--no-adaptive"]
+    for s in sets:
+        argv += ["--set", s]
+    assert sparse_command(_parse(argv)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ablation"]["adaptive"] is False and (tmp_path / "sp" / "ratios.json").is_file()

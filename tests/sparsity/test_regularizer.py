@@ -139,3 +139,29 @@ def test_taylor_reweighting_separates_equal_gammas():
     w = reweight(g, 0.05, 1e9, taylor, 0.5)
     assert w.mean().item() == pytest.approx(1.0) and torch.all(w[:-1] > w[1:])   # unimportant -> more penalty
     assert torch.allclose(reweight(g, 0.05, 1e9, taylor, 0.0), torch.ones(4))
+
+
+def test_lam_auto_calibrates_the_base_to_the_run(cfg):
+    ctl = _controller(cfg, lam_auto=True)
+    ctl.calibrate(median_gamma=1.0, lr0=0.01)
+    assert ctl.base == pytest.approx(1.0 / (0.01 * 1000))
+    ctl = _controller(cfg, lam_auto=True, lam=1.0)
+    ctl.calibrate(1.0, 0.01)
+    assert ctl.base == 1.0                                            # lam is a floor
+    ctl = _controller(cfg, lam_auto=False)
+    ctl.calibrate(1.0, 0.01)
+    assert ctl.base == cfg.sparse.lam
+
+
+def test_strongest_channels_are_protected(tiny_model, cfg):
+    cfg.sparse.target, cfg.sparse.protect_margin = 0.5, 0.1
+    reg = L1RRRegularizer(tiny_model, cfg.sparse, 100)
+    reg.refresh()
+    w = torch.cat([reg.weights[n] for n in reg.bns])
+    g = torch.cat([bn.weight.detach().abs() for bn in reg.bns.values()])
+    assert (w == 0).float().mean().item() == pytest.approx(0.4, abs=0.01)
+    assert g[w == 0].min() >= g[w > 0].max()                              # exactly the strongest 40 %
+    cfg.sparse.protect_margin = 0.5                                        # target + margin >= 1: off
+    reg = L1RRRegularizer(tiny_model, cfg.sparse, 100)
+    reg.refresh()
+    assert all(torch.all(x > 0) for x in reg.weights.values())
