@@ -167,7 +167,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"synth_train": 48, "synth_val": 16, "synth_size": 160},
         "model": {"imgsz": 128},
         "train": {"epochs": 2, "batch": 8, "eval_every": 1, "warmup_epochs": 0.5},
-        "sparse": {"epochs": 3, "refresh_every": 5},
+        "sparse": {"epochs": 3, "refresh_every": 5, "ratio_grid": 4, "ratio_batches": 1},
         "finetune": {"epochs": 1},
         "export": {"parity_images": 4},
     },
