@@ -84,7 +84,7 @@ def _check(args):
 
 def _convert(args):
     from .convert import convert
-    ds, out = convert(args.src, args.dst, args.to, args.src_format, args.skip_bad)
+    ds, out = convert(args.src, args.dst, args.to, args.src_format, args.skip_bad, progress=not args.json)
     summary = {"src": args.src, "format": ds.format, "to": args.to, "out": str(out),
                "images": {k: len(v) for k, v in ds.splits.items()}, "skipped": ds.skipped, "problems": ds.problems}
     _emit(summary, args.json, "converted {} ({}) -> {} ({}): {}{}".format(

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_json
@@ -87,7 +88,8 @@ def parse_coco(data: bytes | str, source: str) -> tuple[list[str], list[CocoImag
                                 f"'categories' {order}")
             bbox = ann.get("bbox")
             if not isinstance(bbox, list) or len(bbox) != 4:
-                raise DataError(f"{where} (id {aid}, image {rec['file_name']}): bbox must be [x, y, w, h], got {bbox!r}")
+                raise DataError(f"{where} (id {aid}, image {rec['file_name']}): bbox must be [x, y, w, h], "
+                                f"got {bbox!r}")
             x, y, bw, bh = (_num(v, f"{where} (id {aid})", "bbox value") for v in bbox)
             box = check_box((x, y, x + bw, y + bh), rec["w"], rec["h"], f"{where} (id {aid}, image {rec['file_name']})")
         except DataError as exc:
@@ -173,13 +175,13 @@ def coco_dict(samples: list[Sample], names: list[str], file_names: list[str]) ->
             "categories": [{"id": k + 1, "name": n, "supercategory": "object"} for k, n in enumerate(names)]}
 
 
-def write_coco(ds: Dataset, out: Path) -> Path:
+def write_coco(ds: Dataset, out: Path, progress: bool = False) -> Path:
     """Write `annotations/instances_<split>.json` + `images/<split>/` (images copied)."""
     out = Path(out)
     for split, samples in ds.splits.items():
         used: set[str] = set()
         file_names = []
-        for s in samples:
+        for s in tqdm(samples, desc=f"write {split}", disable=not progress, leave=False):
             fn = unique_stem(s.image.stem, used) + s.image.suffix.lower()
             file_names.append(fn)
             atomic_write_bytes(out / "images" / split / fn, s.image.read_bytes())

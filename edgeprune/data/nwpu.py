@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_text
@@ -104,13 +105,13 @@ def gt_text(boxes: np.ndarray, classes: np.ndarray) -> str:
                    for (x1, y1, x2, y2), c in zip(np.asarray(boxes).tolist(), np.asarray(classes).tolist()))
 
 
-def write_nwpu(ds: Dataset, out: Path) -> Path:
+def write_nwpu(ds: Dataset, out: Path, progress: bool = False) -> Path:
     """Write `positive image set/`, `ground truth/`, `splits/<split>.txt` and `classes.txt`."""
     out = Path(out)
     used: set[str] = set()
     for split, samples in ds.splits.items():
         stems = []
-        for s in samples:
+        for s in tqdm(samples, desc=f"write {split}", disable=not progress, leave=False):
             stem = unique_stem(s.image.stem, used)
             stems.append(stem)
             atomic_write_bytes(out / "positive image set" / (stem + s.image.suffix.lower()), s.image.read_bytes())

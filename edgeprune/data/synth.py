@@ -34,6 +34,7 @@ AIRPLANE, SHIP, TANK, VEHICLE, BRIDGE, HARBOR = range(6)
 GENERATOR_VERSION = 1
 _SPLITS = {"train": 0, "val": 1}
 
+
 @dataclass
 class _Shape:
     kind: str                     # "poly" | "ellipse" | "line"
@@ -53,6 +54,15 @@ class _Scene:
     above: list = field(default_factory=list)     # distractors + objects, drawn in order
     boxes: list = field(default_factory=list)     # (cls, x1, y1, x2, y2)
     occupied: list = field(default_factory=list)  # boxes nothing else may overlap
+
+
+def _uni(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """uniform(lo, hi) that tolerates hi < lo (small scenes shrink the upper bounds below the lower ones)."""
+    return float(rng.uniform(lo, max(lo, hi)))
+
+
+def _rect(x1: float, y1: float, x2: float, y2: float) -> np.ndarray:
+    return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=np.float64)
 
 
 def _rot(pts: np.ndarray, angle: float, cx: float, cy: float) -> np.ndarray:
@@ -134,7 +144,7 @@ def _place_airplanes(sc: _Scene, n: int, region) -> None:
     rng = sc.rng
     for _ in range(n):
         for _try in range(12):
-            L = float(rng.uniform(12, min(64, sc.size * 0.3)))
+            L = _uni(rng, 12, min(64, sc.size * 0.3))
             cx, cy = rng.uniform(region[0], region[2]), rng.uniform(region[1], region[3])
             polys = _airplane_polys(L, float(rng.uniform(0, 2 * math.pi)), cx, cy)
             box = _bbox(polys)
@@ -148,7 +158,7 @@ def _place_airplanes(sc: _Scene, n: int, region) -> None:
 def _ship_polys(length: float, beam: float, angle: float, cx: float, cy: float) -> list[np.ndarray]:
     L, b = length, beam
     hull = np.array([[-0.5 * L, -b / 2], [0.28 * L, -b / 2], [0.5 * L, 0], [0.28 * L, b / 2], [-0.5 * L, b / 2]])
-    deck = np.array([[-0.42 * L, -b * 0.3], [-0.1 * L, -b * 0.3], [-0.1 * L, b * 0.3], [-0.42 * L, b * 0.3]])
+    deck = _rect(-0.42 * L, -b * 0.3, -0.1 * L, b * 0.3)
     return [_rot(p, angle, cx, cy) for p in (hull, deck)]
 
 
@@ -158,10 +168,10 @@ def _place_ships(sc: _Scene, n: int) -> None:
     along_angle = math.atan2(uy, ux)
     for _ in range(n):
         for _try in range(15):
-            L = float(rng.uniform(12, min(72, hw * 3)))
+            L = _uni(rng, 12, min(72, hw * 3))
             b = L * float(rng.uniform(0.2, 0.3))
             t = rng.uniform(-sc.size, sc.size)
-            off = rng.uniform(-hw + b, hw - b)
+            off = _uni(rng, -hw + b, hw - b)
             cx, cy = cx0 + t * ux - off * uy, cy0 + t * uy + off * ux
             ang = along_angle + (math.pi if rng.random() < 0.5 else 0) + rng.normal(0, 0.25)
             polys = _ship_polys(L, b, ang, cx, cy)
@@ -179,7 +189,7 @@ def _place_ships(sc: _Scene, n: int) -> None:
 
 def _place_tanks(sc: _Scene, n: int, region, grid: bool) -> None:
     rng = sc.rng
-    r = float(rng.uniform(4, min(22, sc.size * 0.07)))
+    r = _uni(rng, 4, min(22, sc.size * 0.07))
     if grid:
         step = 2 * r + float(rng.uniform(3, 8))
         cols = max(1, int(math.ceil(math.sqrt(n))))
@@ -194,7 +204,8 @@ def _place_tanks(sc: _Scene, n: int, region, grid: bool) -> None:
             continue
         top = (int(rng.integers(225, 250)),) * 2 + (int(rng.integers(220, 245)),)
         sh = rr * 0.35
-        sc.shadows.append(("ellipse", np.array([[cx - rr, cy - rr], [cx + rr, cy + rr]]) + (sc.sun[0] * sh, sc.sun[1] * sh)))
+        corners = np.array([[cx - rr, cy - rr], [cx + rr, cy + rr]])
+        sc.shadows.append(("ellipse", corners + (sc.sun[0] * sh, sc.sun[1] * sh)))
         sc.above.append(_Shape("ellipse", list(box), top))
         ri = rr * 0.62
         sc.above.append(_Shape("ellipse", [cx - ri, cy - ri, cx + ri, cy + ri], _shade(top, 0.82)))
@@ -211,8 +222,8 @@ def _vehicle(sc: _Scene, cx: float, cy: float, angle: float) -> bool:
     rng = sc.rng
     L = float(rng.uniform(9, 18))
     w = L * float(rng.uniform(0.42, 0.5))
-    body = np.array([[-L / 2, -w / 2], [L / 2, -w / 2], [L / 2, w / 2], [-L / 2, w / 2]])
-    glass = np.array([[0.12 * L, -w * 0.4], [0.3 * L, -w * 0.4], [0.3 * L, w * 0.4], [0.12 * L, w * 0.4]])
+    body = _rect(-L / 2, -w / 2, L / 2, w / 2)
+    glass = _rect(0.12 * L, -w * 0.4, 0.3 * L, w * 0.4)
     polys = [_rot(p, angle, cx, cy) for p in (body, glass)]
     box = _bbox(polys)
     if not (_inside(box, sc.size) and _free(sc, box, 1.5) and _on_land(sc, box, 1.0)):
@@ -231,18 +242,17 @@ def _place_bridge(sc: _Scene) -> None:
         ang = math.atan2(uy, ux) + math.pi / 2 + rng.normal(0, 0.15)
         length = 2 * hw / max(0.5, abs(math.cos(ang - math.atan2(uy, ux) - math.pi / 2))) + rng.uniform(10, 24)
         width = float(rng.uniform(7, 15))
-        deck = _rot(np.array([[-length / 2, -width / 2], [length / 2, -width / 2],
-                              [length / 2, width / 2], [-length / 2, width / 2]]), ang, cx, cy)
+        deck = _rot(_rect(-length / 2, -width / 2, length / 2, width / 2), ang, cx, cy)
         rail = width * 0.14
-        rails = [_rot(np.array([[-length / 2, s * width / 2], [length / 2, s * width / 2],
-                                [length / 2, s * (width / 2 - rail)], [-length / 2, s * (width / 2 - rail)]]), ang, cx, cy)
+        rails = [_rot(_rect(-length / 2, s * width / 2, length / 2, s * (width / 2 - rail)), ang, cx, cy)
                  for s in (-1, 1)]
         box = _bbox([deck])
         # the box must hold the whole bridge, so it has to fit in the image
         if _inside(box, sc.size, 0.0) and _free(sc, box, 2):
             # the road the bridge carries continues on land beyond the deck
             far = sc.size * 1.5
-            road = [(cx - far * math.cos(ang), cy - far * math.sin(ang)), (cx + far * math.cos(ang), cy + far * math.sin(ang))]
+            dx, dy = far * math.cos(ang), far * math.sin(ang)
+            road = [(cx - dx, cy - dy), (cx + dx, cy + dy)]
             sc.below.append(_Shape("line", road, (105, 105, 100), int(width * 0.8)))
             g = int(rng.integers(150, 185))
             _add_object(sc, BRIDGE, [deck] + rails, [(g, g, g - 5), (g - 50,) * 3, (g - 50,) * 3], width * 0.5)
@@ -256,18 +266,17 @@ def _place_harbor(sc: _Scene) -> None:
     for _try in range(10):
         side = 1 if rng.random() < 0.5 else -1
         t = rng.uniform(-sc.size * 0.45, sc.size * 0.45)
-        quay_len = float(rng.uniform(40, min(110, sc.size * 0.45)))
+        quay_len = _uni(rng, min(40, sc.size * 0.3), min(110, sc.size * 0.45))
         depth = float(rng.uniform(6, 11))
         n_piers = int(rng.integers(2, 6))
-        pier_len = float(rng.uniform(14, min(34, hw * 1.2)))
+        pier_len = _uni(rng, min(14, hw), min(34, hw * 1.2))
         pier_w = float(rng.uniform(3, 6))
         # local frame: x along the bank, y towards the water (quay sits on the bank, piers reach into the water)
         ang = math.atan2(uy, ux) if side == -1 else math.atan2(-uy, -ux)
         bx, by = cx0 + t * ux + side * hw * nx, cy0 + t * uy + side * hw * ny
-        quay = np.array([[-quay_len / 2, -depth], [quay_len / 2, -depth], [quay_len / 2, 1], [-quay_len / 2, 1]])
+        quay = _rect(-quay_len / 2, -depth, quay_len / 2, 1)
         xs = np.linspace(-quay_len / 2 + pier_w, quay_len / 2 - pier_w, n_piers)
-        piers = [np.array([[x - pier_w / 2, 0], [x + pier_w / 2, 0], [x + pier_w / 2, pier_len], [x - pier_w / 2, pier_len]])
-                 for x in xs]
+        piers = [_rect(x - pier_w / 2, 0, x + pier_w / 2, pier_len) for x in xs]
         polys = [_rot(p, ang, bx, by) for p in [quay] + piers]
         box = _bbox(polys)
         if _inside(box, sc.size) and _free(sc, box, 3):
@@ -289,7 +298,7 @@ def _plan(sc: _Scene) -> list[tuple]:
     fields = []
     for _ in range(int(rng.integers(3, 8))):
         w, h = rng.uniform(0.2, 0.7) * S, rng.uniform(0.2, 0.7) * S
-        pts = _rot(np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]]),
+        pts = _rot(_rect(-w / 2, -h / 2, w / 2, h / 2),
                    rng.uniform(0, math.pi), rng.uniform(0, S), rng.uniform(0, S))
         c = np.array(_FIELD_COLORS[int(rng.integers(len(_FIELD_COLORS)))]) + rng.integers(-12, 13, 3)
         fields.append(([tuple(p) for p in pts], tuple(int(v) for v in c)))
@@ -298,7 +307,8 @@ def _plan(sc: _Scene) -> list[tuple]:
     if rng.random() < 0.6:
         a = rng.uniform(0, math.pi)
         hw = float(rng.uniform(0.08, 0.3) * S)
-        sc.river = (float(rng.uniform(0.25, 0.75) * S), float(rng.uniform(0.25, 0.75) * S), math.cos(a), math.sin(a), hw)
+        cx, cy = float(rng.uniform(0.25, 0.75) * S), float(rng.uniform(0.25, 0.75) * S)
+        sc.river = (cx, cy, math.cos(a), math.sin(a), hw)
 
     # roads
     roads = []
@@ -307,8 +317,8 @@ def _plan(sc: _Scene) -> list[tuple]:
         px, py = rng.uniform(0.1, 0.9) * S, rng.uniform(0.1, 0.9) * S
         width = float(rng.uniform(8, 14))
         roads.append((px, py, math.cos(a), math.sin(a), width))
-        sc.below.append(_Shape("line", [(px - 2 * S * math.cos(a), py - 2 * S * math.sin(a)),
-                                        (px + 2 * S * math.cos(a), py + 2 * S * math.sin(a))], (100, 100, 96), int(width)))
+        dx, dy = 2 * S * math.cos(a), 2 * S * math.sin(a)
+        sc.below.append(_Shape("line", [(px - dx, py - dy), (px + dx, py + dy)], (100, 100, 96), int(width)))
 
     # objects, big context first
     if sc.river is not None:
@@ -366,12 +376,12 @@ def _place_distractors(sc: _Scene) -> None:
         w, h = rng.uniform(12, 40), rng.uniform(12, 40)
         ang = rng.uniform(0, math.pi)
         cx, cy = rng.uniform(0, S), rng.uniform(0, S)
-        roof = _rot(np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]]), ang, cx, cy)
+        roof = _rot(_rect(-w / 2, -h / 2, w / 2, h / 2), ang, cx, cy)
         box = _bbox([roof])
         if not (_free(sc, box, 2) and _on_land(sc, box, 1)):
             continue
         color = [(150, 75, 60), (120, 120, 125), (95, 100, 110), (170, 110, 80), (140, 135, 120)][int(rng.integers(5))]
-        ridge = _rot(np.array([[-w / 2, -1.0], [w / 2, -1.0], [w / 2, 1.0], [-w / 2, 1.0]]), ang, cx, cy)
+        ridge = _rot(_rect(-w / 2, -1.0, w / 2, 1.0), ang, cx, cy)
         sc.shadows.append(roof + (sc.sun[0] * 5, sc.sun[1] * 5))
         sc.above.insert(0, _Shape("poly", [tuple(p) for p in ridge], _shade(color, 0.8)))
         sc.above.insert(0, _Shape("poly", [tuple(p) for p in roof], color))
@@ -383,7 +393,8 @@ def _place_distractors(sc: _Scene) -> None:
             x, y = cx + rng.normal(0, 10), cy + rng.normal(0, 10)
             box = (x - r, y - r, x + r, y + r)
             if _free(sc, box, 1) and _on_land(sc, box, 1):
-                sc.shadows.append(("ellipse", np.array([[x - r, y - r], [x + r, y + r]]) + (sc.sun[0] * 2, sc.sun[1] * 2)))
+                corners = np.array([[x - r, y - r], [x + r, y + r]])
+                sc.shadows.append(("ellipse", corners + (sc.sun[0] * 2, sc.sun[1] * 2)))
                 g = int(rng.integers(50, 80))
                 sc.above.insert(0, _Shape("ellipse", list(box), (g - 15, g + 15, g - 25)))
 
@@ -399,9 +410,11 @@ def _water_poly(sc: _Scene) -> list[tuple]:
     return left + right[::-1]
 
 
-def render_scene(seed: int, index: int, size: int = 320, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_scene(seed: int, index: int, size: int = 320,
+                 split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One scene → (HxWx3 uint8 RGB, boxes float32 (N,4) xyxy pixels, classes int64 (N,))."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SPLITS.get(split, 2), int(index), GENERATOR_VERSION]))
+    key = [int(seed), _SPLITS.get(split, 2), int(index), GENERATOR_VERSION]
+    rng = np.random.default_rng(np.random.SeedSequence(key))
     sc = _Scene(size=size, rng=rng)
     fields = _plan(sc)
 
@@ -524,10 +537,11 @@ def ensure_synthetic(root: str | Path, n_train: int, n_val: int, size: int = 320
     """
     root = Path(root)
     final = root / f"synth-{size}px-{n_train}+{n_val}-s{seed}-{cache_key(n_train, n_val, size, seed)}"
+    if final.exists() and not (final / DONE_MARKER).is_file():
+        # the marker goes in before the rename, so only an interrupted older run leaves a folder without it
+        shutil.rmtree(final)
     if (final / DONE_MARKER).is_file():
         return final
-    if final.exists():
-        shutil.rmtree(final)
     staging = root / f".staging-{final.name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)

@@ -11,6 +11,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_text
@@ -67,7 +68,8 @@ def _parse_xml(data: bytes, source: str) -> _Node:
 
 
 class VocRecord:
-    def __init__(self, filename: str | None, size: tuple[int, int] | None, objects: list[tuple[str, tuple, int]]) -> None:
+    def __init__(self, filename: str | None, size: tuple[int, int] | None,
+                 objects: list[tuple[str, tuple, int]]) -> None:
         self.filename, self.size, self.objects = filename, size, objects   # objects: (name, xyxy, line)
 
 
@@ -207,14 +209,14 @@ def _esc(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def write_voc(ds: Dataset, out: Path) -> Path:
+def write_voc(ds: Dataset, out: Path, progress: bool = False) -> Path:
     """Write Annotations/, JPEGImages/ (images copied, original format kept), ImageSets/Main/<split>.txt and
     classes.txt (VOC has no class list of its own; the reader uses it to keep the class order)."""
     out = Path(out)
     used: set[str] = set()
     for split, samples in ds.splits.items():
         ids = []
-        for s in samples:
+        for s in tqdm(samples, desc=f"write {split}", disable=not progress, leave=False):
             ident = unique_stem(s.image.stem, used)
             ids.append(ident)
             fn = ident + s.image.suffix.lower()

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 import yaml
 
 from ..errors import DataError
@@ -148,16 +149,17 @@ def _load_sample(image: Path, nc: int) -> Sample:
     return Sample(image, boxes, classes, (w, h))
 
 
-def write_yolo(ds: Dataset, out: Path, copy_images: bool = True) -> Path:
+def write_yolo(ds: Dataset, out: Path, progress: bool = False) -> Path:
     """Write `ds` as a YOLO dataset under `out`; returns the data.yaml path."""
     out = Path(out)
     for split, samples in ds.splits.items():
+        for kind in ("images", "labels"):  # an empty split still gets its folders: data.yaml names them
+            (out / kind / split).mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
-        for s in samples:
+        for s in tqdm(samples, desc=f"write {split}", disable=not progress, leave=False):
             stem = unique_stem(s.image.stem, used)
             dst = out / "images" / split / (stem + s.image.suffix.lower())
-            if copy_images:
-                atomic_write_bytes(dst, s.image.read_bytes())
+            atomic_write_bytes(dst, s.image.read_bytes())
             w, h = s.size or image_size(s.image)
             atomic_write_text(out / "labels" / split / (stem + ".txt"), label_text(s.boxes, s.classes, w, h))
     meta = {"path": ".", "train": "images/train", "val": "images/val", "nc": len(ds.names), "names": list(ds.names)}

@@ -50,6 +50,17 @@ def test_round_trip_through_nwpu(yolo_dir, tmp_path):
     _same(load_dataset(yolo_dir), load_dataset(tmp_path / "nwpu"))
 
 
+def test_empty_split_survives_conversion(yolo_dir, tmp_path):
+    import shutil
+    for kind in ("images", "labels"):
+        shutil.rmtree(yolo_dir / kind / "val")
+        (yolo_dir / kind / "val").mkdir()
+    for to in ("yolo", "coco", "voc", "nwpu"):
+        convert(yolo_dir, tmp_path / f"out_{to}", to)
+        back = load_dataset(tmp_path / f"out_{to}")
+        assert len(back.splits["train"]) == 3 and back.splits["val"] == [], to
+
+
 def test_convert_refuses_a_non_empty_destination(yolo_dir, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
@@ -110,3 +121,26 @@ def test_coco_reader_maps_category_ids_and_ignores_crowd(tmp_path):
     assert ds.names == ["plane", "ship"]
     s = ds.splits["val"][0]
     assert s.classes.tolist() == [1] and s.boxes.tolist() == [[1, 2, 11, 7]]
+
+
+def test_format_detection_errors_say_what_to_do(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no known dataset layout"):
+        load_dataset(tmp_path / "empty")
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="cannot tell the dataset format"):
+        load_dataset(tmp_path / "x.csv")
+    with pytest.raises(DataError, match="unknown format 'kitti'"):
+        load_dataset(tmp_path / "empty", format="kitti")
+
+
+def test_yolo_folder_without_data_yaml_and_names_as_mapping(yolo_dir):
+    (yolo_dir / "data.yaml").unlink()
+    ds = load_dataset(yolo_dir)
+    assert ds.names == ["class0", "class1", "class2"] and len(ds.splits["train"]) == 3
+    (yolo_dir / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\n"
+                                        "names: {0: plane, 1: ship, 2: tank}\n")
+    assert load_dataset(yolo_dir).names == ["plane", "ship", "tank"]
+    (yolo_dir / "data.yaml").write_text("train: images/train\nnc: 4\nnames: [a, b, c]\n")
+    with pytest.raises(DataError, match="nc=4 but 'names' lists 3"):
+        load_dataset(yolo_dir)

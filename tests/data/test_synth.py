@@ -87,3 +87,26 @@ def test_ensure_synthetic_caches_and_regenerates_half_written(tmp_path):
     ds = load_dataset(p)
     assert ds.names == synth.NAMES and len(ds.splits["train"]) == 3 and len(ds.splits["val"]) == 1
     assert not [x for x in os.listdir(tmp_path) if x.startswith(".staging")]
+
+
+def test_concurrent_ensure_synthetic_agrees(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; from edgeprune.data.synth import ensure_synthetic; "
+            "print(ensure_synthetic(sys.argv[1], 6, 2, 96, 3, progress=False))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.getcwd()) for _ in range(3)]
+    outs = {p.communicate()[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(outs) == 1
+    assert len(load_dataset(outs.pop()).splits["train"]) == 6
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(synth.ensure_synthetic(tmp_path, 6, 2, 96, 3,
+                                                                                     progress=False))]
+
+
+@pytest.mark.parametrize("size", [64, 80, 96, 128])
+def test_small_scene_sizes_render(size):
+    for i in range(25):
+        img, boxes, _ = synth.render_scene(i, i, size)
+        assert img.shape == (size, size, 3)
+        assert ((boxes[:, :2] >= 0) & (boxes[:, 2:] <= size)).all()

@@ -103,3 +103,29 @@ def test_collate_shapes(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate)
     shapes = [b[0].shape[0] for b in loader]
     assert shapes == [2, 1]
+
+
+def test_augmented_targets_stay_valid_on_synthetic_scenes(tmp_path):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from edgeprune.data.dataset import load_dataset
+    from edgeprune.data.synth import write_synthetic
+
+    ds = load_dataset(write_synthetic(tmp_path / "s", 4, 0, 96, seed=2, progress=False))
+    items = DetectionDataset(ds.splits["train"], 64, augment=True, train_cfg=TrainConfig(mosaic=0.7), seed=0)
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.integers(0, 10**6), st.integers(0, 3))
+    def check(epoch, index):
+        items.set_epoch(epoch)
+        img, t, _ = items[index]
+        assert img.shape == (3, 64, 64)
+        assert t.shape[1] == 6 and bool((t[:, 1] >= 0).all()) and bool((t[:, 1] < 6).all())
+        x1, x2 = t[:, 2] - t[:, 4] / 2, t[:, 2] + t[:, 4] / 2
+        y1, y2 = t[:, 3] - t[:, 5] / 2, t[:, 3] + t[:, 5] / 2
+        eps = 1e-5
+        assert bool((x1 >= -eps).all() and (y1 >= -eps).all() and (x2 <= 1 + eps).all() and (y2 <= 1 + eps).all())
+        assert bool((t[:, 4] > 0).all() and (t[:, 5] > 0).all())
+
+    check()
