@@ -71,7 +71,7 @@ class TrainConfig:
 @dataclass
 class SparseConfig:
     method: str = "l1rr"               # l1rr | slimming
-    epochs: int = 20
+    epochs: int = 10                   # sparse-training epochs (default run budget: ~15 min for the whole compress)
     lr0: float = 0.005
     target: float = 0.65               # target share of prunable channels pushed to zero
     lam: float = 1e-3                  # base sparsity strength (a floor when lam_auto)
@@ -127,7 +127,7 @@ class PruneConfig:
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 20
+    epochs: int = 10
     lr0: float = 0.005
     distill: bool = False              # distil from the dense model during fine-tuning
 
