@@ -275,6 +275,8 @@ class Trainer:
             final = self._resume(last)
             if final is not None:
                 return final
+            if self.is_main:
+                print(f"[train] resuming from {last} after epoch {self.epoch}/{self.epochs}", flush=True)
         else:
             seed_everything(self.cfg.seed)
             self.ema = ModelEMA(self.model)

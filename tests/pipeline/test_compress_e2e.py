@@ -54,7 +54,7 @@ def test_kill_during_sparse_then_resume(reference_run):
     base, _ = reference_run
     runs = base / "runs"
     proc = _compress(runs, "killed", base / "cache", wait=False)
-    sparse_ckpt = runs / "killed" / "sparse" / "last.pt"
+    sparse_ckpt = runs / "killed" / "sparse" / "train" / "last.pt"
     deadline = time.time() + 600
     while not sparse_ckpt.exists():  # the sparse stage has finished at least one epoch
         assert proc.poll() is None, proc.stdout.read()
