@@ -39,7 +39,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 15                   # 10 already give mAP50 0.58 on the synthetic default; ~5-7 min on 2 free cores (docs/train.md)
+    epochs: int = 12                   # 10 already give mAP50 0.58 on the synthetic default (docs/train.md)
     batch: int = 16
     optimizer: str = "sgd"             # sgd | adamw
     lr0: float = 0.01
@@ -71,7 +71,7 @@ class TrainConfig:
 @dataclass
 class SparseConfig:
     method: str = "l1rr"               # l1rr | slimming
-    epochs: int = 10                   # sparse-training epochs (default run budget: ~15 min for the whole compress)
+    epochs: int = 8                    # sparse-training epochs (default run budget: ~15 min for the whole compress)
     lr0: float = 0.005
     target: float = 0.65               # target share of prunable channels pushed to zero
     lam: float = 1e-3                  # base sparsity strength (a floor when lam_auto)
@@ -127,7 +127,7 @@ class PruneConfig:
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 10
+    epochs: int = 8
     lr0: float = 0.005
     distill: bool = False              # distil from the dense model during fine-tuning
 
