@@ -23,7 +23,6 @@ def register(sub):
     p.add_argument("--runs-dir", default="runs", help="parent folder of run directories (default: runs)")
     p.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
     p.add_argument("--restart", action="store_true", help="ignore finished stages and run everything again")
-    p.add_argument("--nproc-per-node", type=int, default=1, help="train stages under torchrun with N processes (DDP)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(handler=_run)
 
