@@ -7,6 +7,7 @@ number of classes, anchors) and `widths` overrides the output channels of any Co
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -69,6 +70,12 @@ def validate_spec(spec: Any, source: str = "spec") -> dict[str, Any]:
         if not isinstance(w, int) or isinstance(w, bool) or w < 1:
             raise ModelError(f"{source}: widths[{name!r}] must be a positive integer, got {w!r}")
     return spec
+
+
+def spec_sha(spec: dict[str, Any]) -> str:
+    """sha256 of the dense architecture (the spec without `widths`): ties ratios.json to its model family."""
+    core = {k: v for k, v in spec.items() if k != "widths"}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
 def save_spec(spec: dict[str, Any], path: str | Path) -> None:

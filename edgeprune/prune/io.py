@@ -6,7 +6,6 @@ loaded with weights_only=True), `recombination.json` (CONTRACTS.md) and `prune_t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import zipfile
@@ -17,16 +16,10 @@ import torch
 
 from ..errors import ModelError, PruneError
 from ..fsio import AtomicFile, atomic_write_json, atomic_write_text
-from ..models.spec import load_spec, save_spec, with_widths
+from ..models.spec import load_spec, save_spec, spec_sha, with_widths
 from ..models.yolo import Detector, build_model
 
 FILES = ("arch.json", "weights.pt", "recombination.json", "prune_table.json")
-
-
-def spec_sha(spec: dict[str, Any]) -> str:
-    """sha256 of the dense spec without `widths` (the same digest the sparsity stage writes)."""
-    core = {k: v for k, v in spec.items() if k != "widths"}
-    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
 def spec_from_pruned(model: Detector, dense_spec: dict[str, Any]) -> dict[str, Any]:

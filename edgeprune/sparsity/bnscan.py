@@ -1,9 +1,6 @@
 """Which BatchNorm layers the sparsity penalty acts on, and which of them are tied by residual adds."""
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
 
 from torch import nn
 
@@ -49,9 +46,3 @@ def slimming_excluded(model: nn.Module) -> set[str]:
         out.update(members)
         out.update(p.replace(".cv2.bn", ".cv1.bn") for p in members[1:])
     return out
-
-
-def spec_sha(spec: dict[str, Any]) -> str:
-    """sha256 of the dense architecture spec without `widths` (CONTRACTS.md, ratios.json)."""
-    core = {k: v for k, v in spec.items() if k != "widths"}
-    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()

@@ -23,7 +23,8 @@ from ..config import PruneConfig, SparseConfig
 from ..errors import SparsityError
 from ..fsio import atomic_write_json
 from .attention import attention_deviation, target_energy
-from .bnscan import prunable_bns, residual_groups, slimming_excluded, spec_sha, unwrap
+from ..models.spec import spec_sha
+from .bnscan import prunable_bns, residual_groups, slimming_excluded, unwrap
 from .graph import conv_flops, trace_channels
 
 Batch = tuple[torch.Tensor, torch.Tensor]   # (imgs [B,3,S,S], targets [M,6])

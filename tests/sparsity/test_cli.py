@@ -1,10 +1,10 @@
 import argparse
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from edgeprune.config import PRESETS
 from edgeprune.errors import UsageError
 from edgeprune.sparsity import cli
 from edgeprune.sparsity.commands import _config, sparse_command
@@ -22,7 +22,7 @@ def test_flags_map_onto_the_config():
     cfg = _config(args)
     s = cfg.sparse
     assert (s.reweight, s.dynamic, s.adaptive, s.attention) == (False, True, True, False)
-    assert (s.target, s.flops_target, s.lam, s.epochs) == (0.7, 0.5, 0.002, 2)
+    assert (s.target, s.flops_target, s.lam, s.epochs) == (0.7, 0.5, 0.002, PRESETS["quick"]["sparse"]["epochs"])
 
 
 def test_help_has_an_example():
