@@ -3,17 +3,13 @@ metrics.json]) or an edgeprune checkpoint (.pt with spec + state_dict). Errors b
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..errors import ExportError, ModelError
+from ..errors import ExportError, ModelError, PruneError
 from ..models.io import model_from_checkpoint
-from ..models.spec import load_spec
-from ..models.yolo import Detector, build_model
+from ..models.yolo import Detector
 
 
 @dataclass
@@ -45,22 +41,6 @@ def validate_recombination(rec: Any, source: str) -> dict[str, Any]:
     return rec
 
 
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ExportError(f"{path}: weights not found (a pruned model folder holds arch.json + weights.pt)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise ExportError(f"{path}: weights are truncated or corrupt ({str(exc).splitlines()[0]}); re-create them") from None
-    except Exception as exc:  # the weights_only unpickler refuses code objects
-        raise ExportError(f"{path}: not a safe state_dict ({type(exc).__name__})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ExportError(f"{path}: expected a state_dict (name -> tensor)")
-    return obj
-
-
 def load_source(path: str | Path) -> ModelSource:
     path = Path(path)
     if not path.exists():
@@ -74,15 +54,13 @@ def load_source(path: str | Path) -> ModelSource:
 
 
 def _load_dir(path: Path) -> ModelSource:
-    spec = load_spec(path / "arch.json")
-    model = build_model(spec)
+    from ..prune.io import load_pruned
+
     try:
-        model.load_state_dict(_load_weights(path / "weights.pt"))
-    except RuntimeError as exc:
-        raise ExportError(f"{path / 'weights.pt'}: does not fit arch.json: {str(exc).splitlines()[0]}") from None
-    rec = None
-    if (path / "recombination.json").is_file():
-        rec = validate_recombination(_read_json(path / "recombination.json"), str(path / "recombination.json"))
+        model, rec = load_pruned(path)
+    except PruneError as exc:
+        raise ExportError(str(exc)) from None
+    rec = validate_recombination(rec, str(path / "recombination.json")) if rec.get("junctions") else None
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
     return ModelSource(path, model, rec, metrics if isinstance(metrics, dict) else {})
 
