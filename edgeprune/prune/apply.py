@@ -19,9 +19,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import PruneError
+from ..metrics.complexity import count
 from .graph import build_graph
 # the folder I/O is re-exported here for the compress stages (io imports apply lazily, no cycle)
 from .io import keep_from_ratios, load_pruned, read_ratios, save_pruned, save_pruned_model, spec_from_pruned  # noqa: F401
@@ -39,15 +39,8 @@ class PruneResult:
 
 
 def complexity(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
-    """Parameters and FLOPs (2*MACs, torch's flop counter) of one eval-mode forward."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example_input)
-    finally:
-        model.train(was_training)
-    return {"params": int(sum(p.numel() for p in model.parameters())), "flops": int(counter.get_total_flops())}
+    """Parameters and FLOPs (2*MACs) of one eval-mode forward at the example input's size."""
+    return count(model, tuple(example_input.shape[-2:]))
 
 
 def masked_model(model: nn.Module, plan: Plan, zero_beta: bool = True) -> nn.Module:

@@ -2,6 +2,7 @@
 chunks, depthwise convs, pooling and upsampling; random masks and rules -> pruned == masked."""
 import copy
 
+import numpy as np
 import torch
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from torch import nn
@@ -102,6 +103,11 @@ def test_random_nets_prune_exactly(helpers, ops, widths, seed, rule, round_to):
     for row in res.table:
         assert 1 <= row["after"] <= row["before"]
     mods = dict(model.named_modules())
-    for j in res.recombination_map["junctions"]:
-        # a producer holds the whole junction, or one concat segment of it (an add over a concat)
-        assert all(1 <= mods[p].out_channels <= len(j["kept"]) for p in j["producers"])
+    graph = res.plan.graph
+    for j, junction in zip(res.recombination_map["junctions"], graph.junctions):
+        # A producer holds the whole junction, one concat segment of it (an add over a concat), or - when the
+        # add reads a chunk/split of its output - only some of its channels: those kept must fit the junction.
+        for p in j["producers"]:
+            cls = graph.root[graph.producers[p]]
+            kept_here = int(np.sum(np.isin(cls, junction.classes) & res.plan.kept_class[cls]))
+            assert 1 <= mods[p].out_channels and kept_here <= len(j["kept"]), (p, kept_here, len(j["kept"]))
