@@ -40,8 +40,12 @@ def register(subparsers):
     e = subparsers.add_parser(
         "eval", help="mAP50, mAP50-95, AP_small, per-class AP, params, FLOPs and CPU latency of a checkpoint",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example: edgeprune eval runs/dense/best.pt --data synthetic --json")
-    e.add_argument("checkpoint", help="a checkpoint (.pt) written by edgeprune")
+        epilog="example: edgeprune eval runs/dense/best.pt --data synthetic --json\n"
+               "         edgeprune eval runs/default/bundle --precision int8 --data DATASET   (a deploy bundle via ONNX Runtime)")
+    e.add_argument("checkpoint", help="a checkpoint (.pt) written by edgeprune, or a deploy bundle folder")
+    e.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                   help="bundles only: fp32 (model.onnx) or int8 (the bundle's QDQ model.int8.onnx)")
+    e.add_argument("--backend", default="onnxruntime", help="bundles only: device runtime backend (default onnxruntime)")
     e.add_argument("--data", default="synthetic", help="dataset path or 'synthetic'")
     e.add_argument("--data-root", default="data/synthetic", help="cache folder of the synthetic dataset")
     e.add_argument("--preset", default="default", help="config preset the synthetic data comes from")

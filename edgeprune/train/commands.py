@@ -73,18 +73,42 @@ def _print_metrics(m: dict[str, Any]) -> None:
               f"{m['latency']['threads']} threads)")
 
 
+def _eval_bundle(args: Any, data: Any) -> int:
+    """mAP of a deploy bundle through the device runtime (ONNX Runtime here), e.g. its INT8 QDQ model."""
+    from jetson.bundle import load_bundle
+
+    from ..metrics import evaluate_bundle
+
+    manifest = load_bundle(args.checkpoint)
+    if manifest["classes"] != list(data.names):
+        raise ModelError(f"{args.checkpoint}: the bundle's classes {manifest['classes']} are not the dataset's {data.names}")
+    result: dict[str, Any] = evaluate_bundle(args.checkpoint, data.splits[args.split], data.names, args.precision,
+                                             args.backend, args.conf, args.iou,
+                                             progress=not args.json and sys.stderr.isatty())
+    result.update(bundle=str(args.checkpoint), precision=args.precision, backend=args.backend, split=args.split,
+                  images=len(data.splits[args.split]))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.checkpoint} ({args.precision}, {args.backend}) on {args.split} ({result['images']} images)")
+        _print_metrics(result)
+    return 0
+
+
 def eval_command(args: Any) -> int:
     from ..metrics import evaluate
     from ..metrics.complexity import count, cpu_latency
     from ..models.io import load_checkpoint, model_from_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(ckpt)
-    imgsz = args.imgsz or ckpt.get("imgsz") or (ckpt.get("train") or {}).get("imgsz") or 256
     cfg = _config(args, {})
     data = load_data(args.data, cfg, args.data_root)
     if args.split not in data.splits or not data.splits[args.split]:
         raise UsageError(f"--split {args.split}: the dataset has no such split (has {sorted(data.splits)})")
+    if Path(args.checkpoint).is_dir():
+        return _eval_bundle(args, data)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt)
+    imgsz = args.imgsz or ckpt.get("imgsz") or (ckpt.get("train") or {}).get("imgsz") or 256
     if len(data.names) != model.num_classes:
         raise ModelError(f"{args.checkpoint}: the model has {model.num_classes} classes but {args.data} has "
                          f"{len(data.names)} ({data.names}); evaluate on the dataset it was trained on")

@@ -71,3 +71,15 @@ def test_kill_during_sparse_then_resume(reference_run):
     # Same seed, deterministic CPU kernels, per-epoch RNG state in the checkpoint: identical up to float noise.
     for key in ("map50", "map", "params", "flops"):
         assert resumed[key] == pytest.approx(ref[key], abs=1e-6), key
+
+
+def test_bundle_map_through_onnxruntime_equals_torch(reference_run):
+    base, summary = reference_run
+    run = base / "runs" / "ref"
+    dataset = summary["stages"]["data"]["dataset"]
+    out = subprocess.run([sys.executable, "-m", "edgeprune", "eval", str(run / "bundle"), "--data", dataset, "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ort = json.loads(out.stdout)
+    torch_metrics = _final_metrics(run)
+    assert abs(ort["map50"] - torch_metrics["map50"]) <= 0.001 and abs(ort["map"] - torch_metrics["map"]) <= 0.001
