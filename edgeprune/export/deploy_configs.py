@@ -1,5 +1,5 @@
 """Serving configs generated next to the bundle's model: Triton `config.pbtxt` and a DeepStream nvinfer config.
-Facts: /work/shared/reference/anchors.md section D (network-mode 0/1/2 = FP32/INT8/FP16, cluster-mode 2 = NMS)."""
+Facts: NVIDIA DeepStream nvinfer documentation (network-mode 0/1/2 = FP32/INT8/FP16, cluster-mode 2 = NMS)."""
 from __future__ import annotations
 
 from typing import Any
