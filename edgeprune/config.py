@@ -92,8 +92,8 @@ class SparseConfig:
     ramp_frac: float = 0.05            # dynamic: share of steps over which s(t) ramps in from 0
     relax_frac: float = 0.2            # dynamic: final share of steps over which s(t) decays so accuracy recovers
     relax_to: float = 0.1              # dynamic: s(t) at the very end as a multiple of its value when relaxing starts
-    dyn_gain: float = 0.1              # dynamic: log s grows by dyn_gain * gap per 1% of training
-    lam_max_mult: float = 100.0        # dynamic: s(t) stays within [lam_min_mult, lam_max_mult] * lam
+    dyn_gain: float = 0.25             # dynamic: log s grows by dyn_gain * gap per 1% of training
+    lam_max_mult: float = 1000.0       # dynamic: s(t) stays within [lam_min_mult, lam_max_mult] * lam
     lam_min_mult: float = 0.1
     adapt_redundancy: float = 1.0      # self-adaptive: exponent on a layer's gamma redundancy (more -> more penalty)
     adapt_importance: float = 0.5      # self-adaptive: exponent on a layer's target-attention importance (more -> less)
