@@ -337,10 +337,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--format", default="auto", help="dataset format for --data (auto|yolo|coco|voc|nwpu)")
     ap.add_argument("--dense", help="use this dense checkpoint instead of training one (must fit the dataset)")
     ap.add_argument("--targets", help="FLOPs reductions, comma-separated (default 0.5,0.65,0.75; quick: 0.5)")
-    ap.add_argument("--headline", type=float, help="target for the ablation/rule arms (default 0.65; quick: first target)")
+    ap.add_argument("--headline", type=float,
+                    help="target for the ablation/rule arms (default 0.65; quick: the first target)")
     ap.add_argument("--arms", help=f"comma-separated subset of {','.join(ARMS)}")
     ap.add_argument("--all-targets", action="store_true", help="run every arm at every target")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. finetune.epochs=5")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. finetune.epochs=5")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core machine)")
     ap.add_argument("--no-latency", action="store_true", help="skip export + ORT latency (measure later)")
     ap.add_argument("--redo-latency", action="store_true", help="measure latency again even when cached")
@@ -373,7 +375,8 @@ def machine() -> dict[str, Any]:
         pass
     import onnxruntime
     import torch_pruning
-    return {"cpu": model, "cores": os.cpu_count(), "gpu": torch.cuda.is_available(), "python": platform.python_version(),
+    return {"cpu": model, "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
+            "python": platform.python_version(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "torch_pruning": getattr(torch_pruning, "__version__", "?")}
 
@@ -427,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
            "settings": {"model_size": cfg.model.size, "imgsz": cfg.model.imgsz, "dataset": str(path),
                         "dataset_name": "synthetic" if not args.data else Path(args.data).name,
                         "train_images": len(data.splits["train"]), "val_images": len(data.splits["val"]),
-                        "dense_epochs": cfg.train.epochs if not args.dense else None, "sparse_epochs": cfg.sparse.epochs,
+                        "dense_epochs": cfg.train.epochs if not args.dense else None,
+                        "sparse_epochs": cfg.sparse.epochs,
                         "finetune_epochs": cfg.finetune.epochs, "targets": args.targets, "headline": args.headline,
                         "round_to": cfg.prune.round_to, "min_channels": cfg.prune.min_channels,
                         "ratio_batches": cfg.sparse.ratio_batches, "ratio_grid": cfg.sparse.ratio_grid,
