@@ -425,8 +425,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['latency']['dense_infer_median_ms']:.2f} ms ({r['latency']['speedup_infer_median']:.2f}x)")
         dense["latency"] = {"infer_median_ms": float(sorted(r["latency"]["dense_infer_median_ms"] for r in rows)
                                                      [len(rows) // 2])} if rows else {}
-    doc = {"version": 1, "machine": machine(),
-           "command": "python benchmarks/compare_pruners.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = "python benchmarks/compare_pruners.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    previous = out / "results.json"
+    commands = json.loads(previous.read_text()).get("commands", []) if previous.is_file() else []
+    doc = {"version": 1, "machine": machine(), "commands": commands + [command],   # every invocation on this folder
            "settings": {"model_size": cfg.model.size, "imgsz": cfg.model.imgsz, "dataset": str(path),
                         "dataset_name": "synthetic" if not args.data else Path(args.data).name,
                         "train_images": len(data.splits["train"]), "val_images": len(data.splits["val"]),
