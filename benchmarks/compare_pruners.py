@@ -1,0 +1,454 @@
+"""Compare pruners from the SAME dense checkpoint with the SAME sparse and fine-tuning budgets (issue 10).
+
+Arms (each at one or more FLOPs-reduction targets):
+  slimming          plain L1 on BN gamma (sparse.method=slimming), one global gamma percentile (bisected to the
+                    FLOPs target), residual-tied BNs left unpruned like the popular YOLOv5 slimming repos
+  tp_bnscale        Torch-Pruning BNScalePruner: its own regulariser in the sparse phase, ratio bisected to FLOPs
+  tp_groupnorm      Torch-Pruning GroupNormPruner: likewise (group-lasso regulariser, group L2 importance)
+  l1rr              L1RR, default config (attention-solved per-layer ratios, residual rule union)
+  l1rr_intersection, l1rr_topk        the same sparse checkpoint pruned with the other residual rules
+  l1rr_no_reweight, l1rr_no_dynamic, l1rr_no_adaptive, l1rr_no_attention   ablations (own sparse phase each)
+
+OUT/ holds everything, cached so an interrupted run resumes:
+  settings.json, dense/ (checkpoint, metrics, bundle), sparse/<variant>/ (shared by the arms that differ only
+  at prune time), arms/<arm>@<target>/ (pruned, finetune, model, bundle, result.json, latency.json),
+  results.json, results.md, pareto.png
+
+example:
+  python benchmarks/compare_pruners.py --quick --out runs/bench_quick
+  python benchmarks/compare_pruners.py --out runs/bench --targets 0.5,0.65,0.75
+  python benchmarks/compare_pruners.py --data /data/NWPU_VHR-10 --out runs/bench_nwpu --set model.imgsz=416
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from compare_report import plot_pareto, write_markdown  # noqa: E402
+from compare_tp import TP_ARMS, TPRegularizerHook, prune_to_flops  # noqa: E402
+
+from edgeprune.config import Config, make_config, parse_set  # noqa: E402
+from edgeprune.errors import EdgepruneError, UsageError  # noqa: E402
+from edgeprune.fsio import atomic_write_bytes, atomic_write_json  # noqa: E402
+
+# sparse variants: SparseConfig overrides (None = a Torch-Pruning regulariser instead of ours)
+SPARSE: dict[str, dict[str, Any] | None] = {
+    "slimming": {"method": "slimming"},
+    "l1rr": {},
+    "l1rr_no_reweight": {"reweight": False},
+    "l1rr_no_dynamic": {"dynamic": False},
+    "l1rr_no_adaptive": {"adaptive": False},
+    "l1rr_no_attention": {"attention": False},
+    "tp_bnscale": None,
+    "tp_groupnorm": None,
+}
+# arm -> (sparse variant, residual rule)
+ARMS: dict[str, tuple[str, str]] = {
+    "slimming": ("slimming", "union"),
+    "tp_bnscale": ("tp_bnscale", "union"),
+    "tp_groupnorm": ("tp_groupnorm", "union"),
+    "l1rr": ("l1rr", "union"),
+    "l1rr_intersection": ("l1rr", "intersection"),
+    "l1rr_topk": ("l1rr", "topk"),
+    "l1rr_no_reweight": ("l1rr_no_reweight", "union"),
+    "l1rr_no_dynamic": ("l1rr_no_dynamic", "union"),
+    "l1rr_no_adaptive": ("l1rr_no_adaptive", "union"),
+    "l1rr_no_attention": ("l1rr_no_attention", "union"),
+}
+MAIN_ARMS = ("slimming", "tp_bnscale", "tp_groupnorm", "l1rr")   # run at every target; the rest at --headline
+
+# attention_tol ~0 in both presets: the L1RR ratio solver otherwise prunes as far as its attention tolerance
+# allows and treats the FLOPs target only as a floor; at ~0 the target binds, so the arms compare at equal FLOPs.
+# Sizes. "full" fits ~25 min of this shared 2-core machine; "quick" < 3 min (the slow test).
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"data": {"synth_train": 200, "synth_val": 60, "synth_size": 160},
+             "model": {"size": "n", "imgsz": 128},
+             "train": {"epochs": 25, "batch": 16, "eval_every": 1000},
+             "sparse": {"epochs": 3, "ratio_batches": 1, "ratio_grid": 4, "refresh_every": 10, "attention_tol": 1e-6},
+             "finetune": {"epochs": 3}},
+    "quick": {"data": {"synth_train": 32, "synth_val": 8, "synth_size": 96},
+              "model": {"size": "n", "imgsz": 64},
+              "train": {"epochs": 1, "batch": 8, "eval_every": 1000, "warmup_epochs": 0.5, "mosaic": 0.0},
+              "sparse": {"epochs": 1, "ratio_batches": 1, "ratio_grid": 2, "refresh_every": 2, "attention_tol": 1e-6},
+              "finetune": {"epochs": 1}},
+}
+QUICK_ARMS = ("slimming", "tp_bnscale", "l1rr")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def _cached(path: Path, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `fn` unless `path` (its JSON result, written last) exists."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = fn()
+    atomic_write_json(path, result)
+    return result
+
+
+def _tag(target: float) -> str:
+    return f"{round(100 * target):02d}"
+
+
+# ------------------------------------------------------------------------------------------------ stages
+class Bench:
+    def __init__(self, cfg: Config, data: Any, out: Path, args: argparse.Namespace):
+        self.cfg, self.data, self.out, self.args = cfg, data, out, args
+        self.imgsz = cfg.model.imgsz
+        self._batches = None
+        self.dense: dict[str, Any] = {}
+
+    def batches(self):
+        from edgeprune.sparsity.run import val_batches
+        if self._batches is None:
+            self._batches = val_batches(self.data, self.cfg)
+        return self._batches
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
+        from edgeprune.metrics import evaluate
+        from edgeprune.metrics.complexity import count
+        m = evaluate(model, self.data.splits["val"], self.data.names, self.imgsz, progress=False)
+        return {"map50": m["map50"], "map": m["map"], "ap_small": m.get("ap_small"), **count(model, self.imgsz)}
+
+    def train_cfg(self, epochs: int, lr0: float, warmup: float | None = None):
+        t = self.cfg.train
+        return dataclasses.replace(t, epochs=epochs, lr0=lr0, eval_every=max(epochs, 1),
+                                   warmup_epochs=t.warmup_epochs if warmup is None else warmup)
+
+    # dense ------------------------------------------------------------------------------------------
+    def run_dense(self) -> dict[str, Any]:
+        from edgeprune.models.io import model_from_checkpoint
+        from edgeprune.train.trainer import fit, new_model
+
+        d = self.out / "dense"
+
+        def train() -> dict[str, Any]:
+            ckpt = d / "dense.pt"
+            if self.args.dense:
+                atomic_write_bytes(ckpt, Path(self.args.dense).read_bytes())
+                source = str(self.args.dense)
+            else:
+                log(f"dense: training {self.cfg.train.epochs} epochs")
+                model, _ = new_model(self.data, self.cfg.model.size, self.imgsz, self.cfg.train.seed)
+                fit(model, self.data, self.train_cfg(self.cfg.train.epochs, self.cfg.train.lr0), d / "train",
+                    imgsz=self.imgsz, progress=False)
+                atomic_write_bytes(ckpt, (d / "train" / "last.pt").read_bytes())
+                source = "trained here"
+            return {"checkpoint": str(ckpt), "source": source,
+                    "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+                    **self.evaluate(model_from_checkpoint(ckpt))}
+
+        self.dense = _cached(d / "result.json", train)
+        log(f"dense: mAP50 {self.dense['map50']:.3f}  FLOPs {self.dense['flops'] / 1e9:.3f} G")
+        return self.dense
+
+    # sparse -----------------------------------------------------------------------------------------
+    def sparse_cfg(self, variant: str) -> Config:
+        cfg = copy.deepcopy(self.cfg)
+        for k, v in (SPARSE[variant] or {}).items():
+            setattr(cfg.sparse, k, v)
+        cfg.sparse.flops_target = self.args.headline
+        return cfg
+
+    def run_sparse(self, variant: str) -> dict[str, Any]:
+        d = self.out / "sparse" / variant
+
+        def train() -> dict[str, Any]:
+            t0 = time.time()
+            log(f"sparse {variant}: {self.cfg.sparse.epochs} epochs")
+            if SPARSE[variant] is None:
+                res = self._tp_sparse(variant, d)
+            else:
+                from edgeprune.sparsity.run import sparse_train
+                res = sparse_train(self.dense["checkpoint"], self.data, self.sparse_cfg(variant), d, progress=False)
+                res = {"checkpoint": res["sparse_ckpt"], "ratios": res["ratios"], "summary": res}
+            return {**res, "seconds": round(time.time() - t0, 1)}
+
+        return _cached(d / "result.json", train)
+
+    def _tp_sparse(self, variant: str, d: Path) -> dict[str, Any]:
+        from edgeprune.models.io import model_from_checkpoint, save_checkpoint
+        from edgeprune.train.trainer import fit
+
+        model = model_from_checkpoint(self.dense["checkpoint"])
+        sc = self.cfg.sparse
+        final = fit(model, self.data, self.train_cfg(sc.epochs, sc.lr0), d / "train",
+                    hooks=[TPRegularizerHook(variant, self.imgsz)], imgsz=self.imgsz, progress=False)
+        sparse = model_from_checkpoint(d / "train" / "last.pt")
+        save_checkpoint(d / "sparse.pt", sparse, method=variant)
+        return {"checkpoint": str(d / "sparse.pt"), "summary": {"method": variant, "map50_sparse": final.get("map50")}}
+
+    # prune ------------------------------------------------------------------------------------------
+    def l1rr_ratios(self, variant: str, sparse: dict[str, Any], target: float) -> str:
+        """ratios.json of a sparse L1RR checkpoint at a FLOPs target (shared by the residual rules)."""
+        from edgeprune.models.io import model_from_checkpoint
+        from edgeprune.sparsity.ratios import save_ratios, solve_ratios
+
+        if abs(target - self.args.headline) < 1e-9:
+            return sparse["ratios"]          # sparse_train solved it at the headline target
+        path = Path(sparse["checkpoint"]).parent / f"ratios_{_tag(target)}.json"
+        if not path.is_file():
+            cfg = self.sparse_cfg(variant)
+            cfg.sparse.flops_target = target
+            model = model_from_checkpoint(sparse["checkpoint"])
+            save_ratios(solve_ratios(model, self.batches(), cfg.sparse, cfg.prune, mode="attention"), path)
+        return str(path)
+
+    def slimming_keep(self, model: torch.nn.Module, target: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Bisect the global gamma percentile until the (analytic) FLOPs reduction reaches the target."""
+        from edgeprune.prune.io import keep_from_ratios
+        from edgeprune.sparsity.ratios import solve_ratios
+
+        sc = copy.deepcopy(self.cfg.sparse)
+        sc.method = "slimming"
+        lo, hi, best, trail = 0.01, 0.99, None, []
+        for _ in range(12):
+            sc.target = (lo + hi) / 2
+            doc = solve_ratios(model, self.batches()[:1], sc, self.cfg.prune, mode="threshold")
+            red = doc["flops_reduction"]
+            trail.append({"percentile": round(sc.target, 4), "flops_reduction": round(red, 4)})
+            if best is None or abs(red - target) < abs(best["flops_reduction"] - target):
+                best = doc
+            if abs(red - target) <= 0.005:
+                break
+            lo, hi = (sc.target, hi) if red < target else (lo, sc.target)
+        return keep_from_ratios(best, model), {"threshold": best["threshold"], "search": trail}
+
+    def run_arm(self, arm: str, target: float) -> dict[str, Any]:
+        d = self.out / "arms" / f"{arm}@{_tag(target)}"
+        variant, rule = ARMS[arm]
+        return _cached(d / "result.json", lambda: self._arm(arm, variant, rule, target, d))
+
+    def _arm(self, arm: str, variant: str, rule: str, target: float, d: Path) -> dict[str, Any]:
+        from edgeprune.models.io import model_from_checkpoint
+        from edgeprune.prune.apply import prune_model
+        from edgeprune.prune.io import (keep_from_ratios, load_pruned, read_ratios, save_pruned, save_pruned_model,
+                                        spec_from_pruned)
+        from edgeprune.train.trainer import fit
+
+        t0 = time.time()
+        sparse = self.run_sparse(variant)
+        model = model_from_checkpoint(sparse["checkpoint"])
+        dense_spec = {**model.spec, "widths": {}}
+        pc = self.cfg.prune
+        log(f"arm {arm} @ -{100 * target:.0f}% FLOPs: pruning")
+        info: dict[str, Any] = {}
+        if variant in TP_ARMS:
+            model, table, stats = prune_to_flops(variant, model, self.imgsz, target)
+            rec = {"version": 1, "rule": None, "junctions": []}
+            save_pruned(d / "pruned", model, model.spec, rec, table, stats)
+            info = {k: stats[k] for k in ("pruning_ratio", "search")}
+        else:
+            if variant == "slimming":
+                keep, info = self.slimming_keep(model, target)
+            else:
+                ratios = self.l1rr_ratios(variant, sparse, target)
+                keep = keep_from_ratios(read_ratios(ratios), model, ratios)
+                info = {"ratios": ratios}
+            res = prune_model(model, keep, rule=rule, round_to=pc.round_to, min_channels=pc.min_channels,
+                              example_input=torch.zeros(1, 3, self.imgsz, self.imgsz), fold=pc.fold)
+            save_pruned(d / "pruned", res.model, spec_from_pruned(res.model, dense_spec), res.recombination_map,
+                        res.table, res.stats)
+            model = load_pruned(d / "pruned").model      # carries the pruned spec (checkpoints need it)
+            stats = res.stats
+        info["junction_channels_removed"] = stats["junction_channels_removed"]
+        info["junction_channels_before"] = stats["junction_channels_before"]
+        pre = self.evaluate(model)
+        fc = self.cfg.finetune
+        if fc.epochs > 0:
+            log(f"arm {arm} @ -{100 * target:.0f}%: fine-tuning {fc.epochs} epochs")
+            fit(model, self.data, self.train_cfg(fc.epochs, fc.lr0, min(1.0, self.cfg.train.warmup_epochs)),
+                d / "finetune", imgsz=self.imgsz, progress=False)
+            model = model_from_checkpoint(d / "finetune" / "last.pt")
+        save_pruned_model(d / "model", model, d / "pruned")
+        m = self.evaluate(model)
+        return {"arm": arm, "sparse": variant, "rule": rule if variant not in TP_ARMS else None, "target": target,
+                **m, "map50_pruned": pre["map50"],
+                "flops_reduction": 1.0 - m["flops"] / self.dense["flops"],
+                "params_reduction": 1.0 - m["params"] / self.dense["params"],
+                "map50_sparse": sparse["summary"].get("map50_sparse"), "prune_info": info,
+                "model_dir": str(d / "model"), "seconds": round(time.time() - t0, 1)}
+
+    # latency ----------------------------------------------------------------------------------------
+    def _bundle(self, source: Path, out: Path) -> Path:
+        from edgeprune.export.pipeline import export_bundle
+        if not (out / "manifest.json").is_file():
+            val = self.args._val_images
+            export_bundle(source, out, imgsz=self.imgsz, images=val, parity_images=2)
+        return out
+
+    def latency(self, row: dict[str, Any], dense_bundle: Path, redo: bool) -> dict[str, Any]:
+        """ORT CPU latency of the arm and of the dense model, measured interleaved in one bench run."""
+        from jetson.bench import run_bench
+        from jetson.runtime import load_detector
+
+        d = Path(row["model_dir"]).parent
+        path = d / "latency.json"
+        if path.is_file() and not redo:
+            return json.loads(path.read_text())
+        bundle = self._bundle(Path(row["model_dir"]), d / "bundle")
+        a = self.args
+        dets = [load_detector(str(b), backend="onnxruntime", threads=a.ort_threads) for b in (dense_bundle, bundle)]
+        try:
+            rep = run_bench([("dense", dets[0]), (row["arm"], dets[1])], iterations=a.latency_iters, warmup_s=0.5)
+        finally:
+            for det in dets:
+                det.close()
+        dm, am = rep["models"]
+        out = {"infer_median_ms": am["infer"]["median"], "dense_infer_median_ms": dm["infer"]["median"],
+               "e2e_median_ms": am["end_to_end"]["median"], "dense_e2e_median_ms": dm["end_to_end"]["median"],
+               "speedup_infer_median": rep["compare"]["speedup_infer_median"],
+               "speedup_e2e_median": rep["compare"]["speedup_end_to_end_median"],
+               "iterations": rep["mode"]["measured_iterations"], "ort_threads": a.ort_threads,
+               "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "loadavg_1min": round(os.getloadavg()[0], 2)}
+        atomic_write_json(path, out)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output folder (resumes what is cached there)")
+    ap.add_argument("--quick", action="store_true", help="tiny synthetic set, 1 epoch per phase, 1 target, 3 arms")
+    ap.add_argument("--data", help="dataset path (YOLO/COCO/VOC/DIOR/NWPU VHR-10); default: synthetic")
+    ap.add_argument("--format", default="auto", help="dataset format for --data (auto|yolo|coco|voc|nwpu)")
+    ap.add_argument("--dense", help="use this dense checkpoint instead of training one (must fit the dataset)")
+    ap.add_argument("--targets", help="FLOPs reductions, comma-separated (default 0.5,0.65,0.75; quick: 0.5)")
+    ap.add_argument("--headline", type=float,
+                    help="target for the ablation/rule arms (default 0.65; quick: the first target)")
+    ap.add_argument("--arms", help=f"comma-separated subset of {','.join(ARMS)}")
+    ap.add_argument("--all-targets", action="store_true", help="run every arm at every target")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. finetune.epochs=5")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core machine)")
+    ap.add_argument("--no-latency", action="store_true", help="skip export + ORT latency (measure later)")
+    ap.add_argument("--redo-latency", action="store_true", help="measure latency again even when cached")
+    ap.add_argument("--latency-iters", type=int, default=100)
+    ap.add_argument("--ort-threads", type=int, default=1)
+    ap.add_argument("--synth-root", default="data/synthetic", help="cache folder of synthetic datasets")
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.targets = [float(t) for t in (args.targets or ("0.5" if q else "0.5,0.65,0.75")).split(",")]
+    if any(not 0.0 < t < 1.0 for t in args.targets):
+        ap.error("--targets: each must lie strictly between 0 and 1")
+    if args.headline is None:
+        args.headline = args.targets[0] if q else 0.65
+    arms = (args.arms or ",".join(QUICK_ARMS if q else ARMS)).split(",")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        ap.error(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
+    args.arms = arms
+    return args
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+    import torch_pruning
+    return {"cpu": model, "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
+            "python": platform.python_version(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "torch_pruning": getattr(torch_pruning, "__version__", "?")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from edgeprune.data.dataset import load_dataset
+    from edgeprune.data.synth import ensure_synthetic
+
+    over = PRESETS["quick" if args.quick else "full"]
+    over = _merge(over, parse_set(args.set))
+    if args.data:
+        over = _merge(over, {"data": {"source": args.data, "format": args.format}})
+    cfg = make_config("default", over)
+    c = cfg.data
+    path = Path(args.data) if args.data else \
+        ensure_synthetic(Path(args.synth_root), c.synth_train, c.synth_val, c.synth_size, c.seed, progress=False)
+    data = load_dataset(path, c.format, c.skip_bad)
+    val_dir = path / "images" / "val" if path.is_dir() else None
+    args._val_images = str(val_dir) if val_dir and val_dir.is_dir() else None
+    out = Path(args.out)
+    settings = {"config": cfg.to_dict(), "dataset": str(path), "dense": args.dense, "headline": args.headline}
+    sfile = out / "settings.json"
+    if sfile.is_file() and json.loads(sfile.read_text()) != settings:
+        raise UsageError(f"{sfile}: this folder holds a run with other settings (config, dataset, --dense or "
+                         "--headline differ); use a new --out")
+    atomic_write_json(sfile, settings)
+
+    bench = Bench(cfg, data, out, args)
+    t0 = time.time()
+    dense = bench.run_dense()
+    rows = []
+    for arm in args.arms:
+        targets = args.targets if (arm in MAIN_ARMS or args.all_targets) else [args.headline]
+        for t in targets:
+            rows.append(bench.run_arm(arm, t))
+            r = rows[-1]
+            log(f"arm {arm} @ -{100 * t:.0f}%: FLOPs -{100 * r['flops_reduction']:.1f}%  mAP50 {r['map50']:.3f} "
+                f"(after prune {r['map50_pruned']:.3f}, dense {dense['map50']:.3f})")
+    if not args.no_latency:
+        dense_bundle = bench._bundle(Path(dense["checkpoint"]), out / "dense" / "bundle")
+        for r in rows:
+            r["latency"] = bench.latency(r, dense_bundle, args.redo_latency)
+            log(f"latency {r['arm']} @ -{100 * r['target']:.0f}%: {r['latency']['infer_median_ms']:.2f} ms vs dense "
+                f"{r['latency']['dense_infer_median_ms']:.2f} ms ({r['latency']['speedup_infer_median']:.2f}x)")
+        dense["latency"] = {"infer_median_ms": float(sorted(r["latency"]["dense_infer_median_ms"] for r in rows)
+                                                     [len(rows) // 2])} if rows else {}
+    command = "python benchmarks/compare_pruners.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    previous = out / "results.json"
+    commands = json.loads(previous.read_text()).get("commands", []) if previous.is_file() else []
+    doc = {"version": 1, "machine": machine(), "commands": commands + [command],   # every invocation on this folder
+           "settings": {"model_size": cfg.model.size, "imgsz": cfg.model.imgsz, "dataset": str(path),
+                        "dataset_name": "synthetic" if not args.data else Path(args.data).name,
+                        "train_images": len(data.splits["train"]), "val_images": len(data.splits["val"]),
+                        "dense_epochs": cfg.train.epochs if not args.dense else None,
+                        "sparse_epochs": cfg.sparse.epochs,
+                        "finetune_epochs": cfg.finetune.epochs, "targets": args.targets, "headline": args.headline,
+                        "round_to": cfg.prune.round_to, "min_channels": cfg.prune.min_channels,
+                        "ratio_batches": cfg.sparse.ratio_batches, "ratio_grid": cfg.sparse.ratio_grid,
+                        "threads": args.threads, "quick": args.quick},
+           "dense": dense, "arms": rows, "seconds_this_invocation": round(time.time() - t0, 1)}
+    atomic_write_json(out / "results.json", doc)
+    write_markdown(doc, out / "results.md")
+    plot_pareto(doc, out / "pareto.png")
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'pareto.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except EdgepruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
