@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--calib-images", type=int, default=128)
     ap.add_argument("--val-images", type=int, default=200)
-    ap.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    ap.add_argument("--method", default="percentile", choices=["minmax", "entropy", "percentile"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quantize-head", action="store_true", help="quantize the detect head's Convs too")
     ap.add_argument("--truth", default="labels", choices=["labels", "fp32"])
