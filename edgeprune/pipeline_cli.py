@@ -10,7 +10,7 @@ def register(sub):
         help="run the host pipeline: data -> dense -> L1RR sparse -> prune -> fine-tune -> export -> report",
         description="Run the whole host pipeline as resumable stages in runs/<name>/. Rerunning the same command "
                     "resumes after the last finished stage; a changed config reruns only the stages that depend on it.",
-        epilog="example:\n  edgeprune compress                      # synthetic default, <= ~15 min on 2 CPU cores\n"
+        epilog="example:\n  edgeprune compress                      # the synthetic default (about 30 min on a shared 2-core CPU)\n"
                "  edgeprune compress --preset quick --name smoke\n"
                "  edgeprune compress --data /data/NWPU_VHR-10 --set model.size=s --set train.epochs=100",
         formatter_class=argparse.RawDescriptionHelpFormatter,
