@@ -73,8 +73,8 @@ def conv_node_map(model: Detector, graph: onnx.ModelProto) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
-    """onnxsim prints progress on stdout (Python and C++); keep stdout clean for `--json` consumers."""
+def stdout_to_stderr():
+    """onnxsim and ORT calibration print progress on stdout (Python and C++); keep stdout clean for `--json`."""
     sys.stdout.flush()
     saved = os.dup(1)
     try:
@@ -91,7 +91,7 @@ def simplify(graph: onnx.ModelProto, check_n: int = 1) -> onnx.ModelProto:
     import onnxsim
 
     try:
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             simplified, ok = onnxsim.simplify(graph, check_n=check_n)
     except Exception as exc:
         raise ExportError(f"onnxsim failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "

@@ -22,6 +22,7 @@ import onnx
 
 from ..errors import DataError, ExportError
 from ..fsio import AtomicFile, sha256_file
+from .onnx_export import stdout_to_stderr
 
 
 def calib_files(folder: str | Path) -> list[Path]:
@@ -131,11 +132,12 @@ def quantize_int8(fp32: onnx.ModelProto, calib_dir: str | Path, max_images: int 
         # the nodes `float_nodes` names, so we skip it and keep the advice out of the CLI output.
         logging.disable(logging.WARNING)
         try:
-            quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["Conv"], calibrate_method=methods[method],
-                            nodes_to_exclude=list(float_nodes),
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+            with stdout_to_stderr():   # the percentile/entropy calibrators print their progress
+                quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                op_types_to_quantize=["Conv"], calibrate_method=methods[method],
+                                nodes_to_exclude=list(float_nodes),
+                                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
         except DataError:
             raise
         except Exception as exc:

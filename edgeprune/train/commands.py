@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, dump_config, load_config, make_config, parse_set
-from ..errors import ModelError, UsageError
+from ..errors import CheckpointError, ModelError, UsageError
 from ..fsio import atomic_write_json, atomic_write_text
 
 
@@ -100,6 +100,8 @@ def eval_command(args: Any) -> int:
     from ..metrics.complexity import count, cpu_latency
     from ..models.io import load_checkpoint, model_from_checkpoint
 
+    if not Path(args.checkpoint).exists():
+        raise CheckpointError(f"{args.checkpoint}: not found (give a checkpoint .pt or a deploy bundle folder)")
     cfg = _config(args, {})
     data = load_data(args.data, cfg, args.data_root)
     if args.split not in data.splits or not data.splits[args.split]:
