@@ -66,6 +66,7 @@ class TrainConfig:
     cls_gain: float = 0.5
     anchor_t: float = 4.0              # anchor match: max w/h ratio either way
     sync_bn: bool = False              # SyncBatchNorm under DDP (torchrun)
+    dist_timeout_s: float = 300.0      # DDP: give up joining the process group (unreachable rendezvous) after this
 
 
 @dataclass

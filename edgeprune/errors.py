@@ -50,5 +50,9 @@ class DeviceError(EdgepruneError):
     """The device runtime cannot run as asked (backend missing, engine stale, image undecodable)."""
 
 
+class DistributedError(EdgepruneError):
+    """A distributed (DDP) run cannot form its process group; names the rendezvous endpoint."""
+
+
 class StorageError(EdgepruneError):
     """Writing an artefact failed (disk full, permission denied); names the path."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import logging
 import math
 import os
@@ -35,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import TrainConfig
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, DistributedError
 from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
@@ -185,7 +186,15 @@ class Trainer:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            try:
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                        timeout=datetime.timedelta(seconds=self.cfg.dist_timeout_s))
+            except (RuntimeError, TimeoutError, ValueError) as exc:  # DistNetworkError/DistStoreError subclass RuntimeError
+                raise DistributedError(
+                    f"rank {self.rank}/{self.world_size} could not join the process group at {where} within "
+                    f"train.dist_timeout_s={self.cfg.dist_timeout_s:g} s ({type(exc).__name__}); check the "
+                    "rendezvous endpoint (MASTER_ADDR/MASTER_PORT or --rdzv-endpoint) and that every node started") from None
         if self.cfg.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.optimizer = self._make_optimizer()

@@ -105,3 +105,33 @@ def test_sync_bn_on_cpu_is_refused(monkeypatch, tmp_path):
     data = SimpleNamespace(names=["a"], splits={"train": [object()]})
     with pytest.raises(ConfigError, match="train.sync_bn"):
         Trainer(build_model(new_spec(1)), data, TrainConfig(batch=16, sync_bn=True), tmp_path, device="cpu")
+
+
+def test_unreachable_rendezvous_is_a_clear_error_within_the_timeout(tmp_path):
+    """Rank 1 of 2 whose master never comes up: a DistributedError naming the endpoint, not a 30-minute hang."""
+    import socket
+    import time
+
+    with socket.socket() as s:            # a free port on loopback with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    index = _images(tmp_path, n=4)
+    code = (
+        "import json, sys\nfrom pathlib import Path\nfrom types import SimpleNamespace\nimport numpy as np\n"
+        "from edgeprune.config import TrainConfig\nfrom edgeprune.errors import DistributedError\n"
+        "from edgeprune.train.trainer import fit, new_model\n"
+        "items = json.loads(Path(sys.argv[1]).read_text())\n"
+        "s = [SimpleNamespace(image=Path(i['image']), boxes=np.asarray(i['boxes'], np.float32), "
+        "classes=np.asarray(i['classes'])) for i in items]\n"
+        "data = SimpleNamespace(names=['a', 'b'], splits={'train': s, 'val': s[:1]})\n"
+        "model, _ = new_model(data, 'n', 64, autoanchor=False)\n"
+        "try:\n    fit(model, data, TrainConfig(epochs=1, batch=2, dist_timeout_s=3), sys.argv[2], imgsz=64, progress=False)\n"
+        "except DistributedError as exc:\n    print(exc)\n    sys.exit(7)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WORLD_SIZE="2", RANK="1", LOCAL_RANK="1",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", code, str(index), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in proc.stdout and "dist_timeout_s" in proc.stdout
+    assert time.time() - t0 < 60
