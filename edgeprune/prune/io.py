@@ -150,12 +150,15 @@ def keep_from_ratios(doc: Any, model: Detector, source: str = "ratios.json") -> 
         n = mods[bn].num_features
         if not isinstance(entry, dict) or not isinstance(entry.get("keep_idx"), list):
             raise PruneError(f"{source}: layers[{bn!r}] needs a keep_idx list")
-        if entry.get("channels", n) != n:
+        if entry.get("channels") != n:
             raise PruneError(f"{source}: layers[{bn!r}] says {entry.get('channels')} channels, the model has {n} "
                              "(ratios for another architecture or an already pruned model?)")
         idx = entry["keep_idx"]
         if any(not isinstance(i, int) or isinstance(i, bool) for i in idx):
             raise PruneError(f"{source}: layers[{bn!r}].keep_idx must hold integers")
+        if not idx or any(not 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
+            raise PruneError(f"{source}: layers[{bn!r}].keep_idx must be distinct indices in 0..{n - 1}, "
+                             "at least one (channels/keep_idx do not fit this model)")
         if "keep" in entry and entry["keep"] != len(idx):
             raise PruneError(f"{source}: layers[{bn!r}]: keep={entry['keep']} but keep_idx has {len(idx)} entries")
         keep[bn] = idx

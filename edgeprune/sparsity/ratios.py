@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import PruneConfig, SparseConfig
-from ..errors import SparsityError
+from ..errors import PruneError, SparsityError
 from ..fsio import atomic_write_json
 from .attention import attention_deviation, target_energy
 from ..models.spec import spec_sha
@@ -246,7 +246,10 @@ def save_ratios(doc: dict[str, Any], path: str | Path) -> None:
 
 
 def load_ratios(path: str | Path, model: nn.Module) -> dict[str, Any]:
-    """Read ratios.json and check it belongs to `model`'s architecture (spec_sha, layer names, widths)."""
+    """Read ratios.json and check it belongs to `model`'s architecture: the spec_sha must be present and match,
+    and every layer is checked by the pruner's own validator (`prune.io.keep_from_ratios`)."""
+    from ..prune.io import keep_from_ratios
+
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -254,20 +257,13 @@ def load_ratios(path: str | Path, model: nn.Module) -> dict[str, Any]:
         raise SparsityError(f"{path}: ratios file not found (run `edgeprune sparse` first)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SparsityError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("layers"), dict):
-        raise SparsityError(f"{path}: not a version-1 ratios file (expected keys version=1, spec_sha, layers)")
     net = unwrap(model)
     want = spec_sha(net.spec)
-    if doc.get("spec_sha") != want:
+    if isinstance(doc, dict) and doc.get("spec_sha") != want:
         raise SparsityError(f"{path}: spec_sha {str(doc.get('spec_sha'))[:12]}... does not match this model's "
                             f"{want[:12]}... (ratios for another architecture); re-run the sparse stage")
-    bns = prunable_bns(net)
-    for name, e in doc["layers"].items():
-        if name not in bns:
-            raise SparsityError(f"{path}: layer {name!r} is not a BatchNorm of this model (another architecture?)")
-        c = bns[name].num_features
-        idx = e.get("keep_idx") if isinstance(e, dict) else None
-        if e.get("channels") != c or not isinstance(idx, list) or not idx or \
-                any(not isinstance(i, int) or not 0 <= i < c for i in idx) or len(set(idx)) != len(idx):
-            raise SparsityError(f"{path}: layer {name!r}: channels/keep_idx do not fit its {c} channels")
+    try:
+        keep_from_ratios(doc, net, str(path))
+    except PruneError as exc:
+        raise SparsityError(str(exc)) from None
     return doc
