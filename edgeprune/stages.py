@@ -70,7 +70,8 @@ def stage_sparse(run: RunDir) -> dict[str, Any]:
 
     ds = _dataset(run)
     out = stale_stage_dir(run, "sparse")
-    summary = sparse_train(run.outputs("dense")["checkpoint"], ds, run.cfg, out)
+    dense = run.outputs("dense")
+    summary = sparse_train(dense["checkpoint"], ds, run.cfg, out, dense_metrics=dense["metrics"])
     metrics = _evaluate(model_from_checkpoint(summary["sparse_ckpt"]), ds, run)
     run.log(f"[sparse] mAP50 {metrics['map50']:.3f}, |gamma| < {summary['zero_threshold']} for "
             f"{100 * summary['zero_share']:.1f} % of prunable channels")

@@ -48,9 +48,11 @@ def val_batches(data: Any, cfg: Config, batch: int = 8) -> list[tuple[torch.Tens
 
 
 def sparse_train(dense_ckpt: str | Path, data: Any, cfg: Config, out_dir: str | Path, resume: bool = True,
-                 progress: bool = True, device: str | None = None) -> dict[str, Any]:
+                 progress: bool = True, device: str | None = None,
+                 dense_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sparse-train the dense checkpoint on `data` (a Dataset), solve ratios, write the artefacts.
-    Returns the summary (also in sparsity.json["summary"])."""
+    `dense_metrics` (map50, map of the dense model on data's val split) saves re-evaluating it when the caller
+    already has them (the compress dense stage). Returns the summary (also in sparsity.json["summary"])."""
     from ..metrics import evaluate
     from ..train.trainer import fit
 
@@ -72,7 +74,8 @@ def sparse_train(dense_ckpt: str | Path, data: Any, cfg: Config, out_dir: str | 
     save_ratios(ratios, out / "ratios.json")
 
     teacher.eval()
-    dense_metrics = evaluate(teacher, data.splits["val"], data.names, cfg.model.imgsz, progress=False)
+    if dense_metrics is None:
+        dense_metrics = evaluate(teacher, data.splits["val"], data.names, cfg.model.imgsz, progress=False)
     skip = slimming_excluded(sparse) if sc.method == "slimming" else set()
     summary = {
         "method": sc.method, "ablation": {k: getattr(sc, k) for k in ("reweight", "dynamic", "adaptive", "attention")},
