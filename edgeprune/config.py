@@ -74,6 +74,7 @@ class SparseConfig:
     method: str = "l1rr"               # l1rr | slimming
     epochs: int = 8                    # sparse-training epochs (default run budget: ~15 min for the whole compress)
     lr0: float = 0.005
+    warmup_epochs: float = 0.25        # lr warm-up when continuing from the trained dense model (see continued())
     target: float = 0.65               # target share of prunable channels pushed to zero
     lam: float = 1e-3                  # base sparsity strength (a floor when lam_auto)
     lam_auto: bool = True              # l1rr: base = max(lam, median|gamma| / (lr0 * steps)): at base strength the
@@ -118,6 +119,14 @@ class SparseConfig:
     mask_beta: bool = True             # ratio solver: masking zeroes beta too (False: keep beta, as the pruner folds it)
     ratio_batches: int = 2             # validation batches the ratio solver measures attention deviation on
     ratio_grid: int = 8                # ratio solver: candidate keep fractions per layer (1/grid steps)
+
+
+def continued(train: TrainConfig, epochs: int, lr0: float, warmup_epochs: float) -> TrainConfig:
+    """The training schedule for a stage that continues from trained weights (sparse, finetune): its own
+    epochs, lr0 and a short warm-up in which the bias lr does NOT start at warmup_bias_lr. That spike (0.1,
+    YOLOv5's from-scratch default, 20x the sparse lr0) shakes every BN beta of a trained model."""
+    return dataclasses.replace(train, epochs=epochs, lr0=lr0, warmup_epochs=min(warmup_epochs, train.warmup_epochs),
+                   warmup_bias_lr=0.0)
 
 
 @dataclass

@@ -9,18 +9,26 @@ runs/<name>/
 A stage is skipped when its marker's key equals the hash of every config section it depends on (its own
 and all upstream ones); otherwise it runs, and every downstream marker is removed first. Training stages
 checkpoint every epoch and resume from their own `last.pt`, so a killed run loses at most one epoch.
+
+Under torchrun (`compress --nproc-per-node N`, which relaunches itself with torchrun) every rank walks the same
+stage list: the training stages (dense, sparse, finetune) run on all ranks (DDP), every other stage and all
+writing outside the trainer run on rank 0 while the others wait at a barrier; the run directory must therefore
+be on storage every node sees.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, dump_config, load_config, make_config, parse_set
-from .errors import EdgepruneError, StorageError
+from .errors import DistributedError, EdgepruneError, StorageError, UsageError
 from .fsio import atomic_write_json, atomic_write_text
 from .pipeline_cli import STAGES
 
@@ -34,6 +42,8 @@ OWN_SECTIONS = {
     "export": ("export",),
     "report": (),
 }
+# Stages that train, and so run on every rank under torchrun.
+TRAINING_STAGES = ("dense", "sparse", "finetune")
 
 
 def stage_sections(stage: str) -> tuple[str, ...]:
@@ -96,7 +106,10 @@ def stale_stage_dir(run: RunDir, stage: str, folder: str | None = None) -> Path:
     config (a different key), so a resumed training never continues from a checkpoint of other settings."""
     d = run.root / (folder or stage)
     key_file = d / ".key"
-    if d.exists() and (not key_file.is_file() or key_file.read_text().strip() != run.key(stage)):
+    current = key_file.is_file() and key_file.read_text().strip() == run.key(stage)
+    if current:
+        return d   # also what the other ranks of a torchrun job see: rank 0 prepared it before they came
+    if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_text(key_file, run.key(stage) + "\n")
@@ -120,37 +133,105 @@ def build_config(args: Any) -> Config:
 def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None = None, restart: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     from . import stages  # heavy imports (torch) only when the pipeline actually runs
+    from .train.dist import dist_info, init_process_group, wait_for_main
 
+    world, rank, _ = dist_info()
+    if world > 1:
+        import torch
+        init_process_group(cfg.train.dist_timeout_s, "cuda" if torch.cuda.is_available() else "cpu")
+    main = rank == 0
     root = Path(runs_dir) / cfg.name
-    run = RunDir(root, cfg, log)
-    try:
-        (root / "stages").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create the run directory {root}: {exc.strerror}") from None
-    atomic_write_text(root / "config.yaml", dump_config(cfg))
-    if restart:
-        run.invalidate_from(STAGES[0])
+    run = RunDir(root, cfg, log if main else (lambda msg: None))
+    if main:
+        try:
+            (root / "stages").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the run directory {root}: {exc.strerror}") from None
+        atomic_write_text(root / "config.yaml", dump_config(cfg))
+        if restart:
+            run.invalidate_from(STAGES[0])
+    wait_for_main()
+    if not (root / "config.yaml").is_file():
+        raise DistributedError(f"rank {rank}/{world} cannot see {root}/config.yaml that rank 0 wrote: under torchrun "
+                               "--runs-dir (and EDGEPRUNE_CACHE for the synthetic set) must be on storage every node sees")
     last = until or STAGES[-1]
     summary: dict[str, Any] = {"run_dir": str(root), "stages": {}}
     for stage in STAGES[: STAGES.index(last) + 1]:
         if run.is_done(stage):
-            log(f"[compress] stage {stage}: already finished in {root} (resuming after it)")
+            run.log(f"[compress] stage {stage}: already finished in {root} (resuming after it)")
             summary["stages"][stage] = {"status": "cached", **run.outputs(stage)}
             continue
-        run.invalidate_from(stage)
-        log(f"[compress] stage {stage}: running")
         t0 = time.time()
-        outputs = getattr(stages, f"stage_{stage}")(run)
-        run.finish(stage, outputs, time.time() - t0)
-        log(f"[compress] stage {stage}: finished in {time.time() - t0:.1f} s")
-        summary["stages"][stage] = {"status": "ran", **outputs}
+        if main:
+            run.invalidate_from(stage)
+            run.log(f"[compress] stage {stage}: running" + (f" on {world} processes" if world > 1 and
+                                                            stage in TRAINING_STAGES else ""))
+            if world > 1 and stage in TRAINING_STAGES:
+                stale_stage_dir(run, stage)     # emptied by rank 0 alone, before any rank resumes from it
+        wait_for_main()
+        outputs = None
+        if main or stage in TRAINING_STAGES:
+            outputs = getattr(stages, f"stage_{stage}")(run)
+        if main:
+            run.finish(stage, outputs, time.time() - t0)
+            run.log(f"[compress] stage {stage}: finished in {time.time() - t0:.1f} s")
+            summary["stages"][stage] = {"status": "ran", **outputs}
+        wait_for_main()                         # the marker is on disk before any rank looks at the next stage
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
     return summary
+
+
+def torchrun_command(args: Any, cfg: Config) -> list[str]:
+    """The torchrun command line that reruns this `compress` on --nproc-per-node processes per node (and,
+    with --nnodes > 1, joins the other nodes at --rdzv-endpoint within train.dist_timeout_s)."""
+    from .train.dist import check_global_batch
+
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        raise UsageError("--nproc-per-node and --nnodes must be >= 1")
+    check_global_batch(cfg.train.batch, cfg.train.accumulate, args.nproc_per_node * args.nnodes)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc_per_node}"]
+    if args.nnodes > 1:
+        if not args.rdzv_endpoint:
+            raise UsageError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT, the same on every node (the first "
+                             "node's address and a free port)")
+        cmd += [f"--nnodes={args.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={args.rdzv_endpoint}",
+                f"--rdzv-id={args.rdzv_id or cfg.name}",
+                f"--rdzv-conf=join_timeout={max(1, int(cfg.train.dist_timeout_s))}"]
+    else:
+        cmd += ["--standalone"]
+    cmd += ["-m", "edgeprune", "compress", "--runs-dir", str(args.runs_dir), "--name", cfg.name]
+    for flag, value in (("--preset", args.preset), ("--config", args.config), ("--data", args.data),
+                        ("--until", args.until)):
+        if value:
+            cmd += [flag, str(value)]
+    for item in args.set:
+        cmd += ["--set", item]
+    cmd += [f for f, on in (("--restart", args.restart), ("--json", args.json)) if on]
+    return cmd
 
 
 def run_from_args(args: Any) -> int:
     cfg = build_config(args)
+    if (args.nproc_per_node > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+        cmd = torchrun_command(args, cfg)
+        print("[compress] " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
+        proc = subprocess.Popen(cmd)
+        # a SIGTERM sent to this launcher alone (a scheduler's kill) must reach torchrun, which stops the workers
+        signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+        code = proc.wait()
+        if code != 0:
+            where = (f"; a RendezvousTimeoutError above means the {args.nnodes} nodes did not all reach "
+                     f"{args.rdzv_endpoint} within train.dist_timeout_s={cfg.train.dist_timeout_s:g} s"
+                     if args.nnodes > 1 else "")
+            raise DistributedError(f"torchrun exited with status {code} (the workers' errors are above){where}; "
+                                   "rerun the same command to resume after the last finished epoch")
+        return 0
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     summary = run_pipeline(cfg, args.runs_dir, args.until, args.restart, log)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:

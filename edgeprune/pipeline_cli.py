@@ -12,7 +12,9 @@ def register(sub):
                     "resumes after the last finished stage; a changed config reruns only the stages that depend on it.",
         epilog="example:\n  edgeprune compress                      # the synthetic default (about 30 min on a shared 2-core CPU)\n"
                "  edgeprune compress --preset quick --name smoke\n"
-               "  edgeprune compress --data /data/NWPU_VHR-10 --set model.size=s --set train.epochs=100",
+               "  edgeprune compress --data /data/NWPU_VHR-10 --set model.size=s --set train.epochs=100\n"
+               "  edgeprune compress --nproc-per-node 4 --data /data/DIOR   # 4 GPUs, DDP\n"
+               "  edgeprune compress --nnodes 2 --nproc-per-node 8 --rdzv-endpoint node0:29400 --runs-dir /nfs/runs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", default=None, help="default | quick | benchmark (default: default)")
@@ -24,6 +26,17 @@ def register(sub):
     p.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
     p.add_argument("--restart", action="store_true", help="ignore finished stages and run everything again")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    d = p.add_argument_group("distributed training (torchrun; the dense, sparse and fine-tune stages run DDP)")
+    d.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="training processes on this machine, one per GPU (gloo on CPU); N > 1 relaunches "
+                        "compress under torchrun")
+    d.add_argument("--nnodes", type=int, default=1, metavar="M",
+                   help="machines in the job; run the same command on each (the run directory must be on "
+                        "shared storage)")
+    d.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                   help="rendezvous of a multi-node job: the first node's address and a free port, the same "
+                        "on every node; a node that cannot join gives up after train.dist_timeout_s")
+    d.add_argument("--rdzv-id", default=None, help="job id shared by the nodes (default: the run name)")
     p.set_defaults(handler=_run)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from .fsio import atomic_write_json
 from .pipeline import RunDir, stale_stage_dir
+from .train.dist import is_main
 
 
 def cache_root() -> Path:
@@ -58,6 +59,8 @@ def stage_dense(run: RunDir) -> dict[str, Any]:
     c = run.cfg
     model, anchors = new_model(ds, c.model.size, c.model.imgsz, c.train.seed)
     fit(model, ds, c.train, out, resume=True, imgsz=c.model.imgsz)
+    if not is_main():
+        return {}
     model = model_from_checkpoint(out / "best.pt")
     metrics = _evaluate(model, ds, run)
     run.log(f"[dense] mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map']:.3f}  params {metrics['params']:,}")
@@ -72,6 +75,8 @@ def stage_sparse(run: RunDir) -> dict[str, Any]:
     out = stale_stage_dir(run, "sparse")
     dense = run.outputs("dense")
     summary = sparse_train(dense["checkpoint"], ds, run.cfg, out, dense_metrics=dense["metrics"])
+    if not is_main():
+        return {}
     metrics = _evaluate(model_from_checkpoint(summary["sparse_ckpt"]), ds, run)
     run.log(f"[sparse] mAP50 {metrics['map50']:.3f}, |gamma| < {summary['zero_threshold']} for "
             f"{100 * summary['zero_share']:.1f} % of prunable channels")
@@ -108,6 +113,8 @@ def stage_finetune(run: RunDir) -> dict[str, Any]:
                                    warmup_epochs=min(1.0, c.train.warmup_epochs))
         teacher = model_from_checkpoint(run.outputs("dense")["checkpoint"]) if c.finetune.distill else None
         fit(model, ds, tcfg, out, resume=True, imgsz=c.model.imgsz, teacher=teacher)
+        if not is_main():
+            return {}
         model = model_from_checkpoint(out / "best.pt")
     metrics = _evaluate(model, ds, run)
     save_pruned_model(out / "model", model, run.outputs("prune")["model_dir"])

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from ..config import Config
+from ..config import Config, continued
 from ..errors import SparsityError
 from ..fsio import atomic_write_json
 from ..models.io import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..train.dist import is_main
 from .bnscan import prunable_bns, slimming_excluded
 from .hook import SparsityHook
 from .plots import plot_gamma_hist, plot_kept, plot_strength
@@ -50,7 +51,8 @@ def val_batches(data: Any, cfg: Config, batch: int = 8) -> list[tuple[torch.Tens
 def sparse_train(dense_ckpt: str | Path, data: Any, cfg: Config, out_dir: str | Path, resume: bool = True,
                  progress: bool = True, device: str | None = None,
                  dense_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Sparse-train the dense checkpoint on `data` (a Dataset), solve ratios, write the artefacts.
+    """Sparse-train the dense checkpoint on `data` (a Dataset), solve ratios, write the artefacts (rank 0;
+    the other ranks of a torchrun job return {} after training).
     `dense_metrics` (map50, map of the dense model on data's val split) saves re-evaluating it when the caller
     already has them (the compress dense stage). Returns the summary (also in sparsity.json["summary"])."""
     from ..metrics import evaluate
@@ -63,9 +65,11 @@ def sparse_train(dense_ckpt: str | Path, data: Any, cfg: Config, out_dir: str | 
     prunable_bns(student)                                   # fail early on a model without BN
     use_teacher = sc.method == "l1rr" and sc.attention
     hook = SparsityHook(sc)
-    train_cfg = dataclasses.replace(cfg.train, epochs=sc.epochs, lr0=sc.lr0)
+    train_cfg = continued(cfg.train, sc.epochs, sc.lr0, sc.warmup_epochs)
     final = fit(student, data, train_cfg, out / "train", hooks=[hook], resume=resume,
                 teacher=teacher if use_teacher else None, imgsz=cfg.model.imgsz, device=device, progress=progress)
+    if not is_main():
+        return {}       # under torchrun rank 0 alone saves, solves the ratios and plots
     sparse = model_from_checkpoint(out / "train" / "last.pt")
     save_checkpoint(out / "sparse.pt", sparse, method=sc.method, sparse_cfg=dataclasses.asdict(sc))
 

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -36,8 +34,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import TrainConfig
-from ..errors import CheckpointError, ConfigError, DataError, DistributedError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..fsio import atomic_write_json, atomic_write_text
+from .dist import check_global_batch, default_device, dist_info, init_process_group
 from ..models.io import load_checkpoint, save_checkpoint
 from .ema import ModelEMA
 from .loss import DetectionLoss
@@ -100,11 +99,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             {"params": biases, "weight_decay": 0.0, "name": "biases"}]
 
 
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-
-
 class Trainer:
     """State of one training run; hooks receive it. Public attributes: model (raw, unwrapped), ema,
     optimizer, cfg, epoch, step (global iteration), epochs, nb (iterations per epoch), teacher, device,
@@ -115,19 +109,13 @@ class Trainer:
                  device: str | None = None, progress: bool = True):
         if not data.splits.get("train"):
             raise DataError("the dataset has no 'train' samples; check the dataset path / split names")
-        self.world_size, self.rank, local_rank = _dist_info()
+        self.world_size, self.rank, _ = dist_info()
         self.is_main = self.rank == 0
-        if cfg.accumulate < 1:
-            raise ConfigError(f"config key train.accumulate: must be >= 1, got {cfg.accumulate}")
-        parts = self.world_size * cfg.accumulate
-        if cfg.batch % parts:
-            raise ConfigError(f"config key train.batch: the global batch {cfg.batch} must be divisible by world size "
-                              f"{self.world_size} (torchrun --nproc-per-node) x train.accumulate {cfg.accumulate}; "
-                              f"use e.g. train.batch={max(cfg.batch // parts, 1) * parts}")
+        check_global_batch(cfg.batch, cfg.accumulate, self.world_size)
         self.cfg, self.data, self.imgsz, self.progress = cfg, data, imgsz, progress
         self.out_dir = Path(out_dir)
         if device is None:
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+            device = default_device()
         self.device = torch.device(device)
         self.use_amp = bool(cfg.amp and self.device.type == "cuda")
         if cfg.sync_bn and self.world_size > 1 and self.device.type != "cuda":
@@ -183,18 +171,7 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=cfg.lr0, betas=(cfg.momentum, 0.999))
 
     def _wrap_ddp(self) -> None:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-            try:
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
-                                        timeout=datetime.timedelta(seconds=self.cfg.dist_timeout_s))
-            except (RuntimeError, TimeoutError, ValueError) as exc:  # DistNetworkError/DistStoreError subclass RuntimeError
-                raise DistributedError(
-                    f"rank {self.rank}/{self.world_size} could not join the process group at {where} within "
-                    f"train.dist_timeout_s={self.cfg.dist_timeout_s:g} s ({type(exc).__name__}); check the "
-                    "rendezvous endpoint (MASTER_ADDR/MASTER_PORT or --rdzv-endpoint) and that every node started") from None
+        init_process_group(self.cfg.dist_timeout_s, self.device.type)
         if self.cfg.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.optimizer = self._make_optimizer()
@@ -389,7 +366,7 @@ class Trainer:
             lines.append(",".join("" if row.get(k) is None else str(row[k]) for k in keys))
         atomic_write_text(self.out_dir / "log.csv", "\n".join(lines) + "\n")
         atomic_write_json(self.out_dir / "log.json", {"cfg": dataclasses.asdict(self.cfg), "imgsz": self.imgsz,
-                                                      "history": self.history})
+                                                      "world_size": self.world_size, "history": self.history})
         if plot:
             from .plots import plot_curves
             plot_curves(self.history, self.out_dir / "curves.png")
