@@ -16,7 +16,8 @@ OUT/ holds everything, cached so an interrupted run resumes:
 
 example:
   python benchmarks/compare_pruners.py --quick --out runs/bench_quick
-  python benchmarks/compare_pruners.py --out runs/bench --targets 0.5,0.65,0.75
+  python benchmarks/compare_pruners.py --out runs/bench --dense runs/default/dense/best.pt --targets 0.5,0.65,0.75
+  python benchmarks/compare_pruners.py --preset small --out runs/bench_small
   python benchmarks/compare_pruners.py --data /data/NWPU_VHR-10 --out runs/bench_nwpu --set model.imgsz=416
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from compare_report import plot_pareto, write_markdown  # noqa: E402
 from compare_tp import TP_ARMS, TPRegularizerHook, prune_to_flops  # noqa: E402
 
-from edgeprune.config import Config, make_config, parse_set  # noqa: E402
+from edgeprune.config import Config, continued, make_config, parse_set  # noqa: E402
 from edgeprune.errors import EdgepruneError, UsageError  # noqa: E402
 from edgeprune.fsio import atomic_write_bytes, atomic_write_json  # noqa: E402
 
@@ -72,9 +73,12 @@ MAIN_ARMS = ("slimming", "tp_bnscale", "tp_groupnorm", "l1rr")   # run at every 
 
 # attention_tol ~0 in both presets: the L1RR ratio solver otherwise prunes as far as its attention tolerance
 # allows and treats the FLOPs target only as a floor; at ~0 the target binds, so the arms compare at equal FLOPs.
-# Sizes. "full" fits ~25 min of this shared 2-core machine; "quick" < 3 min (the slow test).
+# Sizes. "default": the `compress` default run (800/200 synthetic images at 320 px, n at 256 px, 8 sparse and
+# 8 fine-tune epochs; pass --dense runs/<name>/dense/best.pt to reuse its dense model), ~15 min per arm on one
+# thread here; "small" fits ~25 min of this shared 2-core machine in all; "quick" < 3 min (the slow test).
 PRESETS: dict[str, dict[str, Any]] = {
-    "full": {"data": {"synth_train": 200, "synth_val": 60, "synth_size": 160},
+    "default": {"train": {"eval_every": 1000}, "sparse": {"attention_tol": 1e-6}},
+    "small": {"data": {"synth_train": 200, "synth_val": 60, "synth_size": 160},
              "model": {"size": "n", "imgsz": 128},
              "train": {"epochs": 25, "batch": 16, "eval_every": 1000},
              "sparse": {"epochs": 3, "ratio_batches": 1, "ratio_grid": 4, "refresh_every": 10, "attention_tol": 1e-6},
@@ -133,9 +137,12 @@ class Bench:
         return {"map50": m["map50"], "map": m["map"], "ap_small": m.get("ap_small"), **count(model, self.imgsz)}
 
     def train_cfg(self, epochs: int, lr0: float, warmup: float | None = None):
-        t = self.cfg.train
-        return dataclasses.replace(t, epochs=epochs, lr0=lr0, eval_every=max(epochs, 1),
-                                   warmup_epochs=t.warmup_epochs if warmup is None else warmup)
+        """The dense schedule, or (with `warmup`) the one every arm's sparse and fine-tune phases share:
+        edgeprune.config.continued, as the compress stages use."""
+        t = dataclasses.replace(self.cfg.train, eval_every=max(epochs, 1))
+        if warmup is None:
+            return dataclasses.replace(t, epochs=epochs, lr0=lr0)
+        return continued(t, epochs, lr0, warmup)
 
     # dense ------------------------------------------------------------------------------------------
     def run_dense(self) -> dict[str, Any]:
@@ -194,7 +201,7 @@ class Bench:
 
         model = model_from_checkpoint(self.dense["checkpoint"])
         sc = self.cfg.sparse
-        final = fit(model, self.data, self.train_cfg(sc.epochs, sc.lr0), d / "train",
+        final = fit(model, self.data, self.train_cfg(sc.epochs, sc.lr0, sc.warmup_epochs), d / "train",
                     hooks=[TPRegularizerHook(variant, self.imgsz)], imgsz=self.imgsz, progress=False)
         sparse = model_from_checkpoint(d / "train" / "last.pt")
         save_checkpoint(d / "sparse.pt", sparse, method=variant)
@@ -279,7 +286,7 @@ class Bench:
         fc = self.cfg.finetune
         if fc.epochs > 0:
             log(f"arm {arm} @ -{100 * target:.0f}%: fine-tuning {fc.epochs} epochs")
-            fit(model, self.data, self.train_cfg(fc.epochs, fc.lr0, min(1.0, self.cfg.train.warmup_epochs)),
+            fit(model, self.data, self.train_cfg(fc.epochs, fc.lr0, fc.warmup_epochs),
                 d / "finetune", imgsz=self.imgsz, progress=False)
             model = model_from_checkpoint(d / "finetune" / "last.pt")
         save_pruned_model(d / "model", model, d / "pruned")
@@ -333,6 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (resumes what is cached there)")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic set, 1 epoch per phase, 1 target, 3 arms")
+    ap.add_argument("--preset", choices=("default", "small"), default="default",
+                    help="default: the compress default run's data, model and budgets; small: n at 128 px, 200 images")
     ap.add_argument("--data", help="dataset path (YOLO/COCO/VOC/DIOR/NWPU VHR-10); default: synthetic")
     ap.add_argument("--format", default="auto", help="dataset format for --data (auto|yolo|coco|voc|nwpu)")
     ap.add_argument("--dense", help="use this dense checkpoint instead of training one (must fit the dataset)")
@@ -387,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeprune.data.dataset import load_dataset
     from edgeprune.data.synth import ensure_synthetic
 
-    over = PRESETS["quick" if args.quick else "full"]
+    over = PRESETS["quick" if args.quick else args.preset]
     over = _merge(over, parse_set(args.set))
     if args.data:
         over = _merge(over, {"data": {"source": args.data, "format": args.format}})

@@ -2,11 +2,11 @@
 Each takes the RunDir and returns the JSON-able outputs recorded in its done-marker."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
+from .config import continued
 from .fsio import atomic_write_json
 from .pipeline import RunDir, stale_stage_dir
 from .train.dist import is_main
@@ -109,8 +109,7 @@ def stage_finetune(run: RunDir) -> dict[str, Any]:
     c = run.cfg
     model = load_pruned(run.outputs("prune")["model_dir"]).model
     if c.finetune.epochs > 0:
-        tcfg = dataclasses.replace(c.train, epochs=c.finetune.epochs, lr0=c.finetune.lr0,
-                                   warmup_epochs=min(1.0, c.train.warmup_epochs))
+        tcfg = continued(c.train, c.finetune.epochs, c.finetune.lr0, c.finetune.warmup_epochs)
         teacher = model_from_checkpoint(run.outputs("dense")["checkpoint"]) if c.finetune.distill else None
         fit(model, ds, tcfg, out, resume=True, imgsz=c.model.imgsz, teacher=teacher)
         if not is_main():
