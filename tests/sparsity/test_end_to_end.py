@@ -41,3 +41,5 @@ def test_sparse_train_end_to_end(tmp_path):
     assert g(sparse).mean() < g(dense).mean()
     assert 0 <= summary["zero_share"] <= 1 and summary["map50_dense"] >= 0
     assert load_checkpoint(out / "sparse.pt")["method"] == "l1rr"
+    trained = json.loads((out / "train" / "log.json").read_text())["cfg"]   # continued(): no bias-lr spike
+    assert trained["warmup_bias_lr"] == 0.0 and trained["lr0"] == cfg.sparse.lr0
