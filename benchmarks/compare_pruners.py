@@ -171,6 +171,25 @@ class Bench:
         log(f"dense: mAP50 {self.dense['map50']:.3f}  FLOPs {self.dense['flops'] / 1e9:.3f} G")
         return self.dense
 
+    def run_control(self) -> dict[str, Any]:
+        """The dense model trained on for sparse.epochs + finetune.epochs with the fine-tune schedule and no
+        pruning: every arm gets that much extra training, so this (not the dense checkpoint) is what pruning
+        has to match."""
+        from edgeprune.models.io import model_from_checkpoint
+        from edgeprune.train.trainer import fit
+
+        d = self.out / "control"
+        sc, fc = self.cfg.sparse, self.cfg.finetune
+
+        def train() -> dict[str, Any]:
+            log(f"control: dense + {sc.epochs + fc.epochs} epochs, no pruning")
+            model = model_from_checkpoint(self.dense["checkpoint"])
+            fit(model, self.data, self.train_cfg(sc.epochs + fc.epochs, fc.lr0, fc.warmup_epochs), d / "train",
+                imgsz=self.imgsz, progress=False)
+            return {"epochs": sc.epochs + fc.epochs, **self.evaluate(model_from_checkpoint(d / "train" / "last.pt"))}
+
+        return _cached(d / "result.json", train)
+
     # sparse -----------------------------------------------------------------------------------------
     def sparse_cfg(self, variant: str) -> Config:
         cfg = copy.deepcopy(self.cfg)
@@ -353,6 +372,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. finetune.epochs=5")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core machine)")
+    ap.add_argument("--control", action="store_true",
+                    help="also train the dense model on for the arms' extra epochs without pruning (the fair reference)")
     ap.add_argument("--no-latency", action="store_true", help="skip export + ORT latency (measure later)")
     ap.add_argument("--redo-latency", action="store_true", help="measure latency again even when cached")
     ap.add_argument("--latency-iters", type=int, default=100)
@@ -418,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(cfg, data, out, args)
     t0 = time.time()
     dense = bench.run_dense()
+    control = bench.run_control() if args.control else None
     rows = []
     for arm in args.arms:
         targets = args.targets if (arm in MAIN_ARMS or args.all_targets) else [args.headline]
@@ -447,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                         "round_to": cfg.prune.round_to, "min_channels": cfg.prune.min_channels,
                         "ratio_batches": cfg.sparse.ratio_batches, "ratio_grid": cfg.sparse.ratio_grid,
                         "threads": args.threads, "quick": args.quick},
-           "dense": dense, "arms": rows, "seconds_this_invocation": round(time.time() - t0, 1)}
+           "dense": dense, "control": control, "arms": rows, "seconds_this_invocation": round(time.time() - t0, 1)}
     atomic_write_json(out / "results.json", doc)
     write_markdown(doc, out / "results.md")
     plot_pareto(doc, out / "pareto.png")

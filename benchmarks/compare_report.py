@@ -31,6 +31,11 @@ def markdown_table(doc: dict[str, Any]) -> str:
     lines.append(f"| dense | – | 0 | 0 | {d['flops'] / 1e9:.3f} | {d['params']:,} | {d['map50']:.3f} | – | "
                  f"{d['map']:.3f} | {_num(d.get('ap_small'))} | "
                  f"{_num(dense_lat.get('infer_median_ms'), '{:.2f}')} | 1.00× |")
+    c = doc.get("control")
+    if c:
+        lines.append(f"| dense + {c['epochs']} epochs, not pruned (control) | – | 0 | 0 | {c['flops'] / 1e9:.3f} | "
+                     f"{c['params']:,} | {c['map50']:.3f} ({100 * (c['map50'] - d['map50']):+.1f}) | – | {c['map']:.3f} | "
+                     f"{_num(c.get('ap_small'))} | – | – |")
     for r in doc["arms"]:
         ms, sp = lat(r)
         delta = 100 * (r["map50"] - d["map50"])
@@ -72,6 +77,10 @@ def plot_pareto(doc: dict[str, Any], path: str | Path) -> None:
     d = doc["dense"]
     ax.plot([d["flops"] / 1e9], [d["map50"]], marker="*", markersize=14, color="black", linestyle="none",
             label="dense")
+    c = doc.get("control")
+    if c:
+        ax.plot([c["flops"] / 1e9], [c["map50"]], marker="*", markersize=14, color="tab:red", linestyle="none",
+                label=f"dense + {c['epochs']} epochs (control)")
     ax.set_xlabel("GFLOPs per image (2·MACs)")
     ax.set_ylabel("mAP50 (val)")
     s = doc["settings"]

@@ -71,7 +71,7 @@ def test_tp_regularizer_hook_moves_gammas():
 def test_quick_run_writes_json_table_and_plot(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "compare_pruners.py"), "--quick", "--out", str(out),
-           "--synth-root", str(tmp_path / "synth"), "--latency-iters", "20"]
+           "--synth-root", str(tmp_path / "synth"), "--latency-iters", "20", "--control"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
@@ -88,11 +88,13 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
         assert la["speedup_infer_median"] == pytest.approx(la["dense_infer_median_ms"] / la["infer_median_ms"])
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
-    assert table.count("\n") == 2 + 1 + len(arms)
+    assert table.count("\n") == 2 + 2 + len(arms) and "(control)" in table
+    control = doc["control"]       # the dense model trained on for the arms' extra epochs, not pruned
+    assert control["params"] == dense["params"] and control["epochs"] == 2 and 0.0 <= control["map50"] <= 1.0
     # a second invocation resumes from the cache: nothing is retrained, the numbers are identical
     proc2 = subprocess.run(cmd + ["--no-latency"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc2.returncode == 0, proc2.stderr[-3000:]
-    assert "training" not in proc2.stdout and "fine-tuning" not in proc2.stdout
+    assert "training" not in proc2.stdout and "fine-tuning" not in proc2.stdout and "control:" not in proc2.stdout
     again = json.loads((out / "results.json").read_text())
     assert [r["map50"] for r in again["arms"]] == [r["map50"] for r in doc["arms"]]
 
