@@ -36,8 +36,8 @@ from tqdm import tqdm
 from ..config import TrainConfig
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fsio import atomic_write_json, atomic_write_text
-from .dist import check_global_batch, default_device, dist_info, init_process_group
 from ..models.io import load_checkpoint, save_checkpoint
+from .dist import check_global_batch, default_device, dist_info, init_process_group
 from .ema import ModelEMA
 from .loss import DetectionLoss
 
