@@ -112,9 +112,10 @@ def stage_finetune(run: RunDir) -> dict[str, Any]:
         tcfg = continued(c.train, c.finetune.epochs, c.finetune.lr0, c.finetune.warmup_epochs)
         teacher = model_from_checkpoint(run.outputs("dense")["checkpoint"]) if c.finetune.distill else None
         fit(model, ds, tcfg, out, resume=True, imgsz=c.model.imgsz, teacher=teacher)
-        model = model_from_checkpoint(out / "best.pt")
     if not is_main():
-        return {}
+        return {}      # rank 0 alone writes best.pt (after its evaluation), evaluates and saves
+    if c.finetune.epochs > 0:
+        model = model_from_checkpoint(out / "best.pt")
     metrics = _evaluate(model, ds, run)
     save_pruned_model(out / "model", model, run.outputs("prune")["model_dir"])
     atomic_write_json(out / "model" / "metrics.json", metrics)
