@@ -375,6 +375,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--control", action="store_true",
                     help="also train the dense model on for the arms' extra epochs without pruning (the fair reference)")
     ap.add_argument("--no-latency", action="store_true", help="skip export + ORT latency (measure later)")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="report only the arm@target pairs this folder already finished (no training of arms)")
     ap.add_argument("--redo-latency", action="store_true", help="measure latency again even when cached")
     ap.add_argument("--latency-iters", type=int, default=100)
     ap.add_argument("--ort-threads", type=int, default=1)
@@ -444,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     for arm in args.arms:
         targets = args.targets if (arm in MAIN_ARMS or args.all_targets) else [args.headline]
         for t in targets:
+            if args.cached_only and not (out / "arms" / f"{arm}@{_tag(t)}" / "result.json").is_file():
+                log(f"arm {arm} @ -{100 * t:.0f}%: not run yet, left out (--cached-only)")
+                continue
             rows.append(bench.run_arm(arm, t))
             r = rows[-1]
             log(f"arm {arm} @ -{100 * t:.0f}%: FLOPs -{100 * r['flops_reduction']:.1f}%  mAP50 {r['map50']:.3f} "

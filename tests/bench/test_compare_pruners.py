@@ -92,9 +92,11 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
     control = doc["control"]       # the dense model trained on for the arms' extra epochs, not pruned
     assert control["params"] == dense["params"] and control["epochs"] == 2 and 0.0 <= control["map50"] <= 1.0
     # a second invocation resumes from the cache: nothing is retrained, the numbers are identical
-    proc2 = subprocess.run(cmd + ["--no-latency"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc2 = subprocess.run(cmd + ["--no-latency", "--cached-only", "--targets", "0.5,0.6"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
     assert proc2.returncode == 0, proc2.stderr[-3000:]
     assert "training" not in proc2.stdout and "fine-tuning" not in proc2.stdout and "control:" not in proc2.stdout
+    assert "@ -60%: not run yet, left out" in proc2.stdout      # --cached-only skips what is not finished
     again = json.loads((out / "results.json").read_text())
     assert [r["map50"] for r in again["arms"]] == [r["map50"] for r in doc["arms"]]
 
