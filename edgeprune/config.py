@@ -125,8 +125,8 @@ def continued(train: TrainConfig, epochs: int, lr0: float, warmup_epochs: float)
     """The training schedule for a stage that continues from trained weights (sparse, finetune): its own
     epochs, lr0 and a short warm-up in which the bias lr does NOT start at warmup_bias_lr. That spike (0.1,
     YOLOv5's from-scratch default, 20x the sparse lr0) shakes every BN beta of a trained model."""
-    return dataclasses.replace(train, epochs=epochs, lr0=lr0, warmup_epochs=min(warmup_epochs, train.warmup_epochs),
-                   warmup_bias_lr=0.0)
+    return dataclasses.replace(train, epochs=epochs, lr0=lr0, warmup_bias_lr=0.0,
+                               warmup_epochs=min(warmup_epochs, train.warmup_epochs))
 
 
 @dataclass

@@ -133,7 +133,7 @@ def build_config(args: Any) -> Config:
 def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None = None, restart: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     from . import stages  # heavy imports (torch) only when the pipeline actually runs
-    from .train.dist import dist_info, init_process_group, wait_for_main
+    from .train.dist import dist_info, init_process_group, shutdown, wait_for_main
 
     world, rank, _ = dist_info()
     if world > 1:
@@ -178,8 +178,7 @@ def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None =
             summary["stages"][stage] = {"status": "ran", **outputs}
         wait_for_main()                         # the marker is on disk before any rank looks at the next stage
     if world > 1:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+        shutdown()
     return summary
 
 

@@ -74,5 +74,15 @@ def wait_for_main() -> None:
     dist.barrier(group=_wait_group)
 
 
+def shutdown() -> None:
+    """Leave the process group (and forget the wait group, which belongs to it)."""
+    global _wait_group
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _wait_group = None
+
+
 def default_device() -> str:
     return f"cuda:{dist_info()[2]}" if torch.cuda.is_available() else "cpu"
