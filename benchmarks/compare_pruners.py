@@ -11,7 +11,7 @@ Arms (each at one or more FLOPs-reduction targets):
 
 OUT/ holds everything, cached so an interrupted run resumes:
   settings.json, dense/ (checkpoint, metrics, bundle), sparse/<variant>/ (shared by the arms that differ only
-  at prune time), arms/<arm>@<target>/ (pruned, finetune, model, bundle, result.json, latency.json),
+  at prune time; L1RR variants away from --headline: sparse/<variant>@<target>/), arms/<arm>@<target>/ (pruned, finetune, model, bundle, result.json, latency.json),
   results.json, results.md, pareto.png
 
 example:
@@ -191,24 +191,33 @@ class Bench:
         return _cached(d / "result.json", train)
 
     # sparse -----------------------------------------------------------------------------------------
-    def sparse_cfg(self, variant: str) -> Config:
+    def sparse_cfg(self, variant: str, target: float) -> Config:
         cfg = copy.deepcopy(self.cfg)
         for k, v in (SPARSE[variant] or {}).items():
             setattr(cfg.sparse, k, v)
-        cfg.sparse.flops_target = self.args.headline
+        # L1RR's sparse phase is told the target (its controller drives the zero share there, as `compress`
+        # does with sparse.target = sparse.flops_target); slimming's plain L1 does not use either.
+        cfg.sparse.target = cfg.sparse.flops_target = target
         return cfg
 
-    def run_sparse(self, variant: str) -> dict[str, Any]:
-        d = self.out / "sparse" / variant
+    def sparse_dir(self, variant: str, target: float) -> Path:
+        """One sparse phase per variant; an L1RR variant gets its own per target (its phase depends on it)."""
+        aims = SPARSE[variant] is not None and variant != "slimming"
+        name = variant if not aims or abs(target - self.args.headline) < 1e-9 else f"{variant}@{_tag(target)}"
+        return self.out / "sparse" / name
+
+    def run_sparse(self, variant: str, target: float) -> dict[str, Any]:
+        d = self.sparse_dir(variant, target)
 
         def train() -> dict[str, Any]:
             t0 = time.time()
-            log(f"sparse {variant}: {self.cfg.sparse.epochs} epochs")
+            log(f"sparse {d.name}: {self.cfg.sparse.epochs} epochs")
             if SPARSE[variant] is None:
                 res = self._tp_sparse(variant, d)
             else:
                 from edgeprune.sparsity.run import sparse_train
-                res = sparse_train(self.dense["checkpoint"], self.data, self.sparse_cfg(variant), d, progress=False)
+                res = sparse_train(self.dense["checkpoint"], self.data, self.sparse_cfg(variant, target), d,
+                                   progress=False)
                 res = {"checkpoint": res["sparse_ckpt"], "ratios": res["ratios"], "summary": res}
             return {**res, "seconds": round(time.time() - t0, 1)}
 
@@ -227,21 +236,6 @@ class Bench:
         return {"checkpoint": str(d / "sparse.pt"), "summary": {"method": variant, "map50_sparse": final.get("map50")}}
 
     # prune ------------------------------------------------------------------------------------------
-    def l1rr_ratios(self, variant: str, sparse: dict[str, Any], target: float) -> str:
-        """ratios.json of a sparse L1RR checkpoint at a FLOPs target (shared by the residual rules)."""
-        from edgeprune.models.io import model_from_checkpoint
-        from edgeprune.sparsity.ratios import save_ratios, solve_ratios
-
-        if abs(target - self.args.headline) < 1e-9:
-            return sparse["ratios"]          # sparse_train solved it at the headline target
-        path = Path(sparse["checkpoint"]).parent / f"ratios_{_tag(target)}.json"
-        if not path.is_file():
-            cfg = self.sparse_cfg(variant)
-            cfg.sparse.flops_target = target
-            model = model_from_checkpoint(sparse["checkpoint"])
-            save_ratios(solve_ratios(model, self.batches(), cfg.sparse, cfg.prune, mode="attention"), path)
-        return str(path)
-
     def slimming_keep(self, model: torch.nn.Module, target: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """Bisect the global gamma percentile until the (analytic) FLOPs reduction reaches the target."""
         from edgeprune.prune.io import keep_from_ratios
@@ -275,7 +269,7 @@ class Bench:
         from edgeprune.train.trainer import fit
 
         t0 = time.time()
-        sparse = self.run_sparse(variant)
+        sparse = self.run_sparse(variant, target)
         model = model_from_checkpoint(sparse["checkpoint"])
         dense_spec = {**model.spec, "widths": {}}
         pc = self.cfg.prune
@@ -290,7 +284,7 @@ class Bench:
             if variant == "slimming":
                 keep, info = self.slimming_keep(model, target)
             else:
-                ratios = self.l1rr_ratios(variant, sparse, target)
+                ratios = sparse["ratios"]           # solved by sparse_train at this arm's target
                 keep = keep_from_ratios(read_ratios(ratios), model, ratios)
                 info = {"ratios": ratios}
             res = prune_model(model, keep, rule=rule, round_to=pc.round_to, min_channels=pc.min_channels,

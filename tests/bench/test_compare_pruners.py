@@ -107,3 +107,21 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path):
            "--synth-root", str(tmp_path / "synth"), "--arms", "slimming"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "other settings" in proc.stderr
+
+
+def test_l1rr_gets_a_sparse_phase_per_target_the_others_share_one(tmp_path):
+    import argparse
+
+    from compare_pruners import Bench
+
+    from edgeprune.config import make_config
+
+    bench = Bench(make_config("default", {}), None, tmp_path, argparse.Namespace(headline=0.65))
+    assert bench.sparse_dir("l1rr", 0.65) == tmp_path / "sparse" / "l1rr"
+    assert bench.sparse_dir("l1rr", 0.5) == tmp_path / "sparse" / "l1rr@50"
+    assert bench.sparse_dir("l1rr_no_attention", 0.75) == tmp_path / "sparse" / "l1rr_no_attention@75"
+    for variant in ("slimming", "tp_bnscale", "tp_groupnorm"):       # their sparse phase ignores the target
+        assert bench.sparse_dir(variant, 0.5) == bench.sparse_dir(variant, 0.65) == tmp_path / "sparse" / variant
+    cfg = bench.sparse_cfg("l1rr_no_dynamic", 0.5)
+    assert (cfg.sparse.target, cfg.sparse.flops_target, cfg.sparse.dynamic) == (0.5, 0.5, False)
+    assert bench.cfg.sparse.target == 0.65                          # the shared config is left alone
