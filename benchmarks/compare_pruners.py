@@ -18,6 +18,7 @@ example:
   python benchmarks/compare_pruners.py --quick --out runs/bench_quick
   python benchmarks/compare_pruners.py --out runs/bench --dense runs/default/dense/best.pt --targets 0.5,0.65,0.75
   python benchmarks/compare_pruners.py --preset small --out runs/bench_small
+  python benchmarks/compare_pruners.py --preset benchmark --out runs/bench_416          # GPU: 416 px, s, 3000 images
   python benchmarks/compare_pruners.py --data /data/NWPU_VHR-10 --out runs/bench_nwpu --set model.imgsz=416
 """
 from __future__ import annotations
@@ -71,13 +72,16 @@ ARMS: dict[str, tuple[str, str]] = {
 }
 MAIN_ARMS = ("slimming", "tp_bnscale", "tp_groupnorm", "l1rr")   # run at every target; the rest at --headline
 
-# attention_tol ~0 in both presets: the L1RR ratio solver otherwise prunes as far as its attention tolerance
+# attention_tol ~0 in every preset: the L1RR ratio solver otherwise prunes as far as its attention tolerance
 # allows and treats the FLOPs target only as a floor; at ~0 the target binds, so the arms compare at equal FLOPs.
 # Sizes. "default": the `compress` default run (800/200 synthetic images at 320 px, n at 256 px, 8 sparse and
 # 8 fine-tune epochs; pass --dense runs/<name>/dense/best.pt to reuse its dense model), ~15 min per arm on one
 # thread here; "small" fits ~25 min of this shared 2-core machine in all; "quick" < 3 min (the slow test).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"train": {"eval_every": 1000}, "sparse": {"attention_tol": 1e-6}},
+    # the `benchmark` config preset (3000/500 images at 416 px, s at 416 px, 100 dense / 50 sparse / 50 fine-tune
+    # epochs): GPU hours, not run on this CPU machine
+    "benchmark": {"train": {"eval_every": 1000}, "sparse": {"attention_tol": 1e-6}},
     "small": {"data": {"synth_train": 200, "synth_val": 60, "synth_size": 160},
              "model": {"size": "n", "imgsz": 128},
              "train": {"epochs": 25, "batch": 16, "eval_every": 1000},
@@ -353,8 +357,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (resumes what is cached there)")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic set, 1 epoch per phase, 1 target, 3 arms")
-    ap.add_argument("--preset", choices=("default", "small"), default="default",
-                    help="default: the compress default run's data, model and budgets; small: n at 128 px, 200 images")
+    ap.add_argument("--preset", choices=("default", "small", "benchmark"), default="default",
+                    help="default: the compress default run's data, model and budgets; small: n at 128 px, 200 "
+                         "images; benchmark: the `benchmark` config preset (3000 images at 416 px, s, GPU hours)")
     ap.add_argument("--data", help="dataset path (YOLO/COCO/VOC/DIOR/NWPU VHR-10); default: synthetic")
     ap.add_argument("--format", default="auto", help="dataset format for --data (auto|yolo|coco|voc|nwpu)")
     ap.add_argument("--dense", help="use this dense checkpoint instead of training one (must fit the dataset)")
@@ -407,17 +412,22 @@ def machine() -> dict[str, Any]:
             "torch_pruning": getattr(torch_pruning, "__version__", "?")}
 
 
+def bench_config(args: argparse.Namespace) -> Config:
+    """The config preset (`benchmark` for --preset benchmark, else `default`) + this script's preset + --set/--data."""
+    preset = "quick" if args.quick else args.preset
+    over = _merge(PRESETS[preset], parse_set(args.set))
+    if args.data:
+        over = _merge(over, {"data": {"source": args.data, "format": args.format}})
+    return make_config("benchmark" if preset == "benchmark" else "default", over)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from edgeprune.data.dataset import load_dataset
     from edgeprune.data.synth import ensure_synthetic
 
-    over = PRESETS["quick" if args.quick else args.preset]
-    over = _merge(over, parse_set(args.set))
-    if args.data:
-        over = _merge(over, {"data": {"source": args.data, "format": args.format}})
-    cfg = make_config("default", over)
+    cfg = bench_config(args)
     c = cfg.data
     path = Path(args.data) if args.data else \
         ensure_synthetic(Path(args.synth_root), c.synth_train, c.synth_val, c.synth_size, c.seed, progress=False)

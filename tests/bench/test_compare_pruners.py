@@ -125,3 +125,13 @@ def test_l1rr_gets_a_sparse_phase_per_target_the_others_share_one(tmp_path):
     cfg = bench.sparse_cfg("l1rr_no_dynamic", 0.5)
     assert (cfg.sparse.target, cfg.sparse.flops_target, cfg.sparse.dynamic) == (0.5, 0.5, False)
     assert bench.cfg.sparse.target == 0.65                          # the shared config is left alone
+
+
+def test_benchmark_preset_is_the_config_preset_with_a_binding_flops_target():
+    from compare_pruners import bench_config, parse_args
+
+    cfg = bench_config(parse_args(["--out", "x", "--preset", "benchmark", "--set", "finetune.epochs=7"]))
+    assert (cfg.data.synth_train, cfg.data.synth_size, cfg.model.size, cfg.model.imgsz) == (3000, 416, "s", 416)
+    assert (cfg.sparse.attention_tol, cfg.finetune.epochs) == (1e-6, 7)
+    quick = bench_config(parse_args(["--out", "x", "--quick", "--preset", "benchmark"]))
+    assert (quick.data.synth_train, quick.model.imgsz) == (32, 64)      # --quick wins
