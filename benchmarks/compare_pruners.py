@@ -270,6 +270,7 @@ class Bench:
         from edgeprune.prune.apply import prune_model
         from edgeprune.prune.io import (keep_from_ratios, load_pruned, read_ratios, save_pruned, save_pruned_model,
                                         spec_from_pruned)
+        from edgeprune.sparsity.hook import distill_args
         from edgeprune.train.trainer import fit
 
         t0 = time.time()
@@ -303,8 +304,8 @@ class Bench:
         fc = self.cfg.finetune
         if fc.epochs > 0:
             log(f"arm {arm} @ -{100 * target:.0f}%: fine-tuning {fc.epochs} epochs")
-            fit(model, self.data, self.train_cfg(fc.epochs, fc.lr0, fc.warmup_epochs),
-                d / "finetune", imgsz=self.imgsz, progress=False)
+            fit(model, self.data, self.train_cfg(fc.epochs, fc.lr0, fc.warmup_epochs), d / "finetune",
+                imgsz=self.imgsz, progress=False, **distill_args(self.cfg, self.dense["checkpoint"]))
             model = model_from_checkpoint(d / "finetune" / "last.pt")
         save_pruned_model(d / "model", model, d / "pruned")
         m = self.evaluate(model)

@@ -143,7 +143,7 @@ class FinetuneConfig:
     epochs: int = 8
     lr0: float = 0.005
     warmup_epochs: float = 1.0         # lr warm-up of the pruned model (see continued())
-    distill: bool = False              # distil from the dense model during fine-tuning
+    distill: bool = False              # add the feature attention loss against the dense model (sparse.attention_*)
 
 
 @dataclass

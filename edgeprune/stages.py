@@ -102,6 +102,7 @@ def stage_prune(run: RunDir) -> dict[str, Any]:
 def stage_finetune(run: RunDir) -> dict[str, Any]:
     from .models.io import model_from_checkpoint
     from .prune.io import load_pruned, save_pruned_model
+    from .sparsity.hook import distill_args
     from .train.trainer import fit
 
     ds = _dataset(run)
@@ -110,8 +111,8 @@ def stage_finetune(run: RunDir) -> dict[str, Any]:
     model = load_pruned(run.outputs("prune")["model_dir"]).model
     if c.finetune.epochs > 0:
         tcfg = continued(c.train, c.finetune.epochs, c.finetune.lr0, c.finetune.warmup_epochs)
-        teacher = model_from_checkpoint(run.outputs("dense")["checkpoint"]) if c.finetune.distill else None
-        fit(model, ds, tcfg, out, resume=True, imgsz=c.model.imgsz, teacher=teacher)
+        fit(model, ds, tcfg, out, resume=True, imgsz=c.model.imgsz,
+            **distill_args(c, run.outputs("dense")["checkpoint"]))
     if not is_main():
         return {}      # rank 0 alone writes best.pt (after its evaluation), evaluates and saves
     if c.finetune.epochs > 0:

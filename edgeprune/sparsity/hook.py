@@ -1,13 +1,15 @@
-"""The trainer hook (CONTRACTS.md, Training): attention loss in `extra_loss`, L1RR subgradients in
-`after_backward`, sparsity statistics in `on_epoch_end`, resumable through `state_dict`."""
+"""The trainer hooks (CONTRACTS.md, Training). SparsityHook: attention loss in `extra_loss`, L1RR subgradients
+in `after_backward`, sparsity statistics in `on_epoch_end`, resumable through `state_dict`. DistillHook: the
+same attention loss alone, for fine-tuning a pruned model against the dense one (`finetune.distill`)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import SparseConfig
+from ..config import Config, SparseConfig
 from .attention import attention_loss, target_energy
 from .bnscan import unwrap
 from .regularizer import L1RRRegularizer
@@ -39,6 +41,51 @@ def bn_lr(trainer: Any, reg: L1RRRegularizer) -> float | None:
     return None
 
 
+def _attention_kw(c: SparseConfig) -> dict[str, float]:
+    return {"p": c.attention_p, "fg_weight": c.fg_weight, "small_area": c.small_area, "small_boost": c.small_boost}
+
+
+def _freeze(teacher: torch.nn.Module) -> None:
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+
+def teacher_attention(cfg: SparseConfig, trainer: Any, imgs: torch.Tensor, targets: torch.Tensor,
+                      feats: list[torch.Tensor]) -> torch.Tensor:
+    """The feature attention loss of the student's neck features `feats` against `trainer.teacher`'s on the
+    same images. Attention maps average over channels, so a pruned student compares with its dense teacher."""
+    with torch.no_grad():
+        teacher_feats = trainer.teacher.forward_features(imgs)
+    return attention_loss(feats, teacher_feats, targets, **_attention_kw(cfg))
+
+
+class DistillHook:
+    """Fine-tuning with the feature attention loss (weight `sparse.attention_weight`) against the frozen dense
+    model passed to the trainer as `teacher`: the pruned model is pulled back to the dense model's target
+    features while it recovers."""
+
+    def __init__(self, cfg: SparseConfig):
+        self.cfg = cfg
+
+    def on_train_start(self, trainer: Any) -> None:
+        if trainer.teacher is None:
+            raise ValueError("DistillHook needs the trainer's teacher (the dense model)")
+        _freeze(trainer.teacher)
+
+    def extra_loss(self, trainer: Any, imgs: torch.Tensor, targets: torch.Tensor, feats: list[torch.Tensor]):
+        loss = teacher_attention(self.cfg, trainer, imgs, targets, feats)
+        return self.cfg.attention_weight * loss, {"att": float(loss.detach())}
+
+
+def distill_args(cfg: Config, dense_checkpoint: str | Path) -> dict[str, Any]:
+    """fit() keyword arguments of a fine-tune: with `finetune.distill`, the dense teacher and a DistillHook."""
+    if not cfg.finetune.distill:
+        return {}
+    from ..models.io import model_from_checkpoint
+    return {"teacher": model_from_checkpoint(dense_checkpoint), "hooks": [DistillHook(cfg.sparse)]}
+
+
 class SparsityHook:
     def __init__(self, cfg: SparseConfig):
         self.cfg = cfg
@@ -52,17 +99,11 @@ class SparsityHook:
     def use_attention(self) -> bool:
         return self.cfg.method == "l1rr" and self.cfg.attention and self.cfg.attention_weight > 0
 
-    def _kw(self) -> dict[str, float]:
-        c = self.cfg
-        return {"p": c.attention_p, "fg_weight": c.fg_weight, "small_area": c.small_area, "small_boost": c.small_boost}
-
     def on_train_start(self, trainer: Any) -> None:
         model = unwrap(trainer.model)
         self.reg = L1RRRegularizer(model, self.cfg, total_steps(trainer))
         if trainer.teacher is not None:
-            trainer.teacher.eval()
-            for p in trainer.teacher.parameters():
-                p.requires_grad_(False)
+            _freeze(trainer.teacher)
         if self._pending is not None:
             if self._pending.get("reg"):
                 self.reg.load_state_dict(self._pending["reg"])
@@ -80,9 +121,7 @@ class SparsityHook:
             self._observe_taylor(targets, feats)
         if not (self.use_attention and trainer.teacher is not None):
             return None
-        with torch.no_grad():
-            teacher_feats = trainer.teacher.forward_features(imgs)
-        loss = attention_loss(feats, teacher_feats, targets, **self._kw())
+        loss = teacher_attention(self.cfg, trainer, imgs, targets, feats)
         self._last_att = float(loss.detach())
         return self.cfg.attention_weight * loss, {"att": self._last_att}
 
@@ -90,7 +129,7 @@ class SparsityHook:
         """Target-region Taylor importance |gamma * dE/dgamma| of every penalised BN, from this step's graph."""
         names = list(self.reg.bns)
         params = [self.reg.bns[n].weight for n in names]
-        energy = target_energy(feats, targets, **self._kw())
+        energy = target_energy(feats, targets, **_attention_kw(self.cfg))
         if not energy.requires_grad:
             return
         grads = torch.autograd.grad(energy, params, retain_graph=True, allow_unused=True)

@@ -50,6 +50,21 @@ def test_quick_compress_writes_every_artefact(reference_run):
     assert again.stdout.count("already finished") == 7
 
 
+def test_finetune_distill_reruns_only_the_stages_after_prune(reference_run):
+    import shutil
+
+    base, _ = reference_run
+    runs = base / "runs"
+    shutil.copytree(runs / "ref", runs / "distill")
+    out = _compress(runs, "distill", base / "cache", "--set", "finetune.distill=true")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for stage in ("dense", "sparse", "prune"):
+        assert f"stage {stage}: already finished" in out.stdout
+    assert "stage finetune: already finished" not in out.stdout
+    history = json.loads((runs / "distill" / "finetune" / "log.json").read_text())["history"]
+    assert history and all(row["att"] > 0 for row in history)      # the attention loss against the dense model
+
+
 def test_kill_during_sparse_then_resume(reference_run):
     base, _ = reference_run
     runs = base / "runs"

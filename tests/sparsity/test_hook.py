@@ -64,3 +64,43 @@ def test_hook_state_survives_a_weights_only_checkpoint(tiny_model, cfg):
     assert fresh.steps == hook.steps
     fresh = _loop(tiny_model, None, cfg, 8, hook=fresh, start=6)
     assert [s[0] for s in fresh.steps] == list(range(8))
+
+
+def test_distill_hook_pulls_a_narrower_student_to_the_dense_teachers_attention(cfg):
+    from edgeprune.models.spec import new_spec
+    from edgeprune.models.yolo import build_model
+    from edgeprune.sparsity.hook import DistillHook
+
+    torch.manual_seed(0)
+    teacher = build_model(new_spec(2, size="s"))     # twice as wide: attention maps average over channels
+    student = build_model(new_spec(2, size="n"))
+    hook = DistillHook(cfg.sparse)
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    trainer = SimpleNamespace(model=student, teacher=teacher)
+    hook.on_train_start(trainer)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    imgs = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.2, 0.2], [1, 1, 0.3, 0.6, 0.1, 0.1]])
+    losses = []
+    for _ in range(15):
+        loss, items = hook.extra_loss(trainer, imgs, targets, student.forward_features(imgs))
+        losses.append(items["att"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[0] > 0 and losses[-1] < 0.7 * losses[0], losses
+    same = SimpleNamespace(model=teacher, teacher=teacher)       # a student equal to its teacher: no loss
+    assert hook.extra_loss(same, imgs, targets, teacher.forward_features(imgs))[1]["att"] < 1e-9
+
+
+def test_distill_args_follow_finetune_distill(cfg, tiny_model, tmp_path):
+    from edgeprune.models.io import save_checkpoint
+    from edgeprune.sparsity.hook import DistillHook, distill_args
+
+    save_checkpoint(tmp_path / "dense.pt", tiny_model)
+    assert distill_args(cfg, tmp_path / "dense.pt") == {}
+    cfg.finetune.distill = True
+    args = distill_args(cfg, tmp_path / "dense.pt")
+    assert isinstance(args["hooks"][0], DistillHook)
+    assert torch.equal(args["teacher"].state_dict()["layers.0.conv.weight"],
+                       tiny_model.state_dict()["layers.0.conv.weight"])
