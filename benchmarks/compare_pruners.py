@@ -199,9 +199,12 @@ class Bench:
         cfg = copy.deepcopy(self.cfg)
         for k, v in (SPARSE[variant] or {}).items():
             setattr(cfg.sparse, k, v)
-        # L1RR's sparse phase is told the target (its controller drives the zero share there, as `compress`
-        # does with sparse.target = sparse.flops_target); slimming's plain L1 does not use either.
-        cfg.sparse.target = cfg.sparse.flops_target = target
+        # L1RR's sparse phase is told the target: its controller drives the zero share to it, offset by the
+        # config's sparse.target - sparse.flops_target (0 by default, as `compress` runs it); slimming's plain
+        # L1 uses neither.
+        offset = cfg.sparse.target - cfg.sparse.flops_target
+        cfg.sparse.flops_target = target
+        cfg.sparse.target = min(max(target + offset, 0.01), 0.99)
         return cfg
 
     def sparse_dir(self, variant: str, target: float) -> Path:

@@ -125,6 +125,8 @@ def test_l1rr_gets_a_sparse_phase_per_target_the_others_share_one(tmp_path):
     cfg = bench.sparse_cfg("l1rr_no_dynamic", 0.5)
     assert (cfg.sparse.target, cfg.sparse.flops_target, cfg.sparse.dynamic) == (0.5, 0.5, False)
     assert bench.cfg.sparse.target == 0.65                          # the shared config is left alone
+    bench.cfg.sparse.target = 0.6                                   # --set sparse.target=0.6: 0.05 below
+    assert bench.sparse_cfg("l1rr", 0.5).sparse.target == pytest.approx(0.45)
 
 
 def test_benchmark_preset_is_the_config_preset_with_a_binding_flops_target():
