@@ -16,10 +16,11 @@ def _num(x: float | None, fmt: str = "{:.3f}") -> str:
 
 
 def markdown_table(doc: dict[str, Any]) -> str:
-    d = doc["dense"]
+    d, c = doc["dense"], doc.get("control")
+    vs = " | Δ vs control" if c else ""           # the fair reference: as many epochs as the arms, no pruning
     lines = ["| arm | FLOPs target | FLOPs −% | params −% | GFLOPs | params | mAP50 (Δ pts) | mAP50 after prune, "
-             "before FT | mAP50-95 | AP_small | ORT ms (dense ms) | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"before FT | mAP50-95 | AP_small | ORT ms (dense ms) | speed-up{vs} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if c else "")]
 
     def lat(row: dict[str, Any]) -> tuple[str, str]:
         la = row.get("latency")
@@ -30,19 +31,18 @@ def markdown_table(doc: dict[str, Any]) -> str:
     dense_lat = d.get("latency") or {}
     lines.append(f"| dense | – | 0 | 0 | {d['flops'] / 1e9:.3f} | {d['params']:,} | {d['map50']:.3f} | – | "
                  f"{d['map']:.3f} | {_num(d.get('ap_small'))} | "
-                 f"{_num(dense_lat.get('infer_median_ms'), '{:.2f}')} | 1.00× |")
-    c = doc.get("control")
+                 f"{_num(dense_lat.get('infer_median_ms'), '{:.2f}')} | 1.00× |" + (" – |" if c else ""))
     if c:
         lines.append(f"| dense + {c['epochs']} epochs, not pruned (control) | – | 0 | 0 | {c['flops'] / 1e9:.3f} | "
                      f"{c['params']:,} | {c['map50']:.3f} ({100 * (c['map50'] - d['map50']):+.1f}) | – | {c['map']:.3f} | "
-                     f"{_num(c.get('ap_small'))} | – | – |")
+                     f"{_num(c.get('ap_small'))} | – | – | 0 |")
     for r in doc["arms"]:
         ms, sp = lat(r)
         delta = 100 * (r["map50"] - d["map50"])
         lines.append(f"| {r['arm']} | −{100 * r['target']:.0f} % | {_pct(r['flops_reduction'])} | "
                      f"{_pct(r['params_reduction'])} | {r['flops'] / 1e9:.3f} | {r['params']:,} | "
                      f"{r['map50']:.3f} ({delta:+.1f}) | {_num(r.get('map50_pruned'))} | {r['map']:.3f} | "
-                     f"{_num(r.get('ap_small'))} | {ms} | {sp} |")
+                     f"{_num(r.get('ap_small'))} | {ms} | {sp} |" + (f" {100 * (r['map50'] - c['map50']):+.1f} |" if c else ""))
     return "\n".join(lines) + "\n"
 
 
