@@ -122,6 +122,7 @@ def test_l1rr_gets_a_sparse_phase_per_target_the_others_share_one(tmp_path):
     assert bench.sparse_dir("l1rr_no_attention", 0.75) == tmp_path / "sparse" / "l1rr_no_attention@75"
     for variant in ("slimming", "tp_bnscale", "tp_groupnorm"):       # their sparse phase ignores the target
         assert bench.sparse_dir(variant, 0.5) == bench.sparse_dir(variant, 0.65) == tmp_path / "sparse" / variant
+    bench.cfg.sparse.target = 0.65                                  # --set sparse.target=0.65: no offset
     cfg = bench.sparse_cfg("l1rr_no_dynamic", 0.5)
     assert (cfg.sparse.target, cfg.sparse.flops_target, cfg.sparse.dynamic) == (0.5, 0.5, False)
     assert bench.cfg.sparse.target == 0.65                          # the shared config is left alone
