@@ -11,8 +11,9 @@ Arms (each at one or more FLOPs-reduction targets):
 
 OUT/ holds everything, cached so an interrupted run resumes:
   settings.json, dense/ (checkpoint, metrics, bundle), sparse/<variant>/ (shared by the arms that differ only
-  at prune time; L1RR variants away from --headline: sparse/<variant>@<target>/), arms/<arm>@<target>/ (pruned, finetune, model, bundle, result.json, latency.json),
-  results.json, results.md, pareto.png
+  at prune time; L1RR variants away from --headline: sparse/<variant>@<target>/),
+  arms/<arm>@<target>/ (pruned, finetune, model, bundle, result.json, latency.json), results.json, results.md,
+  pareto.png
 
 example:
   python benchmarks/compare_pruners.py --quick --out runs/bench_quick
@@ -200,8 +201,8 @@ class Bench:
         for k, v in (SPARSE[variant] or {}).items():
             setattr(cfg.sparse, k, v)
         # L1RR's sparse phase is told the target: its controller drives the zero share to it, offset by the
-        # config's sparse.target - sparse.flops_target (0 by default, as `compress` runs it); slimming's plain
-        # L1 uses neither.
+        # config's sparse.target - sparse.flops_target (-0.10 by default, as `compress` runs it); slimming's
+        # plain L1 uses neither.
         offset = cfg.sparse.target - cfg.sparse.flops_target
         cfg.sparse.flops_target = target
         cfg.sparse.target = min(max(target + offset, 0.01), 0.99)
