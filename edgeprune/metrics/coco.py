@@ -80,3 +80,15 @@ def coco_map(gts: Sequence[GroundTruth], dets: Sequence[Detections], names: Sequ
         per_class[name] = {"ap50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else -1.0,
                            "ap": float(p[p > -1].mean()) if (p > -1).any() else -1.0}
     return {"map50": float(stats[1]), "map": float(stats[0]), "ap_small": float(stats[3]), "per_class": per_class}
+
+
+def resampled_map50(gts: Sequence[GroundTruth], dets: Sequence[Detections], names: Sequence[str],
+                    image_sizes: Sequence[tuple[int, int]], samples: np.ndarray) -> np.ndarray:
+    """mAP50 on each resample of the images: `samples` is an (n, k) array of image indices (a bootstrap draws
+    them with replacement; an image drawn twice counts as two images). Give every model the same `samples`
+    for a paired comparison: the spread of the per-resample differences is the sampling noise of the images."""
+    out = np.empty(len(samples))
+    for r, idx in enumerate(np.asarray(samples)):
+        out[r] = coco_map([gts[i] for i in idx], [dets[i] for i in idx], names,
+                          [image_sizes[i] for i in idx])["map50"]
+    return out

@@ -99,6 +99,28 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
     assert "@ -60%: not run yet, left out" in proc2.stdout      # --cached-only skips what is not finished
     again = json.loads((out / "results.json").read_text())
     assert [r["map50"] for r in again["arms"]] == [r["map50"] for r in doc["arms"]]
+    # the same folder on held-out scenes (seed 0 + 1), with paired bootstrap intervals
+    ho = tmp_path / "heldout"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "heldout_eval.py"), "--run", str(out), "--out", str(ho),
+           "--holdout", "6", "--bootstrap", "4", "--synth-root", str(tmp_path / "synth"),
+           "--pair", "l1rr@50,slimming@50"]
+    proc3 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc3.returncode == 0, proc3.stderr[-3000:]
+    held = json.loads((ho / "heldout.json").read_text())
+    assert held["heldout"]["images"] == 6 and "-s1-" in held["heldout"]["name"]
+    models = {m["label"]: m for m in held["models"]}
+    assert set(models) == {"dense", "control", "slimming@50", "tp_bnscale@50", "l1rr@50"}
+    val = {"dense": dense, "control": control, **{f"{a}@50": r for a, r in arms.items()}}
+    for label, m in models.items():
+        assert 0.0 <= m["map50"] <= 1.0 and m["val_map50"] == val[label]["map50"]
+        if label not in ("dense", "control"):
+            for key in ("vs_dense", "vs_control"):
+                c = m[key]
+                assert c["delta_map50"] == pytest.approx(m["map50"] - models[key[3:]]["map50"])
+                assert c["ci95"][0] <= c["ci95"][1] and 0.0 <= c["share_a_better"] <= 1.0
+    pair = held["pairs"][0]
+    assert pair["delta_map50"] == pytest.approx(models["l1rr@50"]["map50"] - models["slimming@50"]["map50"])
+    assert len(list((ho / "dets").rglob("*.npz"))) == 5 and "| l1rr@50 − slimming@50 |" in (ho / "heldout.md").read_text()
 
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path):
@@ -107,6 +129,21 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path):
            "--synth-root", str(tmp_path / "synth"), "--arms", "slimming"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "other settings" in proc.stderr
+
+
+def test_heldout_refuses_folders_from_different_dense_models(tmp_path):
+    from heldout_eval import main
+
+    from edgeprune.errors import UsageError
+
+    for k in "ab":
+        (tmp_path / k).mkdir()
+        (tmp_path / k / "settings.json").write_text("{}")
+        (tmp_path / k / "results.json").write_text(json.dumps({"dense": {"sha256": k}, "arms": []}))
+    with pytest.raises(UsageError, match="different dense checkpoints"):
+        main(["--run", str(tmp_path / "a"), "--run", str(tmp_path / "b"), "--out", str(tmp_path / "o")])
+    with pytest.raises(UsageError, match="not a finished compare_pruners.py folder"):
+        main(["--run", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
 
 
 def test_l1rr_gets_a_sparse_phase_per_target_the_others_share_one(tmp_path):

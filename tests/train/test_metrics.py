@@ -96,6 +96,26 @@ def test_no_detections_and_no_ground_truth():
     assert coco_map(empty_gt, none, ["a"])["ap_small"] == -1.0
 
 
+def test_resampled_map50_is_coco_map_of_the_drawn_images():
+    from edgeprune.metrics.coco import resampled_map50
+
+    gts, dets, names = _fixture(n_img=8)
+    sizes = [(260, 260)] * len(gts)
+    draws = np.array([np.arange(8), [0, 0, 1, 1, 2, 2, 3, 3], [7, 6, 5, 4, 7, 6, 5, 4]])
+    got = resampled_map50(gts, dets, names, sizes, draws)
+    assert got[0] == coco_map(gts, dets, names, sizes)["map50"]                   # the identity draw
+    # an image drawn twice counts as two images: the same as a data set holding it twice
+    doubled = [0, 0, 1, 1, 2, 2, 3, 3]
+    assert got[1] == coco_map([gts[i] for i in doubled], [dets[i] for i in doubled], names, sizes)["map50"]
+    assert len(set(got.round(9))) == 3                                              # the draws differ
+    # paired: a model that misses one hit of image 0 differs only on the draws that hold image 0
+    worse = list(dets)
+    b, s, c = dets[0]
+    worse[0] = (b[1:], s[1:], c[1:])       # its first detection is a hit (IoU > 0.8 with a ground truth)
+    diff = resampled_map50(gts, dets, names, sizes, draws) - resampled_map50(gts, worse, names, sizes, draws)
+    assert diff[2] == 0.0 and diff[0] > 0 and diff[1] > 0
+
+
 def test_evaluate_runs_the_device_pipeline(tmp_path):
     """A model whose decoded output is a fixed box must score AP 1 after letterbox + NMS + scale_boxes."""
     img = np.full((120, 200, 3), 50, np.uint8)
