@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     ap.add_argument("--pair", action="append", default=[], metavar="A,B",
                     help="also report model A minus model B (labels as in the table, e.g. l1rr@65:zs0.55)")
+    ap.add_argument("--models", metavar="A,B,...",
+                    help="only these models (and dense, control): the bootstrap costs B mAP evaluations a model")
     ap.add_argument("--jobs", type=int, default=1, help="processes for the bootstrap")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for inference")
     ap.add_argument("--synth-root", default="data/synthetic", help="cache folder of synthetic datasets")
@@ -82,9 +84,11 @@ def models_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from edgeprune.models.io import model_from_checkpoint
     from edgeprune.prune.io import load_pruned
 
-    shas = {r["results"]["dense"]["sha256"] for r in runs}
-    if len(shas) != 1:
-        raise UsageError("--run folders start from different dense checkpoints; paired comparisons need one")
+    for what, key in (("dense checkpoints", lambda r: r["results"]["dense"]["sha256"]),
+                      ("data sets", lambda r: r["settings"]["dataset"]),
+                      ("input sizes", lambda r: r["settings"]["config"]["model"]["imgsz"])):
+        if len({key(r) for r in runs}) != 1:
+            raise UsageError(f"--run folders differ in their {what}; paired comparisons need one")
     first = runs[0]["results"]["dense"]
     models = [{"label": "dense", "load": lambda p=first["checkpoint"]: model_from_checkpoint(p),
                "file": Path(first["checkpoint"]), "row": first}]
@@ -205,10 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     runs = [read_run(r) for r in args.run]
     models = models_of(runs)
     labels = {m["label"] for m in models}
-    for p in args.pair:
-        missing = [x for x in p.split(",") if x not in labels]
+    wanted = args.models.split(",") if args.models else []
+    for opt, names in [("--models", wanted)] + [("--pair " + p, p.split(",")) for p in args.pair]:
+        missing = [x for x in names if x not in labels]
         if missing:
-            raise UsageError(f"--pair {p}: no model {missing[0]!r}; known: {', '.join(sorted(labels))}")
+            raise UsageError(f"{opt}: no model {missing[0]!r}; known: {', '.join(sorted(labels))}")
+    if wanted:
+        keep = {"dense", "control", *wanted, *(x for p in args.pair for x in p.split(","))}
+        models = [m for m in models if m["label"] in keep]
+        labels = {m["label"] for m in models}
     samples, names, set_name = heldout_samples(runs, args)
     imgsz = runs[0]["settings"]["config"]["model"]["imgsz"]
     out = Path(args.out)
