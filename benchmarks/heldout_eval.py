@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import io
 import json
 import sys
@@ -126,9 +127,9 @@ def heldout_samples(runs: list[dict[str, Any]], args: argparse.Namespace) -> tup
     return test, ds.names, f"{Path(s['dataset']).name}:test"
 
 
-def detections(model: dict[str, Any], samples: list, imgsz: int, cache: Path) -> tuple[list, list]:
-    """The model's detections on the held-out images and the images' (h, w), cached by the model file's sha256
-    and the image set."""
+def detections(model: dict[str, Any], samples: list, imgsz: int, cache: Path) -> tuple[list, list, Path]:
+    """The model's detections on the held-out images, the images' (h, w) and the cache file: detections are
+    cached by the model file's sha256 and the image set."""
     from edgeprune.metrics import predict
 
     path = cache / f"{sha256_file(model['file'])[:16]}.npz"
@@ -140,11 +141,11 @@ def detections(model: dict[str, Any], samples: list, imgsz: int, cache: Path) ->
                             scores=np.concatenate([d[1] for d in dets]),
                             classes=np.concatenate([d[2] for d in dets]), shapes=np.asarray(shapes, np.int64))
         atomic_write_bytes(path, buf.getvalue())
-    z = np.load(path)
-    ends = np.cumsum(z["counts"])
-    starts = ends - z["counts"]
-    return ([(z["boxes"][a:b], z["scores"][a:b], z["classes"][a:b]) for a, b in zip(starts, ends)],
-            [tuple(int(v) for v in hw) for hw in z["shapes"]])
+    with np.load(path) as z:       # each z[key] decompresses the whole array again: read every key once
+        counts, boxes, scores, classes, shapes = (z[k] for k in ("counts", "boxes", "scores", "classes", "shapes"))
+    ends = np.cumsum(counts)
+    return ([(boxes[a:b], scores[a:b], classes[a:b]) for a, b in zip(ends - counts, ends)],
+            [tuple(int(v) for v in hw) for hw in shapes], path)
 
 
 def _interval(diff: np.ndarray) -> list[float] | None:
@@ -187,19 +188,22 @@ def _bootstrap_one(job: tuple) -> np.ndarray:
 
 
 def bootstrap(gts: list, dets: dict[str, list], names: list[str], shapes: list, resamples: int, seed: int,
-              jobs: int, progress: Callable[[str], None]) -> dict[str, np.ndarray]:
-    """Per model, its mAP50 on the same `resamples` bootstrap draws of the images."""
+              jobs: int, caches: dict[str, Path], progress: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """Per model, its mAP50 on the same `resamples` bootstrap draws of the images (the draws depend only on the
+    image count, `resamples` and `seed`, so each model's vector is cached beside its detections)."""
     samples = np.random.default_rng(seed).integers(0, len(gts), size=(resamples, len(gts)))
-    labels = list(dets)
-    work = [(gts, dets[k], names, shapes, samples) for k in labels]
-    if jobs == 1:
-        out = {}
-        for k, w in zip(labels, work):
-            out[k] = _bootstrap_one(w)
+    files = {k: caches[k].with_name(f"{caches[k].stem}-boot{resamples}-seed{seed}.npy") for k in dets}
+    out = {k: np.load(f) for k, f in files.items() if f.is_file()}
+    todo = [k for k in dets if k not in out]
+    work = [(gts, dets[k], names, shapes, samples) for k in todo]
+    with concurrent.futures.ProcessPoolExecutor(jobs) if jobs > 1 else contextlib.nullcontext() as pool:
+        for k, vec in zip(todo, pool.map(_bootstrap_one, work) if pool else map(_bootstrap_one, work)):
+            buf = io.BytesIO()
+            np.save(buf, vec)
+            atomic_write_bytes(files[k], buf.getvalue())
+            out[k] = vec
             progress(k)
-        return out
-    with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
-        return dict(zip(labels, pool.map(_bootstrap_one, work)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,13 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     cache = out / "dets" / set_name.replace(":", "_")
     gts = [(np.asarray(s.boxes, np.float32).reshape(-1, 4), np.asarray(s.classes).reshape(-1)) for s in samples]
-    dets, scores = {}, {}
+    dets, scores, caches = {}, {}, {}
     for m in models:
-        dets[m["label"]], shapes = detections(m, samples, imgsz, cache)
+        dets[m["label"]], shapes, caches[m["label"]] = detections(m, samples, imgsz, cache)
         scores[m["label"]] = coco_map(gts, dets[m["label"]], names, shapes)
         log(f"{m['label']}: held-out mAP50 {scores[m['label']]['map50']:.3f} (val {m['row']['map50']:.3f})")
     t0 = time.time()
-    boot = bootstrap(gts, dets, names, shapes, args.bootstrap, args.seed, args.jobs,
+    boot = bootstrap(gts, dets, names, shapes, args.bootstrap, args.seed, args.jobs, caches,
                      lambda k: log(f"bootstrap {k}: {args.bootstrap} resamples done"))
     rows = []
     for m in models:

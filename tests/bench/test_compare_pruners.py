@@ -120,6 +120,10 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
                 assert c["ci95"][0] <= c["ci95"][1] and 0.0 <= c["share_a_better"] <= 1.0
     pair = held["pairs"][0]
     assert pair["delta_map50"] == pytest.approx(models["l1rr@50"]["map50"] - models["slimming@50"]["map50"])
+    # again: detections and bootstrap vectors come from the cache, the numbers are the same
+    proc4 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc4.returncode == 0 and "bootstrap" not in proc4.stdout, proc4.stderr[-3000:]
+    assert json.loads((ho / "heldout.json").read_text())["models"] == held["models"]
     assert len(list((ho / "dets").rglob("*.npz"))) == 4 and "| l1rr@50 − slimming@50 |" in (ho / "heldout.md").read_text()
 
 
