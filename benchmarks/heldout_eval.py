@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{m['label']}: held-out mAP50 {scores[m['label']]['map50']:.3f} (val {m['row']['map50']:.3f})")
     t0 = time.time()
     boot = bootstrap(gts, dets, names, shapes, args.bootstrap, args.seed, args.jobs, caches,
-                     lambda k: log(f"bootstrap {k}: {args.bootstrap} resamples done"))
+                     lambda k: log(f"bootstrap {k}: {args.bootstrap} resamples done")) if args.bootstrap else \
+        {k: np.empty(0) for k in dets}          # point estimates only: no intervals
     rows = []
     for m in models:
         k = m["label"]
