@@ -46,7 +46,7 @@ from compare_report import plot_pareto, write_markdown  # noqa: E402
 from compare_tp import TP_ARMS, TPRegularizerHook, prune_to_flops  # noqa: E402
 
 from edgeprune.config import Config, continued, make_config, parse_set  # noqa: E402
-from edgeprune.errors import EdgepruneError, UsageError  # noqa: E402
+from edgeprune.errors import UsageError, run_script  # noqa: E402
 from edgeprune.fsio import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 # sparse variants: SparseConfig overrides (None = a Torch-Pruning regulariser instead of ours)
@@ -494,8 +494,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EdgepruneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2 if isinstance(exc, UsageError) else 1)
+    run_script(main)

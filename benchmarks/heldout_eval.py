@@ -33,7 +33,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
-from edgeprune.errors import EdgepruneError, UsageError  # noqa: E402
+from edgeprune.errors import UsageError, run_script  # noqa: E402
 from edgeprune.fsio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 from edgeprune.metrics.coco import coco_map, resampled_map50  # noqa: E402
 
@@ -257,8 +257,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EdgepruneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2 if isinstance(exc, UsageError) else 1)
+    run_script(main)

@@ -2,8 +2,9 @@
 
 Every message names the thing that is wrong (file and line, config key, layer, ONNX node) and, where
 there is one, what to do about it. The CLI turns these into exit code 1 (or 2 for UsageError) and a
-one-line message instead of a traceback.
+one-line message instead of a traceback (scripts outside the CLI: `run_script`).
 """
+import sys
 
 
 class EdgepruneError(Exception):
@@ -56,3 +57,14 @@ class DistributedError(EdgepruneError):
 
 class StorageError(EdgepruneError):
     """Writing an artefact failed (disk full, permission denied); names the path."""
+
+
+def run_script(main):
+    """Run a script's `main()` and exit with its status; an EdgepruneError becomes one `error: ...` line on
+    stderr and exit status 2 (UsageError) or 1, as in the CLI."""
+    try:
+        status = main()
+    except EdgepruneError as exc:
+        sys.stderr.write("error: {}\n".format(exc))
+        status = 2 if isinstance(exc, UsageError) else 1
+    sys.exit(status)
