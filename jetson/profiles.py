@@ -74,12 +74,12 @@ def resolve_precision(requested, profile, fast_fp16=None, fast_int8=None):
     return prec, notes
 
 
-def board_model(profile, path=DEVICE_TREE_MODEL):
+def board_model(profile, path=None):
     """What the engine cache keys the board by: the device-tree model string on a Jetson (Xavier NX and AGX
     Xavier are both sm_72, Orin Nano and AGX Orin both sm_87, and their engines are tuned for their own SM
     count and clocks), else the --device profile name."""
     try:
-        with open(path, "rb") as f:
+        with open(path or DEVICE_TREE_MODEL, "rb") as f:
             model = f.read().replace(b"\0", b"").decode("utf-8", "replace").strip()
     except (IOError, OSError):
         model = ""

@@ -340,6 +340,7 @@ def _exact(impl, version, state):
     ns = {"__slots__": ("_s",), "__module__": "tensorrt", "__init__": impl.__init__, "_t": state}
     for name in NAMES[_key(version)][impl.__name__].split():
         ns[name] = impl.__dict__[name] if name in impl.__dict__ else _unmodelled(impl.__name__, name)
+    ns.update((k, v) for k, v in impl.__dict__.items() if k.startswith("_f_"))  # the fake's own helpers
     return type(impl.__name__, (object,), ns)
 
 
