@@ -1,8 +1,9 @@
 """TensorRT engine build (FP32/FP16/INT8) and the engine cache. Python 3.6 (TRT 8.0/8.2) to TRT 10.
 
 An engine is only valid for the ONNX, precision, input shape and optimization-profile shapes, TensorRT version,
-GPU (compute capability), board model, workspace and DLA core it was built with, so the cache key hashes all of them; a cached engine built by
-another TensorRT or for another GPU is reported and rebuilt, never loaded. The choices that depend on the
+GPU (compute capability), board model, workspace and DLA core it was built with, so the cache key hashes all of
+them; a cached engine built by another TensorRT, for another GPU or on another board is reported and rebuilt,
+never loaded. The choices that depend on the
 TensorRT version are made by `plan_build` from a version string (unit-tested without TensorRT):
 - INT8: calibrators (IInt8EntropyCalibrator2 / MinMax over calib/ batches) on TRT < 10.1; from 10.1,
   where calibrators are deprecated (removed in 11), explicit quantization from the bundle's QDQ model.int8.onnx.
@@ -286,7 +287,7 @@ def get_engine(manifest, profile, precision, cache_dir=None, workspace_mb=None, 
     shape = manifest["model"]["input_shape"]
     shapes = optimization_shapes(profile, shape)
     fields = cache_fields(manifest["model"]["sha256"], plan["precision"], shape, trt.__version__, cc, workspace,
-                          dla_core, int8_source, board=board_model(profile), profile_shapes=shapes)
+                          dla_core, int8_source, board=board_model(), profile_shapes=shapes)
     cache = EngineCache(cache_dir or default_cache_dir(manifest), log)
     hit = None if force else cache.lookup(fields)
     if hit:

@@ -74,16 +74,17 @@ def resolve_precision(requested, profile, fast_fp16=None, fast_int8=None):
     return prec, notes
 
 
-def board_model(profile, path=None):
-    """What the engine cache keys the board by: the device-tree model string on a Jetson (Xavier NX and AGX
-    Xavier are both sm_72, Orin Nano and AGX Orin both sm_87, and their engines are tuned for their own SM
-    count and clocks), else the --device profile name."""
+def board_model(path=None):
+    """The board, for the engine cache key: the device-tree model string on a Jetson ("NVIDIA Jetson Xavier NX
+    Developer Kit"; Xavier NX and AGX Xavier are both sm_72, Orin Nano and AGX Orin both sm_87, and an engine is
+    tuned for its board's SM count and clocks), None where there is none (x86 hosts). Not the --device profile:
+    that only picks defaults and must not split the cache."""
     try:
         with open(path or DEVICE_TREE_MODEL, "rb") as f:
             model = f.read().replace(b"\0", b"").decode("utf-8", "replace").strip()
     except (IOError, OSError):
         model = ""
-    return model or "profile:" + profile.name
+    return model or None
 
 
 def optimization_shapes(profile, input_shape):

@@ -242,10 +242,7 @@ def deserialize(trt, plan_bytes, logger=None, dla_core=None):
     runtime = trt.Runtime(logger)
     if dla_core is not None:
         runtime.DLA_core = int(dla_core)
-    try:
-        return runtime.deserialize_cuda_engine(plan_bytes)
-    except Exception:  # TRT 10 raises where 8.x returned None
-        return None
+    return runtime.deserialize_cuda_engine(plan_bytes)  # 8.0 to 10.x: None (and a logged error) on failure
 
 
 def open_trt_backend(plan_path, device="host", precision="fp16", output_names=None, dla_core=None):
