@@ -233,6 +233,25 @@ def test_int8_calibration_feeds_every_image_in_engine_shaped_batches(env, versio
     assert len([f for f in os.listdir(os.path.dirname(path)) if f.startswith("calib-")]) == 1
 
 
+def test_trt10_int8_uses_the_qdq_model_and_no_calibrator(env):
+    use, bundle, _ = env
+    use("10.3.0")
+    with pytest.raises(DeviceError, match="model.int8.onnx"):
+        eng.get_engine(load_bundle(bundle), get_profile("orin-nano"), "int8", log=lambda s: None)
+    shutil.copy(os.path.join(bundle, "model.onnx"), os.path.join(bundle, "model.int8.onnx"))
+    path = os.path.join(bundle, "manifest.json")
+    with open(path) as f:
+        raw = json.load(f)
+    raw["extra_files"]["int8_model"] = "model.int8.onnx"
+    with open(path, "w") as f:
+        json.dump(raw, f)
+    t = use("10.3.0")
+    plan_path, prec = eng.get_engine(load_bundle(bundle), get_profile("orin-nano"), "int8", log=lambda s: None)
+    assert prec == "int8" and _plan(plan_path)["calibrated_images"] is None
+    assert ("flag", "INT8") in t._fake.calls and not [c for c in t._fake.calls if c[0] == "set" and
+                                                      c[1] == "int8_calibrator"]
+
+
 @pytest.mark.parametrize("version", CALIBRATOR_VERSIONS)
 def test_calibration_cache_is_reused_and_kept_alive(env, version, calib_data):
     """8.0.1 reads the bytes read_calibration_cache returns after dropping its own reference."""
