@@ -254,18 +254,22 @@ def open_trt_backend(plan_path, device="host", precision="fp16", output_names=No
                           "elsewhere use --backend onnxruntime")
     from .cudamem import open_memory
     mem = open_memory()  # creates the CUDA context before TensorRT touches the GPU
-    with open(plan_path, "rb") as f:
-        plan = f.read()
-    engine = deserialize(trt, plan, dla_core=dla_core)
-    if engine is None:
-        mem.close()
-        raise DeviceError("{}: TensorRT {} cannot deserialize this engine (built by another TensorRT version or "
-                          "for another GPU); delete it and rebuild with edgeprune build-engine"
-                          .format(plan_path, trt.__version__))
-    api = io_api(trt.__version__, engine)
-    io = describe_io(engine, api, numpy_dtype_map(trt), getattr(getattr(trt, "TensorIOMode", None), "INPUT", None))
-    context = engine.create_execution_context()
-    desc = "tensorrt {} {} on {}{} (sm_{}{}, {} API, {} buffers, {})".format(
-        trt.__version__, precision, device, "" if dla_core is None else " DLA core {}".format(dla_core),
-        *(mem.compute_capability() + (api, mem.name, os.path.basename(plan_path))))
-    return TrtBackend(engine, context, api, io, mem, device, precision, output_names, desc)
+    try:
+        with open(plan_path, "rb") as f:
+            plan = f.read()
+        engine = deserialize(trt, plan, dla_core=dla_core)
+        if engine is None:
+            raise DeviceError("{}: TensorRT {} cannot deserialize this engine (built by another TensorRT version or "
+                              "for another GPU); delete it and rebuild with edgeprune build-engine"
+                              .format(plan_path, trt.__version__))
+        api = io_api(trt.__version__, engine)
+        io = describe_io(engine, api, numpy_dtype_map(trt),
+                         getattr(getattr(trt, "TensorIOMode", None), "INPUT", None))
+        context = engine.create_execution_context()
+        desc = "tensorrt {} {} on {}{} (sm_{}{}, {} API, {} buffers, {})".format(
+            trt.__version__, precision, device, "" if dla_core is None else " DLA core {}".format(dla_core),
+            *(mem.compute_capability() + (api, mem.name, os.path.basename(plan_path))))
+        return TrtBackend(engine, context, api, io, mem, device, precision, output_names, desc)
+    except BaseException:
+        mem.close()  # the stream (and events, buffers) of a backend that never started
+        raise

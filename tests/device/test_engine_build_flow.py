@@ -143,6 +143,24 @@ def test_a_plan_from_another_tensorrt_is_refused_with_the_fix(env, tmp_path):
     assert gpu.streams == set()  # the memory opened for it was closed
 
 
+def test_unmappable_output_dtype_and_missing_plugin_library_are_named(env, tmp_path):
+    use, _, gpu = env
+    net = {"input": ("images", [1, 3, 8, 8]), "outputs": [("output", "FP8")]}
+    t = use("8.6.1", network=net)
+    blob = eng.build_engine(t, str(_onnx(tmp_path)), eng.plan_build("8.6.1", get_profile("host"), "fp16"), "images",
+                            [1, 3, 8, 8], 64, log=lambda s: None)
+    (tmp_path / "m.engine").write_bytes(blob)
+    use("8.6.1", network=net)
+    with pytest.raises(DeviceError, match="data type FP8 has no numpy equivalent"):
+        open_trt_backend(str(tmp_path / "m.engine"))
+    assert gpu.streams == set()
+    t = use("10.3.0")
+    t.init_libnvinfer_plugins = lambda logger, namespace: False
+    with pytest.raises(DeviceError, match="init_libnvinfer_plugins failed"):
+        eng.build_engine(t, str(_onnx(tmp_path)), eng.plan_build("10.3.0", get_profile("host"), "fp16"), "images",
+                         [1, 3, 8, 8], 64, log=lambda s: None)
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_io_dtypes_under_numpy_1_24(env, version):
     """trt.nptype of 8.0.1-8.5.2 uses np.bool, absent from numpy 1.24-1.26: the backend maps dtypes itself."""
