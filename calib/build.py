@@ -123,6 +123,10 @@ def load_calib_set(calib_manifest_path, bundle_manifest):
     paths = []
     for i, b in enumerate(calib.get("batches", [])):
         paths.append(inside(folder, b.get("file", ""), where, "batches[{}].file".format(i)))
+        sha = b.get("sha256")
+        if not (isinstance(sha, str) and len(sha) == 64):
+            raise BundleError("{}: batches[{}].sha256 is missing or not a sha256; rebuild with edgeprune calib build"
+                              .format(where, i))
         if not os.path.isfile(paths[-1]):
             raise BundleError("{}: batch file {} is missing; rebuild with edgeprune calib build".format(where,
                                                                                                        b.get("file")))

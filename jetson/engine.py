@@ -1,8 +1,9 @@
 """TensorRT engine build (FP32/FP16/INT8) and the engine cache. Python 3.6 (TRT 8.0/8.2) to TRT 10.
 
-An engine is only valid for the ONNX, precision, input shape, TensorRT version, GPU (compute capability),
-workspace and DLA core it was built with, so the cache key hashes all of them; a cached engine built by
-another TensorRT or for another GPU is reported and rebuilt, never loaded. The choices that depend on the
+An engine is only valid for the ONNX, precision, input shape and optimization-profile shapes, TensorRT version,
+GPU (compute capability), board model, workspace and DLA core it was built with, so the cache key hashes all of
+them; a cached engine built by another TensorRT, for another GPU or on another board is reported and rebuilt,
+never loaded. The choices that depend on the
 TensorRT version are made by `plan_build` from a version string (unit-tested without TensorRT):
 - INT8: calibrators (IInt8EntropyCalibrator2 / MinMax over calib/ batches) on TRT < 10.1; from 10.1,
   where calibrators are deprecated (removed in 11), explicit quantization from the bundle's QDQ model.int8.onnx.
@@ -16,11 +17,11 @@ import sys
 from edgeprune.errors import DeviceError
 from edgeprune.fsio import atomic_write_bytes, atomic_write_json, sha256_file
 
-from .backends.trt import parse_version
+from .backends.trt import load_plugins, parse_version
 from .bundle import extra_file, model_file
-from .profiles import resolve_precision
+from .profiles import board_model, optimization_shapes, resolve_precision
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 CALIBRATORS_UNTIL = (10, 1)    # first version where calibrators are deprecated -> explicit quantization
 MEMORY_POOL_FROM = (8, 4)      # set_memory_pool_limit replaces max_workspace_size
 
@@ -30,12 +31,14 @@ def _log_default(msg):
 
 
 def cache_fields(onnx_sha256, precision, input_shape, trt_version, compute_capability, workspace_mb,
-                 dla_core=None, int8_source=None):
-    """Everything an engine depends on. int8_source: calib manifest sha / QDQ model sha for INT8 engines."""
+                 dla_core=None, int8_source=None, board=None, profile_shapes=None):
+    """Everything an engine depends on. int8_source: calib manifest sha / QDQ model sha for INT8 engines;
+    board: jetson.profiles.board_model; profile_shapes: (min, opt, max) of a dynamic input, else None."""
     cc = compute_capability
     return {"format": CACHE_FORMAT, "onnx_sha256": onnx_sha256, "precision": precision,
             "input_shape": [int(d) for d in input_shape], "trt_version": str(trt_version),
-            "compute_capability": "{}.{}".format(cc[0], cc[1]) if cc else "unknown",
+            "compute_capability": "{}.{}".format(cc[0], cc[1]) if cc else "unknown", "board": board,
+            "profile_shapes": [[int(d) for d in s] for s in profile_shapes] if profile_shapes else None,
             "workspace_mb": int(workspace_mb), "dla_core": dla_core, "int8_source": int8_source}
 
 
@@ -45,8 +48,8 @@ def cache_key(fields):
 
 
 # What must match for two entries to be "the same engine request" (what differs then explains staleness).
-_REQUEST = ("onnx_sha256", "precision", "input_shape", "workspace_mb", "dla_core", "int8_source")
-_ENVIRONMENT = ("trt_version", "compute_capability", "format")
+_REQUEST = ("onnx_sha256", "precision", "input_shape", "profile_shapes", "workspace_mb", "dla_core", "int8_source")
+_ENVIRONMENT = ("trt_version", "compute_capability", "board", "format")
 
 
 class EngineCache(object):
@@ -163,7 +166,7 @@ def _parser_errors(parser, onnx_path):
     for i in range(parser.num_errors):
         err = parser.get_error(i)
         node = ""
-        if hasattr(err, "node_name"):     # TRT >= 8.6
+        if hasattr(err, "node_name"):     # TRT >= 10 (8.x ParserError has only the node index)
             node = err.node_name()
         elif hasattr(err, "node"):
             node = "node #{}".format(err.node())
@@ -171,10 +174,14 @@ def _parser_errors(parser, onnx_path):
     return DeviceError("{}: TensorRT cannot parse the ONNX: {}".format(onnx_path, "; ".join(msgs) or "unknown error"))
 
 
-def build_engine(trt, onnx_path, plan, input_name, input_shape, workspace_mb, dynamic_max_batch=None,
+def build_engine(trt, onnx_path, plan, input_name, input_shape, workspace_mb, profile_shapes=None,
                  calibrator=None, timing_cache_path=None, log=_log_default):
-    """Build and serialize an engine with the real TensorRT API as `plan` (from plan_build) says. Returns bytes."""
+    """Build and serialize an engine with the real TensorRT API as `plan` (from plan_build) says. Returns bytes.
+    profile_shapes: (min, opt, max) for a dynamic input (jetson.profiles.optimization_shapes). A calibrator
+    (calib.calibrators) feeds batches of `calibrator.input_shape`; for a dynamic input that shape becomes the
+    calibration profile, which TensorRT requires there."""
     logger = trt.Logger(trt.Logger.WARNING)
+    load_plugins(trt, logger)  # the 10.x parser no longer does it: EfficientNMS_TRT would be "not found"
     builder = trt.Builder(logger)
     flags = 0
     explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
@@ -202,11 +209,17 @@ def build_engine(trt, onnx_path, plan, input_name, input_shape, workspace_mb, dy
         config.DLA_core = int(plan["dla_core"])
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     if input_shape[0] == -1:
-        top = int(dynamic_max_batch or 8)
+        if not profile_shapes:
+            raise DeviceError("{}: dynamic-batch input {!r} needs optimization-profile shapes".format(onnx_path,
+                                                                                                  input_name))
         prof = builder.create_optimization_profile()
-        chw = tuple(input_shape[1:])
-        prof.set_shape(input_name, (1,) + chw, (max(1, top // 2),) + chw, (top,) + chw)
+        prof.set_shape(input_name, *[tuple(s) for s in profile_shapes])
         config.add_optimization_profile(prof)
+        if plan["int8_mode"] == "calibrator":
+            cal = builder.create_optimization_profile()
+            shape = tuple(calibrator.input_shape)
+            cal.set_shape(input_name, shape, shape, shape)
+            config.set_calibration_profile(cal)
     timing = None
     if timing_cache_path and hasattr(config, "create_timing_cache"):
         blob = b""
@@ -219,6 +232,9 @@ def build_engine(trt, onnx_path, plan, input_name, input_shape, workspace_mb, dy
         trt.__version__, plan["precision"], os.path.basename(onnx_path), workspace_mb,
         ", DLA core {}".format(plan["dla_core"]) if plan["dla_core"] is not None else ""))
     serialized = builder.build_serialized_network(network, config)
+    failed = getattr(calibrator, "error", None)
+    if failed is not None:  # get_batch stopped calibration early: an engine from part of the set is not kept
+        raise failed
     if serialized is None:
         raise DeviceError("{}: TensorRT failed to build a {} engine (see its log above)".format(onnx_path,
                                                                                                plan["precision"]))
@@ -269,8 +285,9 @@ def get_engine(manifest, profile, precision, cache_dir=None, workspace_mb=None, 
         int8_source = "qdq:" + sha256_file(onnx_path)
     workspace = int(workspace_mb or profile.workspace_mb)
     shape = manifest["model"]["input_shape"]
+    shapes = optimization_shapes(profile, shape)
     fields = cache_fields(manifest["model"]["sha256"], plan["precision"], shape, trt.__version__, cc, workspace,
-                          dla_core, int8_source)
+                          dla_core, int8_source, board=board_model(), profile_shapes=shapes)
     cache = EngineCache(cache_dir or default_cache_dir(manifest), log)
     hit = None if force else cache.lookup(fields)
     if hit:
@@ -278,12 +295,14 @@ def get_engine(manifest, profile, precision, cache_dir=None, workspace_mb=None, 
     calibrator = None
     if plan["int8_mode"] == "calibrator":
         from calib.calibrators import make_trt_calibrator
+        # what TensorRT reads per get_batch: the static input, or for a dynamic one the calibration profile
+        calib_shape = list(shape) if shapes is None else [min(int(calib["batch_size"]), shapes[2][0])] + shapes[0][1:]
         calibrator = make_trt_calibrator(trt, calib, calib_kind, os.path.join(cache.folder, "calib-{}.cache".format(
-            cache_key(dict(fields, precision="calib")))), open_memory())
+            cache_key(dict(fields, precision="calib")))), open_memory(), input_shape=calib_shape)
     timing_path = os.path.join(cache.folder, "timing-trt{}-sm{}{}.cache".format(trt.__version__, cc[0], cc[1]))
     try:
         blob = build_engine(trt, onnx_path, plan, manifest["model"]["input_name"], shape, workspace,
-                            dynamic_max_batch=profile.batch * 8, calibrator=calibrator,
+                            profile_shapes=shapes, calibrator=calibrator,
                             timing_cache_path=timing_path, log=log)
     finally:
         if calibrator is not None:

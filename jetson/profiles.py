@@ -5,6 +5,8 @@ Xavier (sm_72) and Orin (sm_87) have FP16, INT8 and, on NX/AGX parts, two DLA co
 """
 from edgeprune.errors import UsageError
 
+DEVICE_TREE_MODEL = "/proc/device-tree/model"  # e.g. "NVIDIA Jetson Xavier NX Developer Kit" on L4T
+
 
 class DeviceProfile(object):
     def __init__(self, name, description, compute_capability, fp16, int8, dla_cores, workspace_mb, batch,
@@ -70,3 +72,26 @@ def resolve_precision(requested, profile, fast_fp16=None, fast_int8=None):
         notes.append("{} ({}) has no fast FP16: building FP32 instead".format(profile.name, profile.sm()))
         prec = "fp32"
     return prec, notes
+
+
+def board_model(path=None):
+    """The board, for the engine cache key: the device-tree model string on a Jetson ("NVIDIA Jetson Xavier NX
+    Developer Kit"; Xavier NX and AGX Xavier are both sm_72, Orin Nano and AGX Orin both sm_87, and an engine is
+    tuned for its board's SM count and clocks), None where there is none (x86 hosts). Not the --device profile:
+    that only picks defaults and must not split the cache."""
+    try:
+        with open(path or DEVICE_TREE_MODEL, "rb") as f:
+            model = f.read().replace(b"\0", b"").decode("utf-8", "replace").strip()
+    except (IOError, OSError):
+        model = ""
+    return model or None
+
+
+def optimization_shapes(profile, input_shape):
+    """(min, opt, max) input shapes of the TensorRT optimization profile for a dynamic-batch input, None for a
+    static one. The largest batch is 8x the profile's batch."""
+    if int(input_shape[0]) != -1:
+        return None
+    top = int(profile.batch) * 8
+    chw = [int(d) for d in input_shape[1:]]
+    return [[1] + chw, [max(1, top // 2)] + chw, [top] + chw]

@@ -163,5 +163,5 @@ def load_detector(bundle, backend="auto", device="host", precision="fp32", threa
         plan_path, prec = get_engine(manifest, profile, precision, cache_dir=cache_dir, workspace_mb=workspace_mb,
                                      dla_core=dla_core, log=log)
         impl = open_trt_backend(plan_path, device=profile.name, precision=prec,
-                                output_names=manifest["model"]["output_names"])
+                                output_names=manifest["model"]["output_names"], dla_core=dla_core)
     return Detector(manifest, impl, profile)

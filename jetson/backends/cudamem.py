@@ -4,7 +4,7 @@ Python 3.6. Both expose the same small interface so the backend and the calibrat
 
   alloc(nbytes) -> int device pointer      free(ptr)
   htod(ptr, host_array)  dtoh(host_array, ptr)   (async on `stream`)
-  sync()   event() -> opaque   record(ev)   elapsed_ms(ev_a, ev_b)
+  sync()   event() -> opaque   record(ev)   elapsed_ms(ev_a, ev_b)   destroy_event(ev)
   stream_handle -> int (what execute_async_v2/v3 take)   compute_capability() -> (major, minor)
 """
 import importlib
@@ -45,6 +45,9 @@ class PycudaMem(object):
     def event(self):
         return self.cuda.Event()
 
+    def destroy_event(self, ev):
+        pass  # a pycuda Event frees its CUDA event when the Python object is collected
+
     def record(self, ev):
         ev.record(self.stream)
 
@@ -70,7 +73,8 @@ def _cudart():
 
 
 class CudartMem(object):
-    """cuda-python's runtime API: every call returns (cudaError_t, result...)."""
+    """cuda-python's runtime API: every call returns (cudaError_t, result...). Unlike pycuda's objects, its
+    handles free nothing when collected: every event made here is destroyed by destroy_event() or close()."""
     name = "cuda-python"
 
     def __init__(self, rt=None):
@@ -80,6 +84,7 @@ class CudartMem(object):
         self.stream = self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate")
         self.stream_handle = int(self.stream)
         self._allocs = set()
+        self._events = {}  # int(handle) -> handle, the live events
 
     def _ok(self, ret, what):
         err = ret[0] if isinstance(ret, tuple) else ret
@@ -113,7 +118,13 @@ class CudartMem(object):
         self._ok(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
     def event(self):
-        return self._ok(self.rt.cudaEventCreate(), "cudaEventCreate")
+        ev = self._ok(self.rt.cudaEventCreate(), "cudaEventCreate")
+        self._events[int(ev)] = ev
+        return ev
+
+    def destroy_event(self, ev):
+        if self._events.pop(int(ev), None) is not None:
+            self._ok(self.rt.cudaEventDestroy(ev), "cudaEventDestroy")
 
     def record(self, ev):
         self._ok(self.rt.cudaEventRecord(ev, self.stream), "cudaEventRecord")
@@ -127,9 +138,13 @@ class CudartMem(object):
         return int(props.major), int(props.minor)
 
     def close(self):
+        for ev in list(self._events.values()):
+            self.destroy_event(ev)
         for ptr in list(self._allocs):
             self.free(ptr)
-        self._ok(self.rt.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+        if self.stream is not None:
+            self._ok(self.rt.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+            self.stream = None
 
 
 def open_memory():

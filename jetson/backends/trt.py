@@ -6,7 +6,13 @@ Two I/O APIs, picked by version and checked against the engine object itself:
 - "tensor" (TRT >= 8.5, the only one in 10): engine.num_io_tensors / get_tensor_name / get_tensor_mode /
   get_tensor_shape / get_tensor_dtype, context.set_input_shape, set_tensor_address, execute_async_v3(stream_handle).
 Everything below `open_trt_backend` works on duck-typed engine/context/memory objects, so the dispatch is
-unit-tested without TensorRT or a GPU.
+unit-tested without TensorRT or a GPU; tests/device/trt_fakes.py holds version-exact stand-ins (8.0.1 ... 10.3).
+Two things TensorRT's own helpers get wrong and that are done here instead:
+- plugins: only `init_libnvinfer_plugins` fills the plugin registry. The 8.x ONNX parser calls it itself, so the
+  first build of an EfficientNMS bundle works, but a later process deserializing the cached plan (and a 10.x
+  parse) fails unless it ran: `load_plugins` is called before every parse and every deserialize.
+- dtypes: `trt.nptype` of 8.0-8.5.2 builds its table with `np.bool` (gone in numpy 1.24-1.26), so I/O dtypes are
+  mapped here from `trt.DataType` member names.
 """
 import os
 
@@ -17,6 +23,28 @@ from edgeprune.errors import DeviceError
 from . import Backend
 
 TENSOR_API_FROM = (8, 5)
+# trt.DataType member -> numpy dtype (FP8, BF16 and INT4 have no numpy equivalent)
+NUMPY_DTYPES = (("FLOAT", np.float32), ("HALF", np.float16), ("INT8", np.int8), ("INT32", np.int32),
+                ("INT64", np.int64), ("BOOL", np.bool_), ("UINT8", np.uint8))
+
+
+def numpy_dtype_map(trt):
+    """A function trt.DataType -> numpy dtype, built from the member names this TensorRT has."""
+    table = dict((getattr(trt.DataType, n), np.dtype(d)) for n, d in NUMPY_DTYPES if hasattr(trt.DataType, n))
+
+    def nptype(dt):
+        if dt not in table:
+            raise DeviceError("TensorRT data type {} has no numpy equivalent; export the model with float32 I/O"
+                              .format(getattr(dt, "name", dt)))
+        return table[dt]
+    return nptype
+
+
+def load_plugins(trt, logger):
+    """Register TensorRT's bundled plugins (EfficientNMS_TRT, ...) in this process; repeated calls are harmless."""
+    if not trt.init_libnvinfer_plugins(logger, ""):
+        raise DeviceError("TensorRT {}: init_libnvinfer_plugins failed (libnvinfer_plugin missing?)"
+                          .format(trt.__version__))
 
 
 def parse_version(text):
@@ -124,6 +152,7 @@ class TrtBackend(Backend):
         self.max_batch = None if self.batch else profile_max_batch(engine, api, self.input)
         self._ptr = {}
         self._nbytes = {}
+        self._events = None  # four timing events, created once: cuda-python events live until destroyed
         self.description = description or "tensorrt ({} API) on {}".format(api, device)
 
     def _buffer(self, name, nbytes):
@@ -161,7 +190,9 @@ class TrtBackend(Backend):
             host = np.empty(self._output_shape(t), dtype=t.dtype)
             hosts.append((t, host, self._buffer(t.name, host.nbytes)))
         mem = self.mem
-        ev = [mem.event() for _ in range(4)]
+        if self._events is None:
+            self._events = [mem.event() for _ in range(4)]
+        ev = self._events
         mem.record(ev[0])
         mem.htod(in_ptr, x)
         mem.record(ev[1])
@@ -193,23 +224,28 @@ class TrtBackend(Backend):
             for ptr in self._ptr.values():
                 self.mem.free(ptr)
             self._ptr = {}
+            for ev in self._events or ():
+                self.mem.destroy_event(ev)
+            self._events = None
             self.mem.close()
             self.mem = None
         self.context = None
         self.engine = None
 
 
-def deserialize(trt, plan_bytes, logger=None):
-    """ICudaEngine from plan bytes, or None when this TensorRT cannot read it (other version / GPU)."""
+def deserialize(trt, plan_bytes, logger=None, dla_core=None):
+    """ICudaEngine from plan bytes, or None when this TensorRT cannot read it (other version / GPU).
+    dla_core: the DLA core the engine was built for; the runtime must be told (as trtexec does), else a
+    DLA engine runs on core 0."""
     logger = logger or trt.Logger(trt.Logger.WARNING)
+    load_plugins(trt, logger)
     runtime = trt.Runtime(logger)
-    try:
-        return runtime.deserialize_cuda_engine(plan_bytes)
-    except Exception:  # TRT 10 raises where 8.x returned None
-        return None
+    if dla_core is not None:
+        runtime.DLA_core = int(dla_core)
+    return runtime.deserialize_cuda_engine(plan_bytes)  # 8.0 to 10.x: None (and a logged error) on failure
 
 
-def open_trt_backend(plan_path, device="host", precision="fp16", output_names=None):
+def open_trt_backend(plan_path, device="host", precision="fp16", output_names=None, dla_core=None):
     """Load `plan_path` with the installed TensorRT and the available CUDA memory library."""
     try:
         import tensorrt as trt
@@ -218,17 +254,22 @@ def open_trt_backend(plan_path, device="host", precision="fp16", output_names=No
                           "elsewhere use --backend onnxruntime")
     from .cudamem import open_memory
     mem = open_memory()  # creates the CUDA context before TensorRT touches the GPU
-    with open(plan_path, "rb") as f:
-        plan = f.read()
-    engine = deserialize(trt, plan)
-    if engine is None:
-        mem.close()
-        raise DeviceError("{}: TensorRT {} cannot deserialize this engine (built by another TensorRT version or "
-                          "for another GPU); delete it and rebuild with edgeprune build-engine"
-                          .format(plan_path, trt.__version__))
-    api = io_api(trt.__version__, engine)
-    io = describe_io(engine, api, trt.nptype, getattr(getattr(trt, "TensorIOMode", None), "INPUT", None))
-    context = engine.create_execution_context()
-    desc = "tensorrt {} {} on {} (sm_{}{}, {} API, {} buffers, {})".format(
-        trt.__version__, precision, device, *(mem.compute_capability() + (api, mem.name, os.path.basename(plan_path))))
-    return TrtBackend(engine, context, api, io, mem, device, precision, output_names, desc)
+    try:
+        with open(plan_path, "rb") as f:
+            plan = f.read()
+        engine = deserialize(trt, plan, dla_core=dla_core)
+        if engine is None:
+            raise DeviceError("{}: TensorRT {} cannot deserialize this engine (built by another TensorRT version or "
+                              "for another GPU); delete it and rebuild with edgeprune build-engine"
+                              .format(plan_path, trt.__version__))
+        api = io_api(trt.__version__, engine)
+        io = describe_io(engine, api, numpy_dtype_map(trt),
+                         getattr(getattr(trt, "TensorIOMode", None), "INPUT", None))
+        context = engine.create_execution_context()
+        desc = "tensorrt {} {} on {}{} (sm_{}{}, {} API, {} buffers, {})".format(
+            trt.__version__, precision, device, "" if dla_core is None else " DLA core {}".format(dla_core),
+            *(mem.compute_capability() + (api, mem.name, os.path.basename(plan_path))))
+        return TrtBackend(engine, context, api, io, mem, device, precision, output_names, desc)
+    except BaseException:
+        mem.close()  # the stream (and events, buffers) of a backend that never started
+        raise

@@ -191,3 +191,80 @@ def test_trt_calibrator_class_wiring(calibrated):
     assert Mem.closed
     with pytest.raises(DeviceError, match="calibrator"):
         make_trt_calibrator(FakeTrt, load_for_bundle(bundle), "percentile", None, mem)
+
+
+def _feed_all(feeder):
+    out = []
+    while feeder.get_batch(["images"]) is not None:
+        out.append(feeder._host.copy())
+    return out
+
+
+def test_feeder_rebatches_to_what_the_engine_reads(calibrated):
+    """Files hold 2 images; a [1,3,H,W] engine reads one image per get_batch, a calibration profile of 3 reads 3."""
+    bundle, calib = calibrated
+    loaded = load_for_bundle(bundle)
+    images = np.concatenate([np.load(p) for p in loaded["_batches"]])[:calib["num_images"]]  # without padding
+    _, alloc, htod = _duck_gpu()
+    one = BatchFeeder(loaded, alloc, htod, input_shape=[1] + calib["shape"][1:])
+    assert one.get_batch_size() == 1 and one.nbytes == images[0].nbytes
+    np.testing.assert_array_equal(np.concatenate(_feed_all(one)), images)
+    three = BatchFeeder(loaded, alloc, htod, input_shape=[3] + calib["shape"][1:])
+    got = _feed_all(three)
+    assert [b.shape[0] for b in got] == [3, 3]
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate([images, images[:1]]))  # short batch cycles
+    with pytest.raises(DeviceError, match="engine reads"):
+        BatchFeeder(loaded, alloc, htod, input_shape=[1, 3, 32, 32])
+
+
+def test_feeder_checks_each_file_against_the_manifest_sha256(calibrated):
+    bundle, _ = calibrated
+    calib = load_for_bundle(bundle)
+    np.save(calib["_batches"][1], np.load(calib["_batches"][1]) * 0.5)  # a valid .npy, other numbers
+    _, alloc, htod = _duck_gpu()
+    feeder = BatchFeeder(calib, alloc, htod)
+    assert feeder.get_batch() == [1000]
+    with pytest.raises(BundleError, match="batch_00001.npy: sha256 differs from the calib manifest"):
+        feeder.get_batch()
+
+
+def test_calib_manifest_without_batch_sha256_is_refused(calibrated):
+    bundle, _ = calibrated
+    path = os.path.join(bundle, "calib", "manifest.json")
+    with open(path) as f:
+        raw = json.load(f)
+    del raw["batches"][2]["sha256"]
+    with open(path, "w") as f:
+        json.dump(raw, f)
+    with pytest.raises(BundleError, match=r"batches\[2\].sha256"):
+        load_for_bundle(bundle)
+
+
+def test_calibrator_callbacks_never_raise_into_tensorrt(calibrated, tmp_path):
+    """TensorRT calls these from noexcept C++: errors are kept on the calibrator, calibration ends cleanly."""
+    class FakeTrt(object):
+        IInt8EntropyCalibrator2 = object
+        IInt8MinMaxCalibrator = object
+
+    bundle, _ = calibrated
+    calib = load_for_bundle(bundle)
+    _, alloc, htod = _duck_gpu()
+
+    class Mem(object):
+        def sync(self):
+            raise RuntimeError("cudaErrorLaunchFailure")
+    mem = Mem()
+    mem.alloc, mem.htod = alloc, htod
+    (tmp_path / "a-file").write_bytes(b"")
+    cal = make_trt_calibrator(FakeTrt, calib, "entropy", str(tmp_path / "a-file" / "c.cache"), mem)
+    assert cal.get_batch(["images"]) is None and cal.get_batch(["images"]) is None
+    assert isinstance(cal.error, DeviceError) and "get_batch (batch 1 of 3): RuntimeError: cudaErrorLaunchFailure" \
+        in str(cal.error)
+    first = cal.error
+    cal.write_calibration_cache(b"table")  # its folder is a file: recorded, not raised; the first error stays
+    assert cal.error is first and cal.read_calibration_cache() is None
+    cache = tmp_path / "c.cache"
+    cache.write_bytes(b"TRT-8001-EntropyCalibration2\n")
+    cal2 = make_trt_calibrator(FakeTrt, calib, "entropy", str(cache), mem)
+    got = cal2.read_calibration_cache()
+    assert got == b"TRT-8001-EntropyCalibration2\n" and cal2._cache is got  # kept alive for TensorRT 8.0.1

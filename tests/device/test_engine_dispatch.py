@@ -1,4 +1,6 @@
 """Engine cache keys, build planning and TensorRT API dispatch, all without TensorRT (duck-typed objects)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -6,7 +8,7 @@ from edgeprune.errors import DeviceError
 from jetson.backends import resolve_backend
 from jetson.backends.trt import TrtBackend, describe_io, io_api, parse_version
 from jetson.engine import EngineCache, cache_fields, cache_key, plan_build
-from jetson.profiles import PROFILES, get_profile, resolve_precision
+from jetson.profiles import PROFILES, board_model, get_profile, optimization_shapes, resolve_precision
 
 pytestmark = pytest.mark.py36
 SHA = "a" * 64
@@ -14,7 +16,7 @@ SHA = "a" * 64
 
 def _fields(**kw):
     base = dict(onnx_sha256=SHA, precision="fp16", input_shape=[1, 3, 256, 256], trt_version="8.2.1.8",
-                compute_capability=(6, 2), workspace_mb=1024)
+                compute_capability=(6, 2), workspace_mb=1024, board="NVIDIA Jetson Xavier NX Developer Kit")
     base.update(kw)
     return cache_fields(**base)
 
@@ -22,10 +24,30 @@ def _fields(**kw):
 @pytest.mark.parametrize("change", [
     {"onnx_sha256": "b" * 64}, {"precision": "int8"}, {"input_shape": [1, 3, 320, 320]},
     {"trt_version": "8.0.1.6"}, {"compute_capability": (7, 2)}, {"workspace_mb": 2048}, {"dla_core": 0},
-    {"int8_source": "calib:x"}])
+    {"int8_source": "calib:x"}, {"board": "NVIDIA Jetson AGX Xavier"},
+    {"input_shape": [-1, 3, 256, 256], "profile_shapes": [[1, 3, 256, 256], [4, 3, 256, 256], [8, 3, 256, 256]]}])
 def test_every_field_changes_the_key(change):
     assert cache_key(_fields(**change)) != cache_key(_fields())
     assert cache_key(_fields()) == cache_key(_fields())
+
+
+def test_dynamic_profile_shapes_are_part_of_the_request(tmp_path):
+    logs = []
+    cache = EngineCache(str(tmp_path), log=logs.append)
+    dyn = [-1, 3, 256, 256]
+    small = _fields(input_shape=dyn, profile_shapes=optimization_shapes(get_profile("tx2"), dyn))
+    big = _fields(input_shape=dyn, profile_shapes=[[1, 3, 256, 256], [8, 3, 256, 256], [16, 3, 256, 256]])
+    a, b = cache.store(small, b"max8"), cache.store(big, b"max16")
+    assert cache.lookup(small) == a and cache.lookup(big) == b and logs == []  # two requests, neither stale
+    assert small["profile_shapes"][2] == [8, 3, 256, 256]
+    assert optimization_shapes(get_profile("tx2"), [1, 3, 256, 256]) is None
+
+
+def test_board_model_from_the_device_tree(tmp_path):
+    model = tmp_path / "model"
+    model.write_bytes(b"NVIDIA Jetson Xavier NX Developer Kit\x00")
+    assert board_model(str(model)) == "NVIDIA Jetson Xavier NX Developer Kit"
+    assert board_model(str(tmp_path / "absent")) is None  # not a Jetson: the GPU's compute capability only
 
 
 def test_cache_hit_stale_and_corrupt(tmp_path):
@@ -42,6 +64,10 @@ def test_cache_hit_stale_and_corrupt(tmp_path):
     assert cache.lookup(f_new) == new
     other_gpu = _fields(compute_capability=(8, 7))
     assert cache.lookup(other_gpu) is None and any("compute_capability 6.2 -> 8.7" in m for m in logs)
+    new = cache.store(f_new, b"plan-built-by-8.2")
+    other_board = _fields(board="NVIDIA Jetson AGX Xavier")  # same sm_72, other SM count and clocks
+    assert cache.lookup(other_board) is None and not os.path.exists(new)
+    assert any("board NVIDIA Jetson Xavier NX Developer Kit -> NVIDIA Jetson AGX Xavier" in m for m in logs)
     again = cache.store(f_new, b"plan-built-by-8.2")
     with open(again, "ab") as f:
         f.write(b"truncated?")
@@ -119,6 +145,7 @@ class FakeMem(object):
 
     def __init__(self):
         self.buf, self.next, self.freed, self.closed = {}, 4096, [], False
+        self.events, self.destroyed = 0, 0
 
     def alloc(self, nbytes):
         self.next += 4096
@@ -138,7 +165,11 @@ class FakeMem(object):
         pass
 
     def event(self):
+        self.events += 1
         return [0.0]
+
+    def destroy_event(self, ev):
+        self.destroyed += 1
 
     def record(self, ev):
         ev[0] = float(len(self.buf))
@@ -230,10 +261,12 @@ def test_trt_backend_dispatch_and_data_flow(engine, version, call):
     assert ctx.calls == [call]
     np.testing.assert_array_equal(out[0].reshape(-1), x.reshape(-1) * 2)
     assert set(be.last_split) == {"h2d", "compute", "d2h"}
+    be.infer(x)
     with pytest.raises(DeviceError, match="input"):
         be.infer(np.zeros((1, 3, 5, 5), np.float32))
     be.close()
     assert mem.closed and len(mem.freed) == 2
+    assert mem.events == 4 and mem.destroyed == 4  # timing events made once per backend, destroyed on close
 
 
 def test_engine_object_disagreeing_with_version_is_trusted():
