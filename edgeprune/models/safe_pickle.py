@@ -215,6 +215,14 @@ def _defaultdict(factory: Any = None, *args: Any) -> dict:
     return dict(*args)
 
 
+def _getattr(obj: Any, name: Any, *default: Any) -> InertCall:
+    # A method of one of the producer's classes stored as an attribute (yolov5's Segment keeps
+    # `Detect.forward`): recorded, never looked up; on anything else getattr could reach real functions.
+    if (isinstance(obj, StandIn) or (isinstance(obj, type) and issubclass(obj, StandIn))) and isinstance(name, str):
+        return InertCall("getattr", (obj, name))
+    raise _Refused("builtins.getattr", f"asked for {name!r:.40} of {type(obj).__name__}")
+
+
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
     # copyreg._reconstructor, used by protocol 0/1 pickles of plain objects.
     if isinstance(cls, type) and issubclass(cls, StandIn) and base is object:
@@ -227,6 +235,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "defaultdict"): _defaultdict,
     ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "slice"): slice,
     ("builtins", "complex"): complex, ("builtins", "bytearray"): bytearray, ("builtins", "object"): object,
+    ("builtins", "getattr"): _getattr,
     ("_codecs", "encode"): _codecs_encode,
     ("copyreg", "_reconstructor"): _reconstructor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
