@@ -116,6 +116,8 @@ def _from_module(path: Path, model: sp.StandIn, yaml_path: Any) -> dict[str, Any
     if not isinstance(yaml, dict):
         raise _fail(path, f"the {cls} carries no yaml architecture dict; pass the model's YAML with --yaml")
     stride = model.__dict__.get("stride")
+    if stride is None:
+        stride = (model.__dict__.get("_buffers") or {}).get("stride")
     return {"format": fmt, "yaml": yaml, "state": _float32(sp.state_dict(model)), "model": model,
             "names": model.__dict__.get("names"),
             "stride": [float(s) for s in stride] if isinstance(stride, torch.Tensor) else None}
