@@ -281,26 +281,74 @@ class _Unpickler(pickle.Unpickler):
         return self._storages(pid)
 
 
+def _storage_pid(pid: Any) -> tuple[torch.dtype, str, int]:
+    """(dtype, key, numel) of a storage reference: ('storage', type, key, location, numel[, view])."""
+    if (not isinstance(pid, tuple) or len(pid) not in (5, 6) or pid[0] != "storage" or not isinstance(pid[1], _StorageType)
+            or not isinstance(pid[2], str) or not isinstance(pid[4], int) or pid[4] < 0):
+        raise _Refused("persistent id", f"{pid!r:.80} is not a storage reference")
+    if len(pid) == 6 and pid[5] is not None:
+        raise CheckpointError("storage views (torch < 0.4 checkpoints) are not supported")
+    return pid[1].dtype, pid[2], pid[4]
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _as_tensor(raw: bytes, dtype: torch.dtype, numel: int, key: str) -> torch.Tensor:
+    if len(raw) < numel * _itemsize(dtype):
+        raise CheckpointError(f"storage {key!r} holds {len(raw)} bytes, {numel * _itemsize(dtype)} expected")
+    return torch.frombuffer(bytearray(raw), dtype=dtype, count=numel) if numel else torch.empty(0, dtype=dtype)
+
+
 def _zip_storages(zf: zipfile.ZipFile, prefix: str) -> Any:
     cache: dict[str, torch.Tensor] = {}
 
     def load(pid: Any) -> torch.Tensor:
-        if (not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage"
-                or not isinstance(pid[1], _StorageType) or not isinstance(pid[2], str) or not isinstance(pid[4], int)):
-            raise _Refused("persistent id", f"{pid!r:.80} is not a storage reference")
-        _, stype, key, _location, numel = pid
+        dtype, key, numel = _storage_pid(pid)
         if key not in cache:
             try:
-                raw = bytearray(zf.read(f"{prefix}/data/{key}"))
+                raw = zf.read(f"{prefix}/data/{key}")
             except KeyError:
                 raise CheckpointError(f"storage {key!r} is missing from the archive") from None
-            itemsize = torch.empty((), dtype=stype.dtype).element_size()
-            if len(raw) < numel * itemsize:
-                raise CheckpointError(f"storage {key!r} holds {len(raw)} bytes, {numel * itemsize} expected")
-            flat = torch.frombuffer(raw, dtype=stype.dtype, count=numel) if numel else torch.empty(0, dtype=stype.dtype)
-            cache[key] = flat
+            cache[key] = _as_tensor(raw, dtype, numel, key)
         return cache[key]
     return load
+
+
+def _no_storages(pid: Any) -> None:
+    raise _Refused("persistent id", "a storage outside the checkpoint's main object")
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C   # what torch's legacy (non-zip) format writes first
+
+
+def _read_legacy(path: Path, f: Any) -> Any:
+    """torch < 1.6 format: magic, protocol, sys_info, the object, its storage keys, then each storage as an
+    int64 element count + raw bytes. The object is unpickled twice (inertly): first to learn each storage's
+    dtype, then with the storages read."""
+    head = _Unpickler(f, _no_storages)
+    if head.load() != _LEGACY_MAGIC:
+        raise CheckpointError(f"{path}: a plain pickle, not a torch checkpoint")
+    if head.load() != 1001 or not isinstance(head.load(), dict):
+        raise CheckpointError(f"{path}: a legacy torch checkpoint of an unknown protocol")
+    start = f.tell()
+    dtypes: dict[str, torch.dtype] = {}
+
+    def learn(pid: Any) -> torch.Tensor:
+        dtype, key, numel = _storage_pid(pid)
+        dtypes[key] = dtype
+        return torch.empty(numel, dtype=dtype)
+    _Unpickler(f, learn).load()
+    keys = _Unpickler(f, _no_storages).load()
+    if not isinstance(keys, list) or set(keys) != set(dtypes):
+        raise CheckpointError(f"{path}: the storage list does not match the object's storages")
+    cache = {}
+    for key in keys:
+        numel = int.from_bytes(f.read(8), "little")
+        cache[key] = _as_tensor(f.read(numel * _itemsize(dtypes[key])), dtypes[key], numel, key)
+    f.seek(start)
+    return _Unpickler(f, lambda pid: cache[_storage_pid(pid)[1]]).load()
 
 
 def read_pickled(path: str | Path) -> Any:
@@ -323,23 +371,29 @@ def read_pickled(path: str | Path) -> Any:
             data = zf.read(pkls[0])
             return _load(path, data, _zip_storages(zf, prefix))
     except zipfile.BadZipFile:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head[:1] == b"\x80":
-            raise CheckpointError(f"{path}: a legacy (torch < 1.6, non-zip) checkpoint or a plain pickle; "
-                                  "edgeprune reads torch's zip format only") from None
-        raise CheckpointError(f"{path}: truncated or not a torch checkpoint (not a zip archive)") from None
+        pass
     except (EOFError, zipfile.LargeZipFile, OSError) as exc:
         raise CheckpointError(f"{path}: truncated or unreadable checkpoint ({exc})") from None
+    with open(path, "rb") as f:
+        if f.read(1) != b"\x80":
+            raise CheckpointError(f"{path}: truncated or not a torch checkpoint (neither a zip archive nor a pickle)")
+        f.seek(0)
+        return _load(path, None, lambda: _read_legacy(path, f))
 
 
-def _load(path: Path, data: bytes, storages: Any) -> Any:
+def _load(path: Path, data: bytes | None, storages: Any) -> Any:
+    """Unpickle `data` with `storages` as persistent loader (or, when data is None, run `storages()`, a
+    whole reader), turning every failure into an error naming the file."""
     try:
+        if data is None:
+            return storages()
         return _Unpickler(io.BytesIO(data), storages).load()
     except _Refused as exc:
         raise UnsafePickleError(f"{path}: refuses to load: the pickle references {exc.qualname} ({exc.why}); "
                                 "nothing from the file was executed") from None
     except CheckpointError as exc:
+        if str(exc).startswith(str(path)):
+            raise
         raise CheckpointError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             RecursionError, MemoryError) as exc:

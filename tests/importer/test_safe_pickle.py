@@ -105,6 +105,22 @@ def test_stand_ins_give_the_state_dict_of_a_foreign_module(tmp_path, monkeypatch
     assert isinstance(obj["meta"]["when"], sp.InertCall)
 
 
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_legacy_and_zip_formats_read_the_same_tensors(tmp_path, zip_format):
+    base = torch.arange(12.0).view(3, 4)
+    obj = {"view": base[1:, 1:3], "half": torch.randn(5).half(), "long": torch.arange(3),
+           "param": torch.nn.Parameter(torch.ones(2)), "shared": base}
+    path = tmp_path / "x.pt"
+    torch.save(obj, path, _use_new_zipfile_serialization=zip_format)
+    got = sp.read_pickled(path)
+    for k, v in obj.items():
+        assert torch.equal(got[k], v.detach()) and got[k].dtype == v.dtype, k
+    if not zip_format:     # truncated legacy file: its last storage is short
+        path.write_bytes(path.read_bytes()[:-8])
+        with pytest.raises(CheckpointError, match="x.pt: storage .* bytes"):
+            sp.read_pickled(path)
+
+
 def test_empty_truncated_and_foreign_files_are_clear_errors(tmp_path):
     good = tmp_path / "good.pt"
     torch.save({"w": torch.arange(1000.0)}, good)
