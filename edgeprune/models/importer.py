@@ -107,7 +107,7 @@ def _from_module(path: Path, model: sp.StandIn, yaml_path: Any) -> dict[str, Any
         raise _fail(path, f"holds a {cls}; edgeprune imports ultralytics DetectionModel checkpoints only")
     blocks = list(sp.children(sp.children(model).get("model")).values())
     head = blocks[-1] if blocks else None
-    if head is not None and head._ep_name in _OTHER_TASKS:
+    if getattr(head, "_ep_name", None) in _OTHER_TASKS:
         raise _fail(path, f"holds {_OTHER_TASKS[head._ep_name]} ({sp.class_name(head)}, block {len(blocks) - 1}); "
                           "edgeprune imports detection models only")
     yaml = model.__dict__.get("yaml")
@@ -165,6 +165,8 @@ def _check_v5_layout(path: Path, yaml: dict[str, Any]) -> None:
             raise _fail(path, f"yaml block {i} is {entry!r:.80}, not [from, repeats, module, args]")
         frm, n, module, args = entry
         name = _block_name(module)
+        if not isinstance(args, list) or not all(isinstance(a, (int, float, str, bool, list)) or a is None for a in args):
+            raise _fail(path, f"yaml block {i} ({name}) has arguments {args!r:.80}, not a list of plain values")
         if i >= len(V5_LAYOUT):
             raise _fail(path, f"block {i} ({name}) is beyond the YOLOv5 v6.0+ P3-P5 layout of {len(V5_LAYOUT)} "
                               "blocks (a P6 model such as yolov5s6?); edgeprune imports the P5 layout")
@@ -178,7 +180,7 @@ def _check_v5_layout(path: Path, yaml: dict[str, Any]) -> None:
         if name in _DEFAULT_ARGS:
             got = list(args[1:]) + _DEFAULT_ARGS[name][max(len(args) - 1, 0):]
             want = eargs + _DEFAULT_ARGS[name][len(eargs):]
-            if name == "Conv" and got[2] is None:
+            if name == "Conv" and got[2] is None and isinstance(got[0], int):
                 got[2] = got[0] // 2                     # autopad
             if name == "Conv" and want[2] is None:
                 want[2] = want[0] // 2
@@ -202,7 +204,8 @@ def _v5_key(key: str) -> str | None:
 
 def _check_v5_modules(path: Path, source: sp.StandIn, model: torch.nn.Module) -> None:
     """Compare what shapes cannot show (strides, padding, activations, BN eps, residual adds) module by module."""
-    theirs = {_v5_key(name): (name, m) for name, m in sp.named_modules(source) if _v5_key(name)}
+    theirs = {_v5_key(name): (name, m) for name, m in sp.named_modules(source)
+              if _v5_key(name) and isinstance(m, sp.StandIn)}
     for name, ours in model.named_modules():
         if name not in theirs:
             continue
