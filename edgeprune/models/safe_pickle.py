@@ -21,6 +21,7 @@ import io
 import pickle
 import sys
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
@@ -372,7 +373,7 @@ def read_pickled(path: str | Path) -> Any:
             return _load(path, data, _zip_storages(zf, prefix))
     except zipfile.BadZipFile:
         pass
-    except (EOFError, zipfile.LargeZipFile, OSError) as exc:
+    except (EOFError, zipfile.LargeZipFile, OSError, zlib.error) as exc:
         raise CheckpointError(f"{path}: truncated or unreadable checkpoint ({exc})") from None
     with open(path, "rb") as f:
         if f.read(1) != b"\x80":
@@ -396,7 +397,7 @@ def _load(path: Path, data: bytes | None, storages: Any) -> Any:
             raise
         raise CheckpointError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            RecursionError, MemoryError) as exc:
+            RecursionError, MemoryError, OverflowError, RuntimeError, zlib.error, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: corrupt pickle in the checkpoint ({type(exc).__name__}: {exc})") from None
 
 

@@ -163,3 +163,36 @@ def test_getattr_reaches_only_stand_ins(tmp_path):
         else:
             with pytest.raises(sp.UnsafePickleError, match="getattr"):
                 sp.read_pickled(path)
+
+
+def test_mutated_pickles_give_only_checkpoint_errors(tmp_path):
+    """Random byte edits of a real checkpoint's data.pkl: the reader returns something or raises a
+    CheckpointError, never another exception, and never runs anything."""
+    import zipfile
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    src = tmp_path / "m.pt"
+    torch.save({"model": m.half(), "names": ["a"]}, src)
+    with zipfile.ZipFile(src) as zf:
+        entries = [(i, zf.read(i.filename)) for i in zf.infolist()]
+    pkl = next(d for i, d in entries if i.filename.endswith("data.pkl"))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, len(pkl) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+           st.integers(0, len(pkl)))
+    def check(edits, cut):
+        data = bytearray(pkl)
+        for pos, byte in edits:
+            data[pos] = byte
+        out = tmp_path / "mut.pt"
+        with zipfile.ZipFile(out, "w") as zf:
+            for info, d in entries:
+                zf.writestr(info, bytes(data[:cut] if cut < len(pkl) // 2 else data) if info.filename.endswith("data.pkl") else d)
+        try:
+            sp.read_pickled(out)
+        except CheckpointError as exc:
+            assert str(out) in str(exc)
+    check()
