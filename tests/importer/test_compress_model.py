@@ -69,3 +69,26 @@ def test_yolov5_checkpoint_through_compress_to_a_device_bundle(tmp_path, yolov5_
                           "--conf", "0.001", "--json"], capture_output=True, text=True, timeout=300)
     assert det.returncode == 0, det.stderr
     assert json.loads(det.stdout)
+
+
+@pytest.mark.slow
+def test_ultralytics_checkpoint_through_compress_to_a_device_bundle(tmp_path):
+    import copy
+
+    import torch
+
+    tasks = pytest.importorskip("ultralytics.nn.tasks", reason="the ultralytics package is not installed")
+    pytest.importorskip("edgeprune.models.ultralytics_map", reason="the YOLOv8-style family is not in this build")
+    torch.manual_seed(0)
+    src = tasks.DetectionModel("yolov8n.yaml", nc=len(NAMES), verbose=False)
+    src.names = dict(enumerate(NAMES))
+    torch.save({"epoch": 1, "model": None, "ema": copy.deepcopy(src).half()}, tmp_path / "best.pt")
+    out = _compress(tmp_path, tmp_path / "best.pt", "--json")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert _dense(tmp_path)["imported_from"]["format"] == "ultralytics"
+    bundle = Path(summary["stages"]["export"]["bundle"])
+    image = next((tmp_path / "cache").rglob("*.jpg"), None) or next((tmp_path / "cache").rglob("*.png"))
+    det = subprocess.run([sys.executable, "-m", "edgeprune", "detect", str(bundle), "--source", str(image),
+                          "--conf", "0.001", "--json"], capture_output=True, text=True, timeout=300)
+    assert det.returncode == 0, det.stderr
