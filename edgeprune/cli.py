@@ -16,6 +16,7 @@ from .errors import EdgepruneError, UsageError
 COMMAND_MODULES = (
     "edgeprune.pipeline_cli",
     "edgeprune.data.cli",
+    "edgeprune.models.cli",
     "edgeprune.train.cli",
     "edgeprune.sparsity.cli",
     "edgeprune.prune.cli",

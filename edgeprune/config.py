@@ -35,6 +35,8 @@ class DataConfig:
 class ModelConfig:
     size: str = "n"                    # n | s | m
     imgsz: int = 256                   # network input side (multiple of 32)
+    weights: str = ""                  # a trained model to start from (compress --model): the dense stage
+                                       # evaluates it instead of training; size comes from it, not model.size
 
 
 @dataclass

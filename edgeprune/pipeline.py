@@ -120,6 +120,8 @@ def build_config(args: Any) -> Config:
     overrides = parse_set(args.set)
     if args.data:
         overrides.setdefault("data", {})["source"] = args.data
+    if getattr(args, "model", None):
+        overrides.setdefault("model", {})["weights"] = str(Path(args.model).resolve())
     if args.config:
         cfg = load_config(args.config, overrides)
         if args.preset and args.preset != cfg.preset:
@@ -202,7 +204,7 @@ def torchrun_command(args: Any, cfg: Config) -> list[str]:
         cmd += ["--standalone"]
     cmd += ["-m", "edgeprune", "compress", "--runs-dir", str(args.runs_dir), "--name", cfg.name]
     for flag, value in (("--preset", args.preset), ("--config", args.config), ("--data", args.data),
-                        ("--until", args.until)):
+                        ("--model", getattr(args, "model", None)), ("--until", args.until)):
         if value:
             cmd += [flag, str(value)]
     for item in args.set:

@@ -13,6 +13,7 @@ def register(sub):
         epilog="example:\n  edgeprune compress                      # the synthetic default (about 30 min on a shared 2-core CPU)\n"
                "  edgeprune compress --preset quick --name smoke\n"
                "  edgeprune compress --data /data/NWPU_VHR-10 --set model.size=s --set train.epochs=100\n"
+               "  edgeprune compress --data /data/NWPU_VHR-10 --model yolov5s_nwpu.pt   # prune your trained model\n"
                "  edgeprune compress --nproc-per-node 4 --data /data/DIOR   # 4 GPUs, DDP\n"
                "  edgeprune compress --nnodes 2 --nproc-per-node 8 --rdzv-endpoint node0:29400 --runs-dir /nfs/runs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -21,6 +22,9 @@ def register(sub):
     p.add_argument("--config", default=None, help="YAML config file (see runs/<name>/config.yaml for the full schema)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=5")
     p.add_argument("--data", default=None, help="dataset path (YOLO/COCO/VOC/NWPU); default: the synthetic aerial set")
+    p.add_argument("--model", default=None, metavar="CKPT",
+                   help="start from this trained detector (an edgeprune checkpoint, or a yolov5/ultralytics file "
+                        "as `edgeprune import` reads it): the dense stage evaluates it on the data instead of training")
     p.add_argument("--name", default=None, help="run name (default: the preset name)")
     p.add_argument("--runs-dir", default="runs", help="parent folder of run directories (default: runs)")
     p.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")

@@ -51,7 +51,8 @@ def _plot_summary(found: dict[str, dict[str, Any]], path: Path) -> None:
 def write_report(run: RunDir) -> Path:
     cfg = run.cfg
     lines = [f"# edgeprune compress report: `{cfg.name}`", "",
-             f"Preset `{cfg.preset}`, model size `{cfg.model.size}` at {cfg.model.imgsz} px, sparsity method "
+             f"Preset `{cfg.preset}`, " + (f"model `{cfg.model.weights}`" if cfg.model.weights else
+                                           f"model size `{cfg.model.size}`") + f" at {cfg.model.imgsz} px, sparsity method "
              f"`{cfg.sparse.method}`, residual rule `{cfg.prune.rule}`, round_to {cfg.prune.round_to}. "
              "Full config: `config.yaml`.", ""]
     data = run.outputs("data")

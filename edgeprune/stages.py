@@ -57,6 +57,8 @@ def stage_dense(run: RunDir) -> dict[str, Any]:
     ds = _dataset(run)
     out = stale_stage_dir(run, "dense")
     c = run.cfg
+    if c.model.weights:
+        return _given_dense(run, ds, out) if is_main() else {}
     model, anchors = new_model(ds, c.model.size, c.model.imgsz, c.train.seed)
     fit(model, ds, c.train, out, resume=True, imgsz=c.model.imgsz)
     if not is_main():
@@ -65,6 +67,30 @@ def stage_dense(run: RunDir) -> dict[str, Any]:
     metrics = _evaluate(model, ds, run)
     run.log(f"[dense] mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map']:.3f}  params {metrics['params']:,}")
     return {"checkpoint": str(out / "best.pt"), "anchors": anchors, "metrics": metrics}
+
+
+def _given_dense(run: RunDir, ds: Any, out: Path) -> dict[str, Any]:
+    """compress --model: the user's trained model (imported when it is not an edgeprune checkpoint) is the
+    dense one; it is evaluated on the user's data, which must have as many classes as its head."""
+    from .errors import ModelError
+    from .models.importer import load_foreign
+    from .models.io import save_checkpoint
+
+    model, info = load_foreign(run.cfg.model.weights)
+    if model.num_classes != len(ds.names):
+        raise ModelError(f"{info['source']}: the model detects {model.num_classes} classes but the data "
+                         f"{run.outputs('data')['dataset']} has {len(ds.names)}; compress --model needs a model "
+                         "trained on this label set")
+    if list(model.names) != list(ds.names):
+        run.log(f"[dense] class names differ (model {model.names[:4]}..., data {ds.names[:4]}...): "
+                "taking the data's, in the same order")
+        model.spec["names"] = list(ds.names)
+    save_checkpoint(out / "best.pt", model, imported_from=info)
+    metrics = _evaluate(model, ds, run)
+    run.log(f"[dense] {info['format']} model {info['source']}: mAP50 {metrics['map50']:.3f}  "
+            f"mAP50-95 {metrics['map']:.3f}  params {metrics['params']:,}")
+    return {"checkpoint": str(out / "best.pt"), "anchors": {"changed": False, "source": "model"},
+            "metrics": metrics, "imported_from": info}
 
 
 def stage_sparse(run: RunDir) -> dict[str, Any]:

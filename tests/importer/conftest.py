@@ -1,0 +1,65 @@
+"""Real producer checkpoints for the importer tests: the `yolov5` package from PyPI (AGPL; installed for
+tests only, `pip install -e .[test-import]`), random weights from its stock YAMLs, saved the way its trainer
+saves. Tests that need it skip cleanly when it is absent."""
+import copy
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _yolov5():
+    try:  # yolov5 7.0.x imports pkg_resources for parse_version, which setuptools >= 81 no longer ships
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        from packaging.version import parse
+
+        sys.modules["pkg_resources"] = types.SimpleNamespace(parse_version=parse)
+    return pytest.importorskip("yolov5.models.yolo", reason="the yolov5 package (extra test-import) is not installed")
+
+
+@pytest.fixture(scope="session")
+def yolov5_yolo():
+    return _yolov5()
+
+
+def yolov5_yaml(name: str) -> Path:
+    import yolov5
+
+    return Path(yolov5.__file__).parent / "models" / name
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BN statistics and affine parameters, so a wrong channel order cannot hide behind identity BNs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model
+
+
+def save_like_trainer(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """As yolov5's train.py saves (half-precision model and EMA plus training metadata); returns the
+    float32 copy of what was saved, the reference for output comparisons."""
+    import numpy as np
+
+    ckpt = {"epoch": 3, "best_fitness": np.array([0.25]), "model": copy.deepcopy(model).half(),
+            "ema": copy.deepcopy(model).half(), "updates": 120, "optimizer": torch.optim.SGD(
+                model.parameters(), lr=0.01, momentum=0.9).state_dict(),
+            "opt": {"epochs": 3, "imgsz": 256, "hyp": {"lr0": 0.01}}, "git": None, "date": "2026-11-30T17:00:00"}
+    torch.save(ckpt, path)
+    return copy.deepcopy(model).half().float().eval()
+
+
+def build_yolov5(yolo, cfg, nc: int = 10, seed: int = 0):
+    torch.manual_seed(seed)
+    model = yolo.Model(cfg, ch=3, nc=nc)
+    model.names = ["class%d" % i for i in range(nc)]
+    return randomize_bn(model, seed)
