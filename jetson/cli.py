@@ -88,6 +88,9 @@ def register(subparsers):
     p.add_argument("--statistic", choices=("median", "min"), default="median",
                    help="--profile-layers: what each table entry keeps (min on a machine shared with other jobs, "
                         "where preemption inflates medians; bench compares its own same statistic)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="--profile-layers with onnxruntime: wall time, or this process's CPU time (with --threads 1, "
+                        "on a machine shared with other jobs)")
     p.add_argument("--latency-table", default=None, metavar="FILE",
                    help="predict each bundle's latency from this table beside the measurement "
                         "(default: BUNDLE/latency_table.json when it exists)")
@@ -168,7 +171,7 @@ def _profile_layers(args):
         if det.backend_name == "tensorrt":
             timer = TrtLayerTimer(get_profile(args.device), det.precision, log=_log)
         else:
-            timer = OrtLayerTimer(threads=args.threads)
+            timer = OrtLayerTimer(threads=args.threads, clock=args.clock)
         table = profile_bundle(det, timer, args.device, min_channels=args.min_channels,
                                iterations=args.iterations or 20, warmup=3, log=_log, statistic=args.statistic)
     finally:

@@ -5,8 +5,8 @@ The bundle's `layers.json` (written by the exporter) lists every conv of the mod
 block (conv + folded BN + SiLU, as the engine fuses it) is timed alone, with the backend that will run the model,
 at a grid of output-channel counts: the multiples of 8, 16 and 32 around each step of a ladder from the dense
 width down to min_channels, plus one unaligned count (a multiple of 8 minus one) per step, so the table shows
-the staircase an unaligned width falls off. A coarser grid of input-channel counts (multiples of 8) at the
-dense output width gives the input side. The whole model is timed too; what the blocks do not explain
+the staircase an unaligned width falls off. A coarser grid of input-channel counts (a multiple of 8 and one less
+at each step) at the dense output width gives the input side. The whole model is timed too; what the blocks do not explain
 (concat, upsample, pooling, adds, the box decode, per-call overhead) is the table's `rest_ms`.
 
 Prediction for a (pruned) model = sum over its convs of T_out(cout) * T_in(cin) / T_in(cin_dense) + rest_ms,
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from edgeprune.errors import BundleError, DeviceError
+from edgeprune.errors import BundleError, DeviceError, UsageError
 
 from .onnx_min import conv_block_model
 
@@ -50,11 +50,13 @@ def out_grid(width, min_channels=8, alignments=ALIGNMENTS, ladder=LADDER):
 
 
 def in_grid(width, min_channels=8, ladder=LADDER):
-    """Input-channel counts: the multiples of 8 at each ladder step (sorted, within [min_channels, width])."""
+    """Input-channel counts: at each ladder step the multiple of 8 below it and one less (an unaligned count),
+    sorted, within [min_channels, width]."""
     width, lo = int(width), min(int(min_channels), int(width))
     pts = set([width, lo])
     for f in ladder:
-        pts.add(int(ALIGNED * np.floor(f * width / ALIGNED)))
+        step = int(ALIGNED * np.floor(f * width / ALIGNED))
+        pts.update((step, step - 1))
     return sorted(p for p in pts if lo <= p <= width)
 
 
@@ -130,6 +132,9 @@ def block_model(batch, cin, cout, layer):
 
 
 STATISTICS = {"median": np.median, "min": np.min}
+# wall: what a dedicated target sees. cpu: CPU time of this process, for a single-threaded backend on a machine
+# shared with other jobs, where preemption (not the model) decides most wall-clock samples.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def _samples_ms(run, iterations, warmup, clock=time.perf_counter):
@@ -147,11 +152,14 @@ class OrtLayerTimer(object):
     """Times one conv block with onnxruntime (the ONNX is written in memory by jetson.onnx_min)."""
     backend = "onnxruntime"
 
-    def __init__(self, threads=None, providers=None):
+    def __init__(self, threads=None, providers=None, clock="wall"):
         try:
             import onnxruntime as ort
         except ImportError:
             raise DeviceError("onnxruntime is not installed: pip install onnxruntime")
+        if clock == "cpu" and threads != 1:
+            raise UsageError("--clock cpu measures one thread's work: add --threads 1")
+        self.clock = clock
         from .backends.ort import choose_providers
         self.ort = ort
         self.threads = threads
@@ -168,13 +176,14 @@ class OrtLayerTimer(object):
         model = block_model(batch, cin, cout, layer)
         sess = self.ort.InferenceSession(model, sess_options=opts, providers=self.providers)
         x = np.random.RandomState(0).rand(batch, cin, layer["hw"][0], layer["hw"][1]).astype(np.float32)
-        return _samples_ms(lambda: sess.run(None, {"x": x}), iterations, warmup)
+        return _samples_ms(lambda: sess.run(None, {"x": x}), iterations, warmup, CLOCKS[self.clock])
 
 
 class TrtLayerTimer(object):
     """Times one conv block as its own TensorRT engine (built from the jetson.onnx_min ONNX with the build code
     the bundles use), reading the compute time from CUDA events (TrtBackend.last_split)."""
     backend = "tensorrt"
+    clock = "cuda events"
 
     def __init__(self, profile, precision="fp16", workspace_mb=None, trt=None, open_backend=None, log=None):
         if trt is None:
@@ -287,7 +296,7 @@ def measure_table(layers_doc, timer, device_profile, whole_model_ms=None, min_ch
             "key": table_key(device_profile, timer.backend, timer.precision, [batch] + list(shape[1:]),
                              timer.versions),
             "ran_on": timer.ran_on, "model_sha256": model_sha256, "min_channels": int(min_channels),
-            "iterations": int(iterations), "warmup": int(warmup), "statistic": statistic,
+            "iterations": int(iterations), "warmup": int(warmup), "statistic": statistic, "clock": timer.clock,
             "whole_model_ms": whole_model_ms, "layers_dense_ms": dense_sum,
             "rest_ms": None if whole_model_ms is None else float(whole_model_ms) - dense_sum,
             "machine": {"before": note_before, "after": machine_note()},
@@ -396,18 +405,19 @@ def bundle_layers(manifest):
     return read_layers(extra_file(manifest, "layers", hint=LAYERS_HINT))
 
 
-def time_whole_model(det, iterations, warmup, statistic="median"):
-    """The statistic (ms) of the bundle's model with the backend that runs it: TensorRT's compute phase (CUDA events,
-    as the layer timer reads), else the wall time of one inference call."""
+def time_whole_model(det, iterations, warmup, statistic="median", clock="wall"):
+    """The statistic (ms) of the bundle's model with the backend that runs it: TensorRT's compute phase (CUDA
+    events, as the layer timer reads), else the `clock` time of one inference call."""
+    tick = CLOCKS[clock]
     shape = [d if d > 0 else 1 for d in det.manifest["model"]["input_shape"]]
     x = np.random.RandomState(0).rand(*shape).astype(np.float32)
     for _ in range(warmup):
         det.infer(x)
     times = []
     for _ in range(iterations):
-        t0 = time.perf_counter()
+        t0 = tick()
         det.infer(x)
-        wall = (time.perf_counter() - t0) * 1e3
+        wall = (tick() - t0) * 1e3
         split = det.backend.last_split
         times.append(split["compute"] if split else wall)
     return float(STATISTICS[statistic](times))
@@ -417,7 +427,8 @@ def profile_bundle(det, timer, device_profile, min_channels=8, iterations=20, wa
                    statistic="median"):
     """The latency table of the bundle `det` runs (a jetson.runtime detector), measured with `timer`."""
     layers = bundle_layers(det.manifest)
-    whole = time_whole_model(det, iterations, warmup, statistic)
+    # rest_ms is a difference of two measurements: time the whole model longer than one grid point
+    whole = time_whole_model(det, 5 * iterations, warmup, statistic, getattr(timer, "clock", "wall"))
     if log:
         log("whole model: {:.3f} ms; timing {} conv blocks".format(whole, len(layers["layers"])))
     return measure_table(layers, timer, device_profile, whole_model_ms=whole, min_channels=min_channels,
@@ -444,6 +455,8 @@ def add_predictions(report, models, table, table_path):
             "error_pct": 100.0 * (pred["total_ms"] - measured) / measured if measured > 0 else None,
             "key_mismatch": key_mismatches(table, backend=det.backend_name, precision=det.precision,
                                            input_shape=[d if d > 0 else 1 for d in det.input_shape])}
+        if table.get("clock") == "cpu":
+            entry["predicted"]["key_mismatch"].append("clock cpu (table) != wall (bench)")
     return report
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeprune.errors import BundleError, DeviceError
+from edgeprune.errors import BundleError, DeviceError, UsageError
 from jetson import layerprof as lp
 from jetson.onnx_min import conv_block_model
 
@@ -49,7 +49,7 @@ def test_grid_has_the_aligned_steps_an_unaligned_count_and_stays_in_bounds():
     assert 255 in g and 127 in g  # one below an aligned step: the staircase an unaligned width falls off
     assert lp.out_grid(20, min_channels=8) == [8, 15, 16, 20]
     assert lp.out_grid(4, min_channels=8) == [4]  # a layer narrower than min_channels is timed as it is
-    assert lp.in_grid(100, 8) == [8, 24, 32, 48, 56, 72, 80, 96, 100]
+    assert lp.in_grid(100, 8) == [8, 23, 24, 31, 32, 47, 48, 55, 56, 71, 72, 79, 80, 95, 96, 100]
 
 
 def test_layer_points_by_kind():
@@ -124,7 +124,12 @@ def test_ort_timer_fills_every_grid_point():
     assert all(ms > 0 for _, ms in a["out_grid"] + b["out_grid"] + b["in_grid"])
     assert table["rest_ms"] == pytest.approx(1.0 - a["dense_ms"] - b["dense_ms"])
     assert table["key"]["backend"] == "onnxruntime" and "onnxruntime" in table["key"]["versions"]
-    assert table["statistic"] == "min" and table["machine"]["before"]["cpus"]
+    assert table["statistic"] == "min" and table["clock"] == "wall" and table["machine"]["before"]["cpus"]
+    cpu = lp.measure_table(layers, lp.OrtLayerTimer(threads=1, clock="cpu"), "host", iterations=1, warmup=0,
+                           only={"a"})
+    assert cpu["clock"] == "cpu" and list(cpu["layers"]) == ["a"] and cpu["rest_ms"] is None
+    with pytest.raises(UsageError, match="--threads 1"):
+        lp.OrtLayerTimer(threads=2, clock="cpu")
 
 
 @pytest.fixture(scope="module")
