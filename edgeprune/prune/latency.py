@@ -73,6 +73,7 @@ class TorchLayerTimer:
     """Times one conv block (conv with the BN folded into its bias, then SiLU) with torch on `device`:
     CUDA events on a GPU (the host CUDA backend of the tables), perf_counter on a CPU."""
     backend = "torch"
+    clock = "wall"
 
     def __init__(self, device: str = "cuda", precision: str = "fp16") -> None:
         self.device = torch.device(device)
