@@ -216,3 +216,32 @@ def test_trt_layer_timer_builds_each_point_with_the_real_build_code(monkeypatch,
     assert gpu.events_created == gpu.events_destroyed
     with pytest.raises(DeviceError, match="INT8"):
         lp.TrtLayerTimer(get_profile("orin-nano"), "int8", trt=t)
+
+
+def test_torch_table_on_the_spot_predicts_a_pruned_model():
+    torch = pytest.importorskip("torch")
+    from edgeprune.models.spec import new_spec
+    from edgeprune.models.yolo import build_model
+    from edgeprune.prune.apply import prune_model
+    from edgeprune.prune.latency import conv_layers, measure_table_torch, predict_model
+    torch.manual_seed(0)
+    model = build_model(new_spec(2, ["a", "b"], size="n")).eval()
+    # min_channels 128: small grids (a layer narrower than that is timed at its own width only)
+    table = measure_table_torch(model, 32, device="cpu", precision="fp16", min_channels=128, iterations=1, warmup=0)
+    assert table["key"]["backend"] == "torch" and table["key"]["precision"] == "fp32"  # no fp16 on a CPU
+    assert table["key"]["versions"]["device"] == "cpu" and table["key"]["input_size"] == [32, 32]
+    assert predict_model(table, model, 32)["total_ms"] == pytest.approx(table["whole_model_ms"])
+    x = torch.zeros(1, 3, 32, 32)
+    keep = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            keep[name] = [i for i in range(m.num_features) if i % 2 == 0]
+    prune_model(model, keep, example_input=x)
+    pred = predict_model(table, model, 32)
+    assert set(pred["per_layer"]) == {l["name"] for l in conv_layers(model, 32)["layers"]}
+    assert pred["rest_ms"] == table["rest_ms"] and pred["total_ms"] > 0
+    if not torch.cuda.is_available():
+        from edgeprune.errors import ModelError
+        from edgeprune.prune.latency import TorchLayerTimer
+        with pytest.raises(ModelError, match="no CUDA GPU"):
+            TorchLayerTimer("cuda")
