@@ -38,7 +38,7 @@ from edgeprune.prune.graph import build_graph  # noqa: E402
 from edgeprune.prune.io import keep_from_global_ratio  # noqa: E402
 from jetson.bench import run_bench  # noqa: E402
 from jetson.layerprof import (STATISTICS, OrtLayerTimer, add_predictions, machine_note, profile_bundle,  # noqa: E402
-                              time_whole_model)
+                              whole_model_sampler)
 from jetson.runtime import load_detector  # noqa: E402
 
 
@@ -114,7 +114,7 @@ def main() -> int:
             samples: dict[str, list[float]] = {"dense": [], name: []}
             for r in range(max(1, args.iterations // 5)):
                 for label, d in (models if r % 2 == 0 else models[::-1]):
-                    samples[label].append(time_whole_model(d, 5, 1, args.statistic, args.clock))
+                    samples[label].extend(whole_model_sampler(d, args.clock, warmup=1)(5))
             rep = run_bench(models, iterations=args.iterations, warmup_s=0.5)  # wall clock, for reference
             add_predictions(rep, models, table, table_path)
         finally:

@@ -260,12 +260,15 @@ def table_key(device_profile, backend, precision, input_shape, versions):
 
 
 def measure_table(layers_doc, timer, device_profile, whole_model_ms=None, min_channels=8, iterations=20, warmup=3,
-                  model_sha256=None, log=None, only=None, statistic="median"):
+                  model_sha256=None, log=None, only=None, statistic="median", whole_model=None):
     """Time every layer's grid with `timer` (OrtLayerTimer / TrtLayerTimer / the host's torch timer; its
-    time_block returns the samples in ms). whole_model_ms: the same statistic of the whole model with the same
-    backend (gives rest_ms). statistic: 'median', or 'min' on a shared machine where other jobs preempt most
-    iterations. only: an optional set of layer names to time (tests)."""
+    time_block returns the samples in ms). The whole model with the same backend gives rest_ms: either
+    whole_model_ms (the same statistic, measured before), or whole_model, a function n -> n samples in ms, which
+    is sampled before the first layer and again after every layer, so that the whole model and the blocks are
+    measured over the same stretch of time (on a shared machine the load drifts). statistic: 'median', or 'min'.
+    only: an optional set of layer names to time (tests)."""
     reduce = STATISTICS[statistic]
+    whole_samples = list(whole_model(iterations)) if whole_model is not None else []
     shape = layers_doc["input_shape"]
     batch = int(shape[0]) if int(shape[0]) > 0 else 1
     note_before = machine_note()
@@ -287,17 +290,22 @@ def measure_table(layers_doc, timer, device_profile, whole_model_ms=None, min_ch
             entry["in_grid"].append([layer["cin"], entry["dense_ms"]])
             entry["in_grid"].sort()
         layers[layer["name"]] = entry
+        if whole_model is not None:
+            whole_samples.extend(whole_model(max(1, iterations // 4)))
         if log:
             log("layer {}/{} {}: {} -> {} ch, {:.3f} ms dense, {} points".format(
                 i + 1, len(todo), layer["name"], layer["cin"], layer["cout"], entry["dense_ms"],
                 len(entry["out_grid"]) + len(entry["in_grid"])))
     dense_sum = float(sum(e["dense_ms"] for e in layers.values()))
+    if whole_samples:
+        whole_model_ms = float(reduce(whole_samples))
     return {"version": TABLE_VERSION, "kind": "edgeprune latency table",
             "key": table_key(device_profile, timer.backend, timer.precision, [batch] + list(shape[1:]),
                              timer.versions),
             "ran_on": timer.ran_on, "model_sha256": model_sha256, "min_channels": int(min_channels),
             "iterations": int(iterations), "warmup": int(warmup), "statistic": statistic, "clock": timer.clock,
-            "whole_model_ms": whole_model_ms, "layers_dense_ms": dense_sum,
+            "whole_model_ms": whole_model_ms, "whole_model_samples": len(whole_samples) or None,
+            "layers_dense_ms": dense_sum,
             "rest_ms": None if whole_model_ms is None else float(whole_model_ms) - dense_sum,
             "machine": {"before": note_before, "after": machine_note()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
@@ -405,35 +413,36 @@ def bundle_layers(manifest):
     return read_layers(extra_file(manifest, "layers", hint=LAYERS_HINT))
 
 
-def time_whole_model(det, iterations, warmup, statistic="median", clock="wall"):
-    """The statistic (ms) of the bundle's model with the backend that runs it: TensorRT's compute phase (CUDA
-    events, as the layer timer reads), else the `clock` time of one inference call."""
+def whole_model_sampler(det, clock="wall", warmup=3):
+    """n -> n latency samples (ms) of the bundle's model with the backend that runs it: TensorRT's compute phase
+    (CUDA events, as the layer timer reads), else the `clock` time of one inference call."""
     tick = CLOCKS[clock]
     shape = [d if d > 0 else 1 for d in det.manifest["model"]["input_shape"]]
     x = np.random.RandomState(0).rand(*shape).astype(np.float32)
     for _ in range(warmup):
         det.infer(x)
-    times = []
-    for _ in range(iterations):
-        t0 = tick()
-        det.infer(x)
-        wall = (tick() - t0) * 1e3
-        split = det.backend.last_split
-        times.append(split["compute"] if split else wall)
-    return float(STATISTICS[statistic](times))
+
+    def sample(n):
+        times = []
+        for _ in range(n):
+            t0 = tick()
+            det.infer(x)
+            wall = (tick() - t0) * 1e3
+            split = det.backend.last_split
+            times.append(split["compute"] if split else wall)
+        return times
+    return sample
 
 
 def profile_bundle(det, timer, device_profile, min_channels=8, iterations=20, warmup=3, log=None,
                    statistic="median"):
     """The latency table of the bundle `det` runs (a jetson.runtime detector), measured with `timer`."""
     layers = bundle_layers(det.manifest)
-    # rest_ms is a difference of two measurements: time the whole model longer than one grid point
-    whole = time_whole_model(det, 5 * iterations, warmup, statistic, getattr(timer, "clock", "wall"))
     if log:
-        log("whole model: {:.3f} ms; timing {} conv blocks".format(whole, len(layers["layers"])))
-    return measure_table(layers, timer, device_profile, whole_model_ms=whole, min_channels=min_channels,
-                         iterations=iterations, warmup=warmup, model_sha256=det.manifest["model"]["sha256"], log=log,
-                         statistic=statistic)
+        log("timing {} conv blocks and the whole model between them".format(len(layers["layers"])))
+    return measure_table(layers, timer, device_profile, min_channels=min_channels, iterations=iterations,
+                         warmup=warmup, model_sha256=det.manifest["model"]["sha256"], log=log, statistic=statistic,
+                         whole_model=whole_model_sampler(det, getattr(timer, "clock", "wall"), warmup))
 
 
 def add_predictions(report, models, table, table_path):

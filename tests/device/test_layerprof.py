@@ -176,6 +176,9 @@ def test_profile_layers_cli_then_bench_shows_the_prediction(exported, tmp_path, 
     table = lp.read_table(out)
     assert set(table["layers"]) == set(l["name"] for l in lp.read_layers(os.path.join(root, "layers.json"))["layers"])
     assert table["model_sha256"] == json.load(open(os.path.join(root, "manifest.json")))["model"]["sha256"]
+    # the whole model is sampled before the first layer (2 iterations) and once after each layer
+    assert table["whole_model_samples"] == 2 + len(table["layers"])
+    assert table["rest_ms"] == pytest.approx(table["whole_model_ms"] - table["layers_dense_ms"])
     assert main(["bench", root, "--iterations", "3", "--threads", "1", "--latency-table", out, "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     p = rep["models"][0]["predicted"]
