@@ -172,6 +172,9 @@ def _profile_layers(args):
             timer = TrtLayerTimer(get_profile(args.device), det.precision, log=_log)
         else:
             timer = OrtLayerTimer(threads=args.threads, clock=args.clock)
+            if det.precision != timer.precision:
+                raise UsageError("--profile-layers with onnxruntime times fp32 blocks; this bundle runs {} here: "
+                                 "profile with --precision fp32".format(det.precision))
         table = profile_bundle(det, timer, args.device, min_channels=args.min_channels,
                                iterations=args.iterations or 20, warmup=3, log=_log, statistic=args.statistic)
     finally:
