@@ -1,9 +1,12 @@
 """HTTP front end of `edgeprune serve`: routing, auth, limits, JSON answers. Python 3.6+, stdlib only.
 
-`socketserver.ThreadingMixIn` + `HTTPServer` (ThreadingHTTPServer is 3.7+): one thread per connection,
-bounded by `max_connections`. The handler talks to the `DetectionServer` as `self.server.app`.
+`HTTPServer` with a thread per connection (ThreadingHTTPServer is 3.7+), bounded by `max_connections`, plus
+a few probe slots for health checks when those are all taken. Every read runs under a deadline: the idle
+keep-alive timeout before a request, the request-head deadline, then the request's own --timeout for the
+body. The handler talks to the `DetectionServer` as `self.server.app`.
 """
 import hmac
+import io
 import json
 import logging
 import math
@@ -11,8 +14,8 @@ import queue
 import re
 import socket
 import socketserver
-import struct
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -35,7 +38,11 @@ ROUTES = {
 # Probes stay open so an orchestrator needs no secret; everything that reveals or uses the model is guarded.
 PROTECTED = ("/v1/detect", "/v1/model", "/metrics")
 MAX_DET_LIMIT = 10000
-DECODE_SLOTS = 4  # concurrent decode+letterbox: bounds memory when many clients send large images at once
+DECODE_SLOTS = 4  # concurrent decode+letterbox (also bounded in bytes by DecodeBudget)
+PROBE_SLOTS = 8  # connections past --max-connections that still get /healthz and /readyz answered
+PROBE_HEAD_S = 1.0  # head deadline on a probe slot
+LINGER_S = 1.0  # how long a closing connection drains what the client still sends
+PROBES = ("/healthz", "/readyz")
 _DIGITS = re.compile(r"^[0-9]{1,12}$")
 _KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
 
@@ -88,40 +95,77 @@ def parse_detect_query(query):
     return params
 
 
-_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+class DecodeBudget(object):
+    """Bounds what concurrent decodes hold in memory: at most `max_jobs` at once and their estimated peak bytes
+    (imageio.decode_cost) within `capacity`. One image larger than the whole budget runs only alone."""
+
+    def __init__(self, capacity, max_jobs):
+        self.capacity = int(capacity)
+        self.max_jobs = int(max_jobs)
+        self.used = 0
+        self.jobs = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, cost, timeout):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.jobs >= self.max_jobs or (self.jobs and self.used + cost > self.capacity):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            self.jobs += 1
+            self.used += cost
+            return True
+
+    def release(self, cost):
+        with self._cond:
+            self.jobs -= 1
+            self.used -= cost
+            self._cond.notify_all()
 
 
-def image_size(data):
-    """(width, height) read from a PNG or JPEG header without decoding, or None if not found.
-    Lets the server refuse decompression bombs (a small file that decodes to gigabytes) up front."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            i += 2
-            continue
-        if marker in _JPEG_SOF and i + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return width, height
-        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
-    return None
+class _DeadlineReader(io.RawIOBase):
+    """The socket's read side under a deadline for a whole phase (request head, body), not just per recv:
+    a client trickling one byte a second cannot hold its connection past the deadline. `arm(idle, head)`
+    waits `idle` s for the first byte of a request, then allows `head` s from that byte on."""
+
+    def __init__(self, sock, io_timeout):
+        io.RawIOBase.__init__(self)
+        self._sock = sock
+        self._io_timeout = io_timeout
+        self._deadline = None
+        self._then = None
+
+    def readable(self):
+        return True
+
+    def arm(self, seconds, then=None):
+        self._deadline = time.monotonic() + seconds
+        self._then = then
+
+    def readinto(self, buf):
+        if self._deadline is not None:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("deadline passed")
+            self._sock.settimeout(min(remaining, self._io_timeout))
+        n = self._sock.recv_into(buf)
+        if n and self._then is not None:  # the first byte of a request: the head deadline starts now
+            self._deadline, self._then = time.monotonic() + self._then, None
+        return n
 
 
-class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
-    daemon_threads = True  # idle keep-alive connections must not block exit; draining is tracked per request
+class ThreadingServer(HTTPServer):
+    """One thread per connection, at most `max_connections`. Connections beyond that go to a few probe
+    slots that answer only /healthz and /readyz (everything else 503 + Retry-After) under a 1 s head
+    deadline, so orchestrators see the truth while slow or idle clients hold every regular slot; past
+    those too, a connection gets an immediate 503. Listen backlog: `--backlog`."""
     allow_reuse_address = True
 
     def __init__(self, address, app):
         self.app = app
+        self.request_queue_size = app.options.backlog  # listen(2) backlog; the socketserver default is 5
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         HTTPServer.__init__(self, address, _Handler)
@@ -132,21 +176,48 @@ class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
     def process_request(self, request, client_address):
-        if not self.app.connection_slots.acquire(blocking=False):
-            self.app.refuse_connection(request)
-            self.shutdown_request(request)
+        app = self.app
+        if app.connection_slots.acquire(blocking=False):
+            handler, slots = _Handler, app.connection_slots
+        elif app.probe_slots.acquire(blocking=False):
+            handler, slots = _ProbeHandler, app.probe_slots
+        else:
+            app.refuse_connection(request)
+            socketserver.TCPServer.shutdown_request(self, request)
             return
         try:
-            socketserver.ThreadingMixIn.process_request(self, request, client_address)
+            threading.Thread(target=self._serve_connection, args=(request, client_address, handler, slots),
+                             name="edgeprune-conn", daemon=True).start()
         except Exception:
-            self.app.connection_slots.release()
+            slots.release()
+            socketserver.TCPServer.shutdown_request(self, request)
             raise
 
-    def process_request_thread(self, request, client_address):
+    def _serve_connection(self, request, client_address, handler, slots):
         try:
-            socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
+            handler(request, client_address, self)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self.app.connection_slots.release()
+            self.shutdown_request(request)
+            slots.release()
+
+    def shutdown_request(self, request):
+        """Lingering close: after our FIN, read what the client still sends (an unread upload after a
+        413/503) for up to LINGER_S, so the kernel does not answer it with a reset that destroys our reply."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_S
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                request.settimeout(remaining)
+                if not request.recv(65536):
+                    break
+        except OSError:
+            pass
+        self.close_request(request)
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
@@ -161,10 +232,30 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edgeprune-serve/" + __version__
     sys_version = ""
 
+    probe_only = False  # True on a probe slot: one request, health endpoints only
+
     def setup(self):
-        self.timeout = self.server.app.options.io_timeout_s  # socket timeout for reads (slow or stalled clients)
+        opts = self.server.app.options
+        self.timeout = opts.io_timeout_s  # socket timeout of each read and write (stalled clients)
         self._in_dispatch, self._status, self._body_done, self._expect_continue = False, None, False, False
+        self._requests = 0
         BaseHTTPRequestHandler.setup(self)
+        self.rfile.close()  # the base class's socket file; reads go through the deadline reader instead
+        self._reader = _DeadlineReader(self.connection, opts.io_timeout_s)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self):
+        opts = self.server.app.options
+        if self.probe_only:
+            self._reader.arm(PROBE_HEAD_S)
+        elif self._requests == 0:  # a new connection: its first request head is due within --header-timeout
+            self._reader.arm(opts.header_timeout_s)
+        else:  # keep-alive: wait --keepalive-timeout for the next request, then --header-timeout for its head
+            self._reader.arm(opts.keepalive_timeout_s, then=opts.header_timeout_s)
+        self._requests += 1
+        BaseHTTPRequestHandler.handle_one_request(self)  # a passed deadline closes the connection
+        if self.probe_only:
+            self.close_connection = True
 
     def handle_expect_100(self):
         # The base class answers `Expect: 100-continue` before routing; defer it to _read_body so a client
@@ -201,7 +292,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.command if self.command in _KNOWN_METHODS else "other"
 
     def _send_bytes(self, code, body, content_type, headers=(), close=False):
-        close = close or self._unread_body()
+        close = close or self._unread_body() or self.probe_only
+        self.connection.settimeout(self.server.app.options.io_timeout_s)  # reads may have left a shorter one
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -225,6 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._in_dispatch, self._status, self._body_done = True, None, False
         url = urlsplit(self.path)
         endpoint = url.path if url.path in ROUTES else "other"
+        self._reader.arm(app.options.timeout_s)  # the body is read within the request's own --timeout
         app.request_started()
         try:
             self._route(app, url.path, url.query, started)
@@ -257,6 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command not in allowed:
             raise HTTPError(405, "{} does not accept {}; use {}".format(path, self.command, " or ".join(allowed)),
                             headers=(("Allow", ", ".join(allowed)),))
+        if self.probe_only and path not in PROBES:
+            raise _busy("too many connections (--max-connections {}); retry".format(app.options.max_connections))
         if path in PROTECTED and not self._authorised(app.token):
             raise HTTPError(401, "missing or wrong bearer token; send `Authorization: Bearer <token>`")
         if path == "/healthz":
@@ -305,7 +400,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self.rfile.read(length)
         except socket.timeout:
-            raise HTTPError(408, "timed out reading the body", close=True)
+            raise HTTPError(408, "timed out reading the body (--io-timeout between reads, --timeout in all)",
+                            close=True)
         self._body_done = True
         if len(body) != length:
             raise HTTPError(400, "body ended after {} of {} bytes".format(len(body), length), close=True)
@@ -323,14 +419,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body(self._content_length(opts.max_body_bytes))
         deadline = started + opts.timeout_s
 
-        if not app.decode_slots.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        t0 = time.monotonic()
+        cost = app.probe(body)  # sized from the header: 413 before a pixel is decoded
+        if not app.decode_budget.acquire(cost, timeout=max(deadline - time.monotonic(), 0.0)):
             raise _busy("too many images being decoded; retry")
         try:
-            t0 = time.monotonic()
             tensor, meta = app.decode(body)
             pre_s = time.monotonic() - t0
         finally:
-            app.decode_slots.release()
+            app.decode_budget.release(cost)
         del body
 
         job = Job(tensor, meta)
@@ -362,3 +459,8 @@ class _Handler(BaseHTTPRequestHandler):
             "model": app.model_info,
         })
 
+
+
+class _ProbeHandler(_Handler):
+    """A connection past --max-connections: answers one /healthz or /readyz, anything else 503."""
+    probe_only = True
