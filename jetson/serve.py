@@ -238,16 +238,9 @@ class DetectionServer(object):
         head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
                 "Retry-After: 1\r\nConnection: close\r\n\r\n".format(len(body))).encode("ascii")
         self.metrics.requests.inc(("other", "-", 503))
-        try:  # runs on the accept thread: never block; read what already arrived so closing does not reset
+        try:  # runs on the accept thread: never block (a few hundred bytes fit any fresh send buffer)
             sock.setblocking(False)
-            for _ in range(16):
-                if not sock.recv(65536):
-                    break
-        except OSError:
-            pass
-        try:
-            sock.settimeout(0.2)
-            sock.sendall(head + body)
+            sock.send(head + body)
         except OSError:
             pass
 

@@ -12,6 +12,7 @@ import logging
 import math
 import queue
 import re
+import selectors
 import socket
 import socketserver
 import sys
@@ -156,6 +157,68 @@ class _DeadlineReader(io.RawIOBase):
         return n
 
 
+class _LingeringCloser(threading.Thread):
+    """Closes connections gracefully off the connection threads: after our FIN it reads and drops what the
+    client still sends (an upload we answered 413/503 without reading) for up to LINGER_S, so the kernel does
+    not answer that data with a reset, which would destroy our reply before the client reads it."""
+    MAX_SOCKETS = 1024  # past this, close at once
+
+    def __init__(self):
+        super(_LingeringCloser, self).__init__(name="edgeprune-linger", daemon=True)
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.start()
+
+    def close(self, sock):
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return
+        with self._lock:
+            if self._stopped or len(self._selector.get_map()) >= self.MAX_SOCKETS:
+                sock.close()
+                return
+            self._selector.register(sock, selectors.EVENT_READ, time.monotonic() + LINGER_S)
+
+    def stop(self):
+        with self._lock:
+            self._stopped = True
+
+    def _forget(self, sock):
+        self._selector.unregister(sock)
+        sock.close()
+
+    def run(self):
+        while True:
+            with self._lock:
+                keys = list(self._selector.get_map().values())
+                if self._stopped:
+                    for key in keys:
+                        self._forget(key.fileobj)
+                    return
+            if not keys:
+                time.sleep(0.05)
+                continue
+            ready = self._selector.select(0.05)
+            with self._lock:
+                for key, _ in ready:
+                    try:
+                        done = not key.fileobj.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        done = False
+                    except OSError:
+                        done = True
+                    if done:
+                        self._forget(key.fileobj)
+                now = time.monotonic()
+                for key in list(self._selector.get_map().values()):
+                    if key.data < now:
+                        self._forget(key.fileobj)
+
+
 class ThreadingServer(HTTPServer):
     """One thread per connection, at most `max_connections`. Connections beyond that go to a few probe
     slots that answer only /healthz and /readyz (everything else 503 + Retry-After) under a 1 s head
@@ -168,6 +231,7 @@ class ThreadingServer(HTTPServer):
         self.request_queue_size = app.options.backlog  # listen(2) backlog; the socketserver default is 5
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        self._closer = _LingeringCloser()  # first: a failed bind calls server_close(), which stops it
         HTTPServer.__init__(self, address, _Handler)
 
     def server_bind(self):
@@ -183,7 +247,7 @@ class ThreadingServer(HTTPServer):
             handler, slots = _ProbeHandler, app.probe_slots
         else:
             app.refuse_connection(request)
-            socketserver.TCPServer.shutdown_request(self, request)
+            self.shutdown_request(request)
             return
         try:
             threading.Thread(target=self._serve_connection, args=(request, client_address, handler, slots),
@@ -203,21 +267,11 @@ class ThreadingServer(HTTPServer):
             slots.release()
 
     def shutdown_request(self, request):
-        """Lingering close: after our FIN, read what the client still sends (an unread upload after a
-        413/503) for up to LINGER_S, so the kernel does not answer it with a reset that destroys our reply."""
-        try:
-            request.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER_S
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                request.settimeout(remaining)
-                if not request.recv(65536):
-                    break
-        except OSError:
-            pass
-        self.close_request(request)
+        self._closer.close(request)
+
+    def server_close(self):
+        HTTPServer.server_close(self)
+        self._closer.stop()
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
