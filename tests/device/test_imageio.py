@@ -113,6 +113,7 @@ def test_every_format_is_sized_from_its_header(fmt):
     assert decode_image(data, max_pixels=LIMIT).shape == (30, 40, 3)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns; we refuse
 @pytest.mark.parametrize("fmt,size", [("PNG", (20000, 20000)), ("JPEG", (7000, 7000)), ("BMP", (9000, 9000)),
                                       ("GIF", (9000, 9000)), ("TIFF", (13000, 13000)),
                                       ("WEBP", (16384, 16384))])
@@ -141,6 +142,7 @@ def test_jpeg_junk_byte_after_app0_and_a_second_frame_header_are_still_sized():
         probe_image(crafted, LIMIT)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_pillows_own_limit_is_enforced(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageTooLarge, match="1000 pixel limit"):
