@@ -23,7 +23,7 @@ import time
 
 from edgeprune.errors import DeviceError, EdgepruneError, UsageError
 
-from .serve_http import DECODE_SLOTS, PROBE_SLOTS, DecodeBudget, HTTPError, ThreadingServer
+from .serve_http import DECODE_SLOTS, DecodeBudget, HTTPError, ThreadingServer, known_method, raw_response
 from .serve_metrics import ServeMetrics
 from .serve_worker import InferenceWorker
 
@@ -112,7 +112,6 @@ class DetectionServer(object):
         self.token = options.token.encode("utf-8") if options.token is not None else None
         self.jobs = queue.Queue(maxsize=options.max_queue)
         self.connection_slots = threading.BoundedSemaphore(options.max_connections)
-        self.probe_slots = threading.BoundedSemaphore(PROBE_SLOTS)
         self.decode_budget = DecodeBudget(options.decode_budget_bytes, DECODE_SLOTS)
         self.draining = False
         self._in_flight = 0
@@ -233,16 +232,31 @@ class DetectionServer(object):
         return preprocess_from_manifest(img, self.manifest)
 
     def refuse_connection(self, sock):
-        body = json.dumps({"error": "too many connections (--max-connections {})".format(
-            self.options.max_connections), "status": 503}).encode("utf-8")
-        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
-                "Retry-After: 1\r\nConnection: close\r\n\r\n".format(len(body))).encode("ascii")
+        """Past --max-connections with the side loop full too: 503 at once, without reading the request."""
         self.metrics.requests.inc(("other", "-", 503))
         try:  # runs on the accept thread: never block (a few hundred bytes fit any fresh send buffer)
             sock.setblocking(False)
-            sock.send(head + body)
+            sock.send(raw_response(503, self._too_many(), (("Retry-After", "1"),)))
         except OSError:
             pass
+
+    def _too_many(self):
+        return {"error": "too many connections (--max-connections {}); retry".format(self.options.max_connections),
+                "status": 503}
+
+    def answer_probe(self, method, path):
+        """The answer to a request past --max-connections: /healthz and /readyz as usual, else 503."""
+        head_only = method == "HEAD"
+        if method in ("GET", "HEAD") and path == "/healthz":
+            status, obj, headers = 200, {"status": "ok"}, ()
+        elif method in ("GET", "HEAD") and path == "/readyz":
+            ready, reason = self.readiness()
+            status, obj, headers = 200 if ready else 503, {"ready": ready, "reason": reason}, ()
+        else:
+            status, obj, headers = 503, self._too_many(), (("Retry-After", "1"),)
+        endpoint = path if path in ("/healthz", "/readyz") else "other"
+        self.metrics.requests.inc((endpoint, known_method(method), status))
+        return raw_response(status, obj, headers, head_only)
 
     def request_started(self):
         with self._idle:

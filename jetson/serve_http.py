@@ -1,7 +1,7 @@
 """HTTP front end of `edgeprune serve`: routing, auth, limits, JSON answers. Python 3.6+, stdlib only.
 
-`HTTPServer` with a thread per connection (ThreadingHTTPServer is 3.7+), bounded by `max_connections`, plus
-a few probe slots for health checks when those are all taken. Every read runs under a deadline: the idle
+`HTTPServer` with a thread per connection (ThreadingHTTPServer is 3.7+), bounded by `max_connections`; one
+side thread answers health checks past that limit and closes connections gracefully. Every read runs under a deadline: the idle
 keep-alive timeout before a request, the request-head deadline, then the request's own --timeout for the
 body. The handler talks to the `DetectionServer` as `self.server.app`.
 """
@@ -40,12 +40,15 @@ ROUTES = {
 PROTECTED = ("/v1/detect", "/v1/model", "/metrics")
 MAX_DET_LIMIT = 10000
 DECODE_SLOTS = 4  # concurrent decode+letterbox (also bounded in bytes by DecodeBudget)
-PROBE_SLOTS = 8  # connections past --max-connections that still get /healthz and /readyz answered
-PROBE_HEAD_S = 1.0  # head deadline on a probe slot
+PROBE_HEAD_S = 1.0  # head deadline of a connection past --max-connections (health checks only)
 LINGER_S = 1.0  # how long a closing connection drains what the client still sends
-PROBES = ("/healthz", "/readyz")
 _DIGITS = re.compile(r"^[0-9]{1,12}$")
 _KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+
+
+def known_method(method):
+    # Clients choose the method token: only known ones become metric labels, so series stay bounded.
+    return method if method in _KNOWN_METHODS else "other"
 
 
 class HTTPError(Exception):
@@ -157,18 +160,49 @@ class _DeadlineReader(io.RawIOBase):
         return n
 
 
-class _LingeringCloser(threading.Thread):
-    """Closes connections gracefully off the connection threads: after our FIN it reads and drops what the
-    client still sends (an upload we answered 413/503 without reading) for up to LINGER_S, so the kernel does
-    not answer that data with a reset, which would destroy our reply before the client reads it."""
-    MAX_SOCKETS = 1024  # past this, close at once
+def raw_response(status, obj, headers=(), head_only=False):
+    """A complete `Connection: close` HTTP/1.1 answer as bytes, for sockets no handler thread serves."""
+    body = json.dumps(obj).encode("utf-8")
+    lines = ["HTTP/1.1 {} {}".format(status, BaseHTTPRequestHandler.responses.get(status, ("",))[0]),
+             "Content-Type: application/json", "Content-Length: {}".format(len(body)), "Cache-Control: no-store"]
+    lines += ["{}: {}".format(name, value) for name, value in headers] + ["Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + (b"" if head_only else body)
 
-    def __init__(self):
-        super(_LingeringCloser, self).__init__(name="edgeprune-linger", daemon=True)
+
+class _SideLoop(threading.Thread):
+    """One thread, one selector, for connections no handler thread should wait on:
+    - overflow (past --max-connections): read the request head (due within PROBE_HEAD_S), answer /healthz and
+      /readyz as usual and anything else 503 + Retry-After, so health checks need no connection slot;
+    - closing: after the server's FIN, read and drop what the client still sends (an upload answered 413/503
+      unread) for up to LINGER_S, so the kernel does not answer that data with a reset that would destroy
+      the reply before the client reads it.
+    At most MAX_SOCKETS at once; past that a connection is answered 503 and closed at once."""
+    MAX_SOCKETS = 1024
+
+    def __init__(self, answer_probe):
+        super(_SideLoop, self).__init__(name="edgeprune-side", daemon=True)
+        self._answer_probe = answer_probe  # (method, path) -> raw response bytes
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._stopped = False
         self.start()
+
+    def _add(self, sock, state):
+        """Register `sock`; False (the caller closes it) when full or stopped."""
+        with self._lock:
+            if self._stopped or len(self._selector.get_map()) >= self.MAX_SOCKETS:
+                return False
+            self._selector.register(sock, selectors.EVENT_READ, state)
+            return True
+
+    def overflow(self, sock):
+        """Serve one health request on `sock` from this loop; False when the loop is full."""
+        try:
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return True
+        return self._add(sock, {"deadline": time.monotonic() + PROBE_HEAD_S, "head": b""})
 
     def close(self, sock):
         try:
@@ -177,11 +211,8 @@ class _LingeringCloser(threading.Thread):
         except OSError:
             sock.close()
             return
-        with self._lock:
-            if self._stopped or len(self._selector.get_map()) >= self.MAX_SOCKETS:
-                sock.close()
-                return
-            self._selector.register(sock, selectors.EVENT_READ, time.monotonic() + LINGER_S)
+        if not self._add(sock, {"deadline": time.monotonic() + LINGER_S, "head": None}):
+            sock.close()
 
     def stop(self):
         with self._lock:
@@ -190,6 +221,32 @@ class _LingeringCloser(threading.Thread):
     def _forget(self, sock):
         self._selector.unregister(sock)
         sock.close()
+
+    def _readable(self, sock, state):
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if state["head"] is None:  # lingering: drop what arrives, close on EOF
+            if not data:
+                self._forget(sock)
+            return
+        state["head"] += data
+        if b"\r\n\r\n" not in state["head"] and data and len(state["head"]) < 16384:
+            return
+        parts = state["head"].split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) != 3:
+            self._forget(sock)  # no request line (EOF or garbage): nothing to answer
+            return
+        try:
+            sock.send(self._answer_probe(parts[0].decode("latin-1"), urlsplit(parts[1].decode("latin-1")).path))
+            sock.shutdown(socket.SHUT_WR)
+        except (OSError, ValueError):
+            self._forget(sock)
+            return
+        state["head"], state["deadline"] = None, time.monotonic() + LINGER_S
 
     def run(self):
         while True:
@@ -200,30 +257,21 @@ class _LingeringCloser(threading.Thread):
                         self._forget(key.fileobj)
                     return
             if not keys:
-                time.sleep(0.05)
+                time.sleep(0.02)
                 continue
-            ready = self._selector.select(0.05)
+            ready = self._selector.select(0.02)
             with self._lock:
                 for key, _ in ready:
-                    try:
-                        done = not key.fileobj.recv(65536)
-                    except (BlockingIOError, InterruptedError):
-                        done = False
-                    except OSError:
-                        done = True
-                    if done:
-                        self._forget(key.fileobj)
+                    self._readable(key.fileobj, key.data)
                 now = time.monotonic()
                 for key in list(self._selector.get_map().values()):
-                    if key.data < now:
+                    if key.data["deadline"] < now:
                         self._forget(key.fileobj)
 
 
 class ThreadingServer(HTTPServer):
-    """One thread per connection, at most `max_connections`. Connections beyond that go to a few probe
-    slots that answer only /healthz and /readyz (everything else 503 + Retry-After) under a 1 s head
-    deadline, so orchestrators see the truth while slow or idle clients hold every regular slot; past
-    those too, a connection gets an immediate 503. Listen backlog: `--backlog`."""
+    """One thread per connection, at most `max_connections`; connections beyond that are served by the side
+    loop (health checks answered, anything else 503 + Retry-After). Listen backlog: `--backlog`."""
     allow_reuse_address = True
 
     def __init__(self, address, app):
@@ -231,7 +279,7 @@ class ThreadingServer(HTTPServer):
         self.request_queue_size = app.options.backlog  # listen(2) backlog; the socketserver default is 5
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self._closer = _LingeringCloser()  # first: a failed bind calls server_close(), which stops it
+        self._side = _SideLoop(app.answer_probe)  # first: a failed bind calls server_close(), which stops it
         HTTPServer.__init__(self, address, _Handler)
 
     def server_bind(self):
@@ -240,38 +288,35 @@ class ThreadingServer(HTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
     def process_request(self, request, client_address):
-        app = self.app
-        if app.connection_slots.acquire(blocking=False):
-            handler, slots = _Handler, app.connection_slots
-        elif app.probe_slots.acquire(blocking=False):
-            handler, slots = _ProbeHandler, app.probe_slots
-        else:
-            app.refuse_connection(request)
-            self.shutdown_request(request)
+        slots = self.app.connection_slots
+        if not slots.acquire(blocking=False):
+            if not self._side.overflow(request):
+                self.app.refuse_connection(request)
+                socketserver.TCPServer.shutdown_request(self, request)
             return
         try:
-            threading.Thread(target=self._serve_connection, args=(request, client_address, handler, slots),
+            threading.Thread(target=self._serve_connection, args=(request, client_address),
                              name="edgeprune-conn", daemon=True).start()
         except Exception:
             slots.release()
             socketserver.TCPServer.shutdown_request(self, request)
             raise
 
-    def _serve_connection(self, request, client_address, handler, slots):
+    def _serve_connection(self, request, client_address):
         try:
-            handler(request, client_address, self)
+            _Handler(request, client_address, self)
         except Exception:
             self.handle_error(request, client_address)
         finally:
             self.shutdown_request(request)
-            slots.release()
+            self.app.connection_slots.release()
 
     def shutdown_request(self, request):
-        self._closer.close(request)
+        self._side.close(request)
 
     def server_close(self):
         HTTPServer.server_close(self)
-        self._closer.stop()
+        self._side.stop()
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
@@ -286,8 +331,6 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edgeprune-serve/" + __version__
     sys_version = ""
 
-    probe_only = False  # True on a probe slot: one request, health endpoints only
-
     def setup(self):
         opts = self.server.app.options
         self.timeout = opts.io_timeout_s  # socket timeout of each read and write (stalled clients)
@@ -300,16 +343,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def handle_one_request(self):
         opts = self.server.app.options
-        if self.probe_only:
-            self._reader.arm(PROBE_HEAD_S)
-        elif self._requests == 0:  # a new connection: its first request head is due within --header-timeout
+        if self._requests == 0:  # a new connection: its first request head is due within --header-timeout
             self._reader.arm(opts.header_timeout_s)
         else:  # keep-alive: wait --keepalive-timeout for the next request, then --header-timeout for its head
             self._reader.arm(opts.keepalive_timeout_s, then=opts.header_timeout_s)
         self._requests += 1
         BaseHTTPRequestHandler.handle_one_request(self)  # a passed deadline closes the connection
-        if self.probe_only:
-            self.close_connection = True
 
     def handle_expect_100(self):
         # The base class answers `Expect: 100-continue` before routing; defer it to _read_body so a client
@@ -342,11 +381,10 @@ class _Handler(BaseHTTPRequestHandler):
         return headers.get("Content-Length", "0").strip() not in ("", "0") or bool(headers.get("Transfer-Encoding"))
 
     def _method_label(self):
-        # Clients choose the method token: only known ones become metric labels, so series stay bounded.
-        return self.command if self.command in _KNOWN_METHODS else "other"
+        return known_method(self.command)
 
     def _send_bytes(self, code, body, content_type, headers=(), close=False):
-        close = close or self._unread_body() or self.probe_only
+        close = close or self._unread_body()
         self.connection.settimeout(self.server.app.options.io_timeout_s)  # reads may have left a shorter one
         self.send_response(code)
         self.send_header("Content-Type", content_type)
@@ -404,8 +442,6 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command not in allowed:
             raise HTTPError(405, "{} does not accept {}; use {}".format(path, self.command, " or ".join(allowed)),
                             headers=(("Allow", ", ".join(allowed)),))
-        if self.probe_only and path not in PROBES:
-            raise _busy("too many connections (--max-connections {}); retry".format(app.options.max_connections))
         if path in PROTECTED and not self._authorised(app.token):
             raise HTTPError(401, "missing or wrong bearer token; send `Authorization: Bearer <token>`")
         if path == "/healthz":
@@ -513,8 +549,3 @@ class _Handler(BaseHTTPRequestHandler):
             "model": app.model_info,
         })
 
-
-
-class _ProbeHandler(_Handler):
-    """A connection past --max-connections: answers one /healthz or /readyz, anything else 503."""
-    probe_only = True

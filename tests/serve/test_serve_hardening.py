@@ -170,3 +170,33 @@ def test_a_burst_past_the_connection_limit_gets_503_not_resets(start_server):
     results = _burst(srv.address, 64, encoded(3))
     assert len(results) == 64 and set(results) <= {200, 503}, sorted(set(map(str, results)))
     assert results.count(503) >= 1 and 200 in results
+
+
+def test_health_is_answered_while_slow_clients_hold_the_slots_and_others_hammer(start_server):
+    srv = start_server(max_connections=2, header_timeout_s=5.0)
+    slow = [_Trickler(srv.address, limit=4.0) for _ in range(2)]
+    for t in slow:
+        t.start()
+    assert _wait_for(lambda: srv.connection_slots._value == 0, 5)
+    stop_at = time.monotonic() + 2.5
+    others = []
+
+    def hammer():  # bounded: stops at stop_at
+        while time.monotonic() < stop_at:
+            try:
+                others.append(call(srv, "POST", "/v1/detect", encoded(4), timeout=5).status)
+            except (OSError, http.client.HTTPException) as exc:
+                others.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(16)]
+    for t in threads:
+        t.start()
+    probes = []
+    while time.monotonic() < stop_at:
+        t0 = time.monotonic()
+        probes.append((call(srv, "GET", "/readyz", timeout=5).status, time.monotonic() - t0))
+        time.sleep(0.2)
+    for t in threads + slow:
+        t.join(10)
+    assert probes and all(status == 200 and seconds < 1.0 for status, seconds in probes), probes
+    assert others and set(others) == {503}, sorted(set(map(str, others)))
