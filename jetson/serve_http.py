@@ -511,11 +511,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         t0 = time.monotonic()
         cost = app.probe(body)  # sized from the header: 413 before a pixel is decoded
+        pre_s = time.monotonic() - t0
         if not app.decode_budget.acquire(cost, timeout=max(deadline - time.monotonic(), 0.0)):
             raise _busy("too many images being decoded; retry")
         try:
+            t0 = time.monotonic()
             tensor, meta = app.decode(body)
-            pre_s = time.monotonic() - t0
+            pre_s += time.monotonic() - t0
         finally:
             app.decode_budget.release(cost)
         del body

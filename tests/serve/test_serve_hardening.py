@@ -200,3 +200,21 @@ def test_health_is_answered_while_slow_clients_hold_the_slots_and_others_hammer(
         t.join(10)
     assert probes and all(status == 200 and seconds < 1.0 for status, seconds in probes), probes
     assert others and set(others) == {503}, sorted(set(map(str, others)))
+
+
+def test_decode_budget_bounds_concurrent_decoded_bytes():
+    from jetson.serve_http import DecodeBudget
+    budget = DecodeBudget(capacity=100, max_jobs=3)
+    assert budget.acquire(60, 0.1) and budget.acquire(40, 0.1)  # 100 of 100
+    assert not budget.acquire(1, 0.05)  # over the byte budget: waits, then gives up at its deadline
+    budget.release(60)
+    assert budget.acquire(30, 0.1) and budget.acquire(30, 0.1)  # 100 again, 3 jobs
+    assert not budget.acquire(0, 0.05)  # the job count is bounded too
+    for cost in (40, 30, 30):
+        budget.release(cost)
+    assert budget.acquire(500, 0.1)  # larger than the whole budget: admitted only alone
+    released = threading.Timer(0.2, budget.release, args=(500,))
+    released.start()
+    t0 = time.monotonic()
+    assert budget.acquire(10, 5) and time.monotonic() - t0 >= 0.15  # waited for the big one to finish
+    released.join()
