@@ -2,6 +2,7 @@
 bombs of several formats, slow and idle clients holding every connection slot, bursts of new connections.
 Every client loop here is bounded in time and stops by itself."""
 import http.client
+import select
 import socket
 import threading
 import time
@@ -218,3 +219,25 @@ def test_decode_budget_bounds_concurrent_decoded_bytes():
     t0 = time.monotonic()
     assert budget.acquire(10, 5) and time.monotonic() - t0 >= 0.15  # waited for the big one to finish
     released.join()
+
+
+def test_a_trickled_body_gets_408_at_the_request_deadline(start_server):
+    srv = start_server(timeout_s=1.0, io_timeout_s=10.0)
+    body = encoded(5)
+    sock = socket.create_connection(srv.address, timeout=5)
+    t0 = time.monotonic()
+    try:
+        sock.sendall("POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n".format(len(body))
+                     .encode("ascii"))
+        for i in range(40):  # one byte every 0.1 s until the server answers: each read is quick, the body slow
+            sock.send(body[i:i + 1])
+            if select.select([sock], [], [], 0.1)[0]:
+                break
+        answered_after = time.monotonic() - t0
+        resp = http.client.HTTPResponse(sock, method="POST")
+        resp.begin()
+        assert resp.status == 408
+    finally:
+        sock.close()
+    assert 0.8 < answered_after < 2.5, answered_after
+    assert call(srv, "POST", "/v1/detect", body).status == 200
