@@ -104,9 +104,9 @@ def _patched(fmt, width, height):
     return bytes(data)
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP"])
-def test_every_format_is_sized_from_its_header(fmt):
-    kw = {"lossless": True} if fmt == "WEBP" else {}
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {}), ("BMP", {}), ("GIF", {}), ("TIFF", {}),
+                                    ("WEBP", {"lossless": True}), ("WEBP", {"quality": 80})])
+def test_every_format_is_sized_from_its_header(fmt, kw):
     data = _encode(fmt, (40, 30), **kw)
     width, height, cost = probe_image(data, LIMIT)
     assert (width, height) == (40, 30) and cost >= 40 * 30 * 7
@@ -157,3 +157,15 @@ def test_unreadable_header_is_refused_not_decoded():
     assert not isinstance(exc.value, ImageTooLarge)
     with pytest.raises(DeviceError, match="marker segments"):
         probe_image(b"\xff\xd8" + b"\xff\xfe\x00\x02" * 20000, LIMIT)
+
+
+def test_without_pillow_only_formats_parsed_here_are_sized(monkeypatch):
+    import jetson.imageio as imageio
+    monkeypatch.setattr(imageio, "_pil", lambda: None)  # a device with OpenCV only
+    assert probe_image(_encode("PNG", (40, 30)), LIMIT)[:2] == (40, 30)
+    assert probe_image(_encode("JPEG", (40, 30)), LIMIT)[:2] == (40, 30)
+    assert probe_image(_encode("WEBP", (40, 30), lossless=True), LIMIT)[:2] == (40, 30)
+    with pytest.raises(DeviceError, match="without Pillow"):
+        probe_image(_encode("BMP", (40, 30)), LIMIT)
+    with pytest.raises(ImageTooLarge):
+        probe_image(_patched("JPEG", 7000, 7000), LIMIT)
