@@ -8,7 +8,7 @@ Threads and why:
   that made it) and is the only thread that touches it; it gathers up to `max_batch` queued jobs
   within a short window and runs them as one backend call.
 Everything is bounded: connections (`max_connections`, extra ones get 503; health checks still get an
-answer on a probe slot), the time a client may take for a request head, between requests and for its body,
+answer from the side loop), the time a client may take for a request head, between requests and for its body,
 concurrent decodes and their memory (`decode_budget_mb`), queued jobs (`max_queue`, full -> 503 +
 Retry-After), body bytes (413) and pixels (413, read from the image header before anything is decoded).
 """
