@@ -56,7 +56,9 @@ def write_report(run: RunDir) -> Path:
              "Full config: `config.yaml`.", ""]
     data = run.outputs("data")
     lines += [f"Dataset `{data['dataset']}`: {data['train_images']} train / {data['val_images']} val images, "
-              f"classes {', '.join(data['names'])}; {data['skipped']} samples skipped.", "", "## Results", ""]
+              f"classes {', '.join(data['names'])}"
+              + (f"; {data['skipped']} bad samples skipped (data.skip_bad)." if data["skipped"] else "."),
+              "", "## Results", ""]
     table, found = _metrics_table(run)
     lines += table + [""]
     if "dense" in found and "finetune" in found:

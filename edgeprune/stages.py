@@ -32,9 +32,9 @@ def stage_data(run: RunDir) -> dict[str, Any]:
         path = ensure_synthetic(cache_root() / "synthetic", c.synth_train, c.synth_val, c.synth_size, c.seed)
     else:
         path = Path(c.source)
-    ds = load_dataset(path, c.format, c.skip_bad)
+    ds = load_dataset(path, c.format, c.skip_bad, decode=True)   # once, so a truncated image fails now
     run.log(f"[data] {path}: {len(ds.splits['train'])} train / {len(ds.splits['val'])} val images, "
-            f"{len(ds.names)} classes, {ds.skipped} skipped")
+            f"{len(ds.names)} classes" + (f", {ds.skipped} bad samples skipped" if ds.skipped else ""))
     return {"dataset": str(path), "names": list(ds.names), "train_images": len(ds.splits["train"]),
             "val_images": len(ds.splits["val"]), "skipped": ds.skipped}
 
