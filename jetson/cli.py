@@ -141,9 +141,9 @@ def _bench(args):
     image = decode_image(args.image) if args.image else None
     models = []
     try:
-        models.append(("bundle", _open(args, args.bundle)))
+        models.append((args.bundle, _open(args, args.bundle)))     # labels: the paths, as the user wrote them
         if args.compare:
-            models.append(("compare", _open(args, args.compare)))
+            models.append((args.compare, _open(args, args.compare)))
         report = run_bench(models, image=image, iterations=args.iterations, duration=args.duration,
                            warmup_s=args.warmup)
     finally:
