@@ -125,14 +125,45 @@ def stage_finetune(run: RunDir) -> dict[str, Any]:
 
 
 def stage_export(run: RunDir) -> dict[str, Any]:
+    """The pruned model's bundle, the dense model's beside it (`bundle_dense/`, so `edgeprune bench bundle
+    --compare bundle_dense` works on the device straight away), and a first interleaved comparison of the two
+    through ONNX Runtime on this machine."""
     from .export.pipeline import export_bundle
 
     out = stale_stage_dir(run, "export", "bundle")
-    result = export_bundle(run.outputs("finetune")["model_dir"], out, run.cfg, _dataset(run),
+    dense_out = stale_stage_dir(run, "export", "bundle_dense")
+    ds = _dataset(run)
+    result = export_bundle(run.outputs("finetune")["model_dir"], out, run.cfg, ds,
                            metrics=run.outputs("finetune")["metrics"])
     parity = result["parity"]
     run.log(f"[export] bundle {out}: graph verified, ORT vs torch max abs diff {parity['max_abs_diff']:.2e}")
-    return {"bundle": str(out), "verify": result["verify"], "parity": parity}
+    dense = export_bundle(run.outputs("dense")["checkpoint"], dense_out, run.cfg, ds,
+                          metrics=run.outputs("dense")["metrics"])
+    run.log(f"[export] dense bundle {dense_out}: ORT vs torch max abs diff {dense['parity']['max_abs_diff']:.2e}")
+    bench = compare_bundles(out, dense_out)
+    run.log("[export] " + bench["summary"][0] + " (ONNX Runtime, this machine)")
+    return {"bundle": str(out), "verify": result["verify"], "parity": parity, "dense_bundle": str(dense_out),
+            "dense_parity": dense["parity"], "bench": bench}
+
+
+def compare_bundles(pruned: Path, dense: Path, iterations: int = 30) -> dict[str, Any]:
+    """`edgeprune bench PRUNED --compare DENSE` in short, in-process (ONNX Runtime, one thread, interleaved):
+    the latencies and the sentences saying which is faster."""
+    from jetson.bench import compare_lines, run_bench
+    from jetson.runtime import load_detector
+
+    models = []
+    try:
+        for label, path in (("dense", dense), ("pruned", pruned)):
+            models.append((label, load_detector(str(path), backend="onnxruntime", threads=1)))
+        rep = run_bench(models, iterations=iterations, warmup_s=0.5)
+    finally:
+        for _, det in models:
+            det.close()
+    lat = {e["label"]: {k: round(e[k]["mean"], 3) for k in ("end_to_end", "infer")} for e in rep["models"]}
+    return {"backend": "onnxruntime", "threads": 1, "iterations": iterations, "latency_ms": lat,
+            "speedup_end_to_end": rep["compare"]["speedup_end_to_end_mean"],
+            "speedup_infer": rep["compare"]["speedup_infer_mean"], "summary": compare_lines(rep)}
 
 
 def stage_report(run: RunDir) -> dict[str, Any]:
