@@ -129,6 +129,8 @@ def _detect(args):
         # without --out, stdout carries the JSON lines of boxes, so the summary goes to stderr
         (sys.stdout if args.out else sys.stderr).write(json.dumps(summary) + "\n")
     else:
+        for err in summary.get("errors", []):
+            _log("failed: {}".format(err["error"]))
         _log("{} image(s), {} detection(s), {} failed on {}{}".format(
             summary["images"], summary["detections"], summary["failed"], summary["backend"],
             "; wrote " + args.out if args.out else ""))

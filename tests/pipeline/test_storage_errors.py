@@ -56,3 +56,19 @@ def test_compress_into_an_unusable_runs_dir_is_a_clear_error(tmp_path):
                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "cannot create the run directory" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask, mode):
+    from edgeprune.fsio import AtomicFile, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with AtomicFile(tmp_path / "b.bin") as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"y")
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.bin"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == mode, name
