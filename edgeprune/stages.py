@@ -33,10 +33,26 @@ def stage_data(run: RunDir) -> dict[str, Any]:
     else:
         path = Path(c.source)
     ds = load_dataset(path, c.format, c.skip_bad, decode=True)   # once, so a truncated image fails now
+    link = _link_dataset(run.dir("data"), path)
     run.log(f"[data] {path}: {len(ds.splits['train'])} train / {len(ds.splits['val'])} val images, "
             f"{len(ds.names)} classes" + (f", {ds.skipped} bad samples skipped" if ds.skipped else ""))
-    return {"dataset": str(path), "names": list(ds.names), "train_images": len(ds.splits["train"]),
+    return {"dataset": str(path), "dataset_link": link, "names": list(ds.names), "train_images": len(ds.splits["train"]),
             "val_images": len(ds.splits["val"]), "skipped": ds.skipped}
+
+
+def _link_dataset(folder: Path, dataset: Path) -> str | None:
+    """`runs/<name>/data/dataset` -> the dataset the run used (the synthetic one lives in a cache folder with a
+    hashed name), so that commands can be pasted with a path that exists. None where links cannot be made."""
+    link = folder / ("dataset" + (dataset.suffix if dataset.is_file() else ""))
+    tmp = folder / (".tmp-" + link.name)
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(dataset.resolve(), tmp, target_is_directory=dataset.is_dir())
+        os.replace(tmp, link)
+    except OSError:
+        return None
+    return str(link)
 
 
 def _evaluate(model, ds, run: RunDir) -> dict[str, Any]:

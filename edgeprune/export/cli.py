@@ -5,8 +5,10 @@ import json
 import sys
 
 EXPORT_EPILOG = """example:
-  edgeprune export runs/default/pruned --out runs/default/bundle --imgsz 256 --images data/val/images
-  edgeprune export runs/default/finetune/best.pt --out bundle --nms-plugin --int8 --calib calib/ --json
+  edgeprune export runs/default/finetune/model --out runs/bundle320 --imgsz 320 --images runs/default/data/dataset/images/val
+  edgeprune export runs/default/dense/best.pt --out runs/dense_bundle --json
+  edgeprune export runs/default/finetune/model --out runs/bundle_int8 --nms-plugin --int8 --calib runs/default/bundle/calib
+  (the last one after `edgeprune calib build`, which writes runs/default/bundle/calib)
 
 MODEL_DIR_OR_CKPT is a pruned model folder (arch.json + weights.pt [+ recombination.json, metrics.json])
 or an edgeprune checkpoint. The graph is simplified (onnxsim), checked, verified against the arch spec
