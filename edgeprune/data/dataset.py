@@ -19,7 +19,7 @@ from ..errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("yolo", "coco", "voc", "nwpu")
-SKIP_HINT = "or skip bad samples with --set data.skip_bad=true"
+SKIP_HINT = "or leave bad samples out with --set data.skip_bad=true (data convert: --skip-bad)"
 # A box may overshoot the image by this many pixels (rounding in annotation tools) before it is an error.
 EDGE_TOLERANCE_PX = 1.0
 
