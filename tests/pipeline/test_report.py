@@ -62,3 +62,17 @@ def test_compare_bundles_measures_both(tmp_path):
     assert rep["speedup_end_to_end"] == pytest.approx(
         rep["latency_ms"]["dense"]["end_to_end"] / rep["latency_ms"]["pruned"]["end_to_end"], rel=1e-3)
     assert rep["summary"][0].startswith("end to end: pruned is ")
+
+
+def test_data_stage_links_the_dataset_it_used(tmp_path):
+    from edgeprune.stages import _link_dataset
+
+    folder, coco = tmp_path / "cache" / "synth-abc", tmp_path / "instances.json"
+    folder.mkdir(parents=True)
+    coco.write_text("{}")
+    (tmp_path / "run").mkdir()
+    link = _link_dataset(tmp_path / "run", folder)
+    assert link == str(tmp_path / "run" / "dataset") and Path(link).resolve() == folder.resolve()
+    assert _link_dataset(tmp_path / "run", folder) == link                 # a rerun replaces the link
+    json_link = _link_dataset(tmp_path / "run", coco)                      # a file keeps its suffix (format detection)
+    assert json_link.endswith("dataset.json") and Path(json_link).read_text() == "{}"
