@@ -144,7 +144,7 @@ def compare_lines(report):
     na, nb = a["label"], b["label"]
     out = []
     for phase, what in (("end_to_end", "end to end"), ("infer", "inference alone")):
-        out.append("{}: {} (mean {:.2f} vs {:.2f} ms; by the median: {})".format(
+        out.append("{}: {} (mean {:.2f} vs {:.2f} ms, median {:.2f} vs {:.2f} ms)".format(
             what, faster_phrase(na, a[phase], nb, b[phase]), b[phase]["mean"], a[phase]["mean"],
-            faster_phrase(na, a[phase], nb, b[phase], "median").split(" is ", 1)[1]))
+            b[phase]["median"], a[phase]["median"]))
     return out

@@ -61,19 +61,27 @@ def _column_name(col: int) -> str:
 
 
 def _unpaired(ref, test, iou_min: float, score_tol: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy pairing of one image's detections (same class, IoU >= iou_min, scores within score_tol):
-    (pairs, unpaired-ref mask, unpaired-test mask, ref x test IoU)."""
+    """Pair one image's detections (same class, IoU >= iou_min, scores within score_tol) as many as possible
+    (a maximum bipartite matching: equal-score detections come out of NMS in either order, and a first-fit
+    pairing can then leave two of them unpaired): (pairs, unpaired-ref mask, unpaired-test mask, IoU)."""
     (rb, rs, rc), (tb, ts, tc) = ref, test
-    free_r, free_t = np.ones(len(rs), bool), np.ones(len(ts), bool)
     ious = box_iou(rb, tb) if len(rs) and len(ts) else np.zeros((len(rs), len(ts)))
     ok = (ious >= iou_min) & (rc[:, None] == tc[None, :]) & (np.abs(rs[:, None] - ts[None, :]) <= score_tol)
-    pairs = 0
-    for i in range(len(rs)):
-        for j in np.flatnonzero(ok[i] & free_t):
-            free_r[i] = free_t[j] = False
-            pairs += 1
-            break
-    return pairs, free_r, free_t, ious
+    owner = np.full(len(ts), -1)                    # test j -> the ref detection it is paired with
+
+    def augment(i: int, seen: np.ndarray) -> bool:  # Kuhn's augmenting path; chains are short here
+        for j in np.flatnonzero(ok[i] & ~seen):
+            seen[j] = True
+            if owner[j] < 0 or augment(int(owner[j]), seen):
+                owner[j] = i
+                return True
+        return False
+
+    pairs = sum(augment(i, np.zeros(len(ts), bool)) for i in range(len(rs)))
+    free_t = owner < 0
+    free_r = np.ones(len(rs), bool)
+    free_r[owner[~free_t]] = False
+    return int(pairs), free_r, free_t, ious
 
 
 def match_detections(ref: Detections, test: Detections, iou_min: float = 0.99, score_tol: float = SCORE_TOL) -> float:
