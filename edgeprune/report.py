@@ -43,7 +43,7 @@ def _plot_summary(found: dict[str, dict[str, Any]], path: Path) -> None:
         values = [found[s].get(key, 0) * scale for s in stages]
         bars = ax.bar(range(len(stages)), values, color="#4477aa")
         ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8, padding=2)
-        ax.set_ylim(0, max(values + [1e-9]) * 1.18)      # room for the numbers above the bars
+        ax.set_ylim(0, max(values) * 1.18 if max(values) > 0 else 1.0)     # room for the numbers above the bars
         ax.set_xticks(range(len(stages)), [lbl.split(" (")[0] for lbl in labels], rotation=20, fontsize=8)
         ax.set_title(title)
     fig.tight_layout()
