@@ -79,9 +79,12 @@ def _stage_times(run: RunDir) -> list[str]:
     if not rows:
         return []
     total = sum(float(m.get("seconds", 0)) for _, m in rows)
-    return ["## Stage times", "", "| stage | seconds | finished (UTC) |", "|---|---:|---|",
-            *[f"| {s} | {float(m.get('seconds', 0)):.1f} | {m.get('finished_at', '')} |" for s, m in rows],
-            f"| total | {total:.1f} | |", ""]
+    return ["## Stage times", "", "| stage | seconds | torch threads | finished (UTC) |", "|---|---:|---:|---|",
+            *[f"| {s} | {float(m.get('seconds', 0)):.1f} | {m.get('outputs', {}).get('threads', '')} | "
+              f"{m.get('finished_at', '')} |" for s, m in rows],
+            f"| total | {total:.1f} | | |", "",
+            "The same seed and the same torch thread count give the same numbers; another thread count gives "
+            "another run (BENCHMARKS.md 0c).", ""]
 
 
 def write_report(run: RunDir) -> Path:

@@ -55,6 +55,13 @@ def _link_dataset(folder: Path, dataset: Path) -> str | None:
     return str(link)
 
 
+def _threads() -> int:
+    """torch's intra-op thread count: a training's numbers depend on it (BENCHMARKS.md 0c), so it is recorded."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _evaluate(model, ds, run: RunDir) -> dict[str, Any]:
     from .metrics import evaluate
     from .metrics.complexity import count, cpu_latency
@@ -80,7 +87,7 @@ def stage_dense(run: RunDir) -> dict[str, Any]:
     model = model_from_checkpoint(out / "best.pt")
     metrics = _evaluate(model, ds, run)
     run.log(f"[dense] mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map']:.3f}  params {metrics['params']:,}")
-    return {"checkpoint": str(out / "best.pt"), "anchors": anchors, "metrics": metrics}
+    return {"checkpoint": str(out / "best.pt"), "anchors": anchors, "metrics": metrics, "threads": _threads()}
 
 
 def stage_sparse(run: RunDir) -> dict[str, Any]:
@@ -96,7 +103,7 @@ def stage_sparse(run: RunDir) -> dict[str, Any]:
     metrics = _evaluate(model_from_checkpoint(summary["sparse_ckpt"]), ds, run)
     run.log(f"[sparse] mAP50 {metrics['map50']:.3f}, |gamma| < {summary['zero_threshold']} for "
             f"{100 * summary['zero_share']:.1f} % of prunable channels")
-    return {**summary, "checkpoint": summary["sparse_ckpt"], "metrics": metrics}
+    return {**summary, "checkpoint": summary["sparse_ckpt"], "metrics": metrics, "threads": _threads()}
 
 
 def stage_prune(run: RunDir) -> dict[str, Any]:
@@ -137,7 +144,7 @@ def stage_finetune(run: RunDir) -> dict[str, Any]:
     save_pruned_model(out / "model", model, run.outputs("prune")["model_dir"])
     atomic_write_json(out / "model" / "metrics.json", metrics)
     run.log(f"[finetune] mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map']:.3f}")
-    return {"model_dir": str(out / "model"), "metrics": metrics}
+    return {"model_dir": str(out / "model"), "metrics": metrics, "threads": _threads()}
 
 
 def stage_export(run: RunDir) -> dict[str, Any]:

@@ -18,7 +18,7 @@ def _finished_run(root: Path, bench: dict | None) -> RunDir:
                         "skipped": 0}, 0.4)
     for k, (stage, (params, flops, map50)) in enumerate(METRICS.items()):
         run.finish(stage, {"metrics": {"params": params, "flops": flops, "map50": map50, "map": map50 / 2,
-                                       "ap_small": 0.1, "cpu_latency_ms": 5.0}}, 10.0 * (k + 1))
+                                       "ap_small": 0.1, "cpu_latency_ms": 5.0}, "threads": 2}, 10.0 * (k + 1))
     export = {"bundle": f"{root}/bundle", "verify": {"status": "passed"}, "parity": {"max_abs_diff": 1e-5}}
     if bench:
         export.update(dense_bundle=f"{root}/bundle_dense", bench=bench)
@@ -35,7 +35,7 @@ def test_report_has_stage_times_comparison_and_labelled_plot(tmp_path):
     text = write_report(_finished_run(tmp_path, bench)).read_text()
     assert "samples skipped" not in text                 # nothing was skipped, so nothing is said
     times = text.split("## Stage times", 1)[1]
-    assert "| dense | 10.0 |" in times and "| finetune | 40.0 |" in times and "| export | 3.2 |" in times
+    assert "| dense | 10.0 | 2 |" in times and "| finetune | 40.0 | 2 |" in times and "| export | 3.2 |  |" in times
     assert "| total | 103.7 |" in times                   # 0.4 + 10 + 20 + 30 + 40 + 3.25
     cmp = text.split("### Dense vs pruned", 1)[1]
     assert "| dense | 14.50 | 12.00 |" in cmp and "| pruned | 10.00 | 7.50 |" in cmp
