@@ -60,10 +60,10 @@ def _column_name(col: int) -> str:
     return ("cx", "cy", "w", "h", "objectness")[col] if col < 5 else f"class {col - 5} probability"
 
 
-def _unpaired(ref, test, iou_min: float, score_tol: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+def _unpaired(ref, test, iou_min: float, score_tol: float) -> tuple[int, np.ndarray, np.ndarray]:
     """Pair one image's detections (same class, IoU >= iou_min, scores within score_tol) as many as possible
     (a maximum bipartite matching: equal-score detections come out of NMS in either order, and a first-fit
-    pairing can then leave two of them unpaired): (pairs, unpaired-ref mask, unpaired-test mask, IoU)."""
+    pairing can then leave two of them unpaired): (pairs, unpaired-ref mask, unpaired-test mask)."""
     (rb, rs, rc), (tb, ts, tc) = ref, test
     ious = box_iou(rb, tb) if len(rs) and len(ts) else np.zeros((len(rs), len(ts)))
     ok = (ious >= iou_min) & (rc[:, None] == tc[None, :]) & (np.abs(rs[:, None] - ts[None, :]) <= score_tol)
@@ -81,7 +81,7 @@ def _unpaired(ref, test, iou_min: float, score_tol: float) -> tuple[int, np.ndar
     free_t = owner < 0
     free_r = np.ones(len(rs), bool)
     free_r[owner[~free_t]] = False
-    return int(pairs), free_r, free_t, ious
+    return int(pairs), free_r, free_t
 
 
 def match_detections(ref: Detections, test: Detections, iou_min: float = 0.99, score_tol: float = SCORE_TOL) -> float:
@@ -97,12 +97,14 @@ def match_detections(ref: Detections, test: Detections, iou_min: float = 0.99, s
 def _near_ties(ref, test, free_r: np.ndarray, free_t: np.ndarray, conf: float, iou: float,
                max_det: int, score_tol: float, iou_tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Which unpaired detections of one image a near-tie of NMS explains (masks over ref and test)."""
+    if not (free_r.any() or free_t.any()):
+        return free_r, free_t
     (rb, rs, rc), (tb, ts, tc) = ref, test
     boxes, scores = np.concatenate([rb, tb]), np.concatenate([rs, ts])
     classes = np.concatenate([rc, tc])
     side = np.r_[np.zeros(len(rs), bool), np.ones(len(ts), bool)]
     free = np.r_[free_r, free_t]
-    all_iou = box_iou(boxes, boxes) if len(boxes) else np.zeros((0, 0))
+    all_iou = box_iou(boxes, boxes)
     same = classes[:, None] == classes[None, :]
     cross = side[:, None] != side[None, :]
     close = np.abs(scores[:, None] - scores[None, :]) <= score_tol
@@ -134,7 +136,7 @@ def compare_detections(ref: Detections, test: Detections, conf: float, iou: floa
     paired = ties = total = 0
     unexplained: list[dict[str, Any]] = []
     for k, (r, t) in enumerate(zip(ref, test)):
-        pairs, free_r, free_t, _ = _unpaired(r, t, iou_min, score_tol)
+        pairs, free_r, free_t = _unpaired(r, t, iou_min, score_tol)
         tie_r, tie_t = _near_ties(r, t, free_r, free_t, conf, iou, max_det, score_tol, iou_tol)
         paired += 2 * pairs
         ties += int(tie_r.sum() + tie_t.sum())
