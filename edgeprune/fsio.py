@@ -3,6 +3,7 @@
 A reader never sees a half-written file: either the old content or the new one. OS errors become
 StorageError naming the path (disk full, quota, file-size limit, permission denied, read-only file system),
 and so do the failures a library's writer reports in its own words (torch's serializer raises RuntimeError).
+The file gets the mode a plain open() would give it (0666 less the umask), not mkstemp's private 0600.
 """
 import errno
 import hashlib
@@ -42,6 +43,24 @@ def _library_write_failure(exc, path):
     return None
 
 
+def _umask():
+    """The process umask, read without changing it where Linux tells it (os.umask can only swap it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(path):
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path, data):
     """Write `data` to `path` atomically. Creates the parent folder."""
     path = str(path)
@@ -53,6 +72,7 @@ def atomic_write_bytes(path, data):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            _plain_mode(tmp)
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
@@ -109,6 +129,7 @@ class AtomicFile(object):
         try:
             if exc_type is None:
                 with open(self.tmp, "rb+") as f:
+                    _plain_mode(self.tmp)
                     os.fsync(f.fileno())
                 os.replace(self.tmp, self.path)
                 _fsync_dir(os.path.dirname(os.path.abspath(self.path)))

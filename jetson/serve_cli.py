@@ -6,9 +6,9 @@ jetson.serve lazily, so `edgeprune --help` stays fast and torch-free.
 import argparse
 
 EPILOG = """example:
-  edgeprune serve runs/exp/bundle --port 8080 --max-batch 4 --token-file ~/.edgeprune-token
-  curl -H "Authorization: Bearer $(cat ~/.edgeprune-token)" --data-binary @scene.jpg \\
-       "http://127.0.0.1:8080/v1/detect?conf=0.3"
+  edgeprune serve runs/default/bundle --port 8080 --max-batch 4
+  curl --data-binary @runs/default/data/dataset/images/val/val_000000.png "http://127.0.0.1:8080/v1/detect?conf=0.3"
+  (--token-file FILE requires "Authorization: Bearer <the file's token>" on every request)
 
 endpoints: POST /v1/detect (JPEG/PNG body; conf, iou, max_det), GET /v1/model, /healthz, /readyz, /metrics.
 SIGTERM or Ctrl-C drains in-flight requests and exits 0."""

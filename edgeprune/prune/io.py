@@ -61,22 +61,36 @@ def save_pruned(out_dir: str | Path, model: Any, spec: dict[str, Any] | None = N
     return out
 
 
+def short_layer_name(name: str) -> str:
+    """`layers.6.m.0.cv1.conv` -> `6.m.0.cv1`: what tells layers apart, for plot labels."""
+    for prefix in ("layers.", "model."):
+        name = name[len(prefix):] if name.startswith(prefix) else name
+    for suffix in (".conv", ".bn"):
+        name = name[:-len(suffix)] if name.endswith(suffix) else name
+    return name
+
+
 def plot_widths(table: list[dict[str, Any]], path: str | Path) -> None:
-    """Bar chart of every layer's width before/after, junction producers highlighted."""
+    """Horizontal bars of every layer's width before/after (one readable label per row, network order top
+    to bottom, the width written at each bar's end), junction producers highlighted."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in table if not r.get("fixed")]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.14 * len(rows)), 3.5))
-    xs = range(len(rows))
-    ax.bar(xs, [r["before"] for r in rows], color="#d0d0d0", label="before")
-    ax.bar(xs, [r["after"] for r in rows], color=["#d62728" if r.get("junction") else "#1f77b4" for r in rows],
-           label="after (red: residual-junction producer)")
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([r["layer"] for r in rows], rotation=90, fontsize=5)
-    ax.set_ylabel("output channels")
-    ax.legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.19 * len(rows) + 1.0)))
+    ys = list(range(len(rows)))
+    ax.barh(ys, [r["before"] for r in rows], color="#d0d0d0", label="before")
+    ax.barh(ys, [r["after"] for r in rows], color=["#d62728" if r.get("junction") else "#1f77b4" for r in rows],
+            label="after (red: residual-junction producer)")
+    for y, r in zip(ys, rows):
+        ax.text(r["before"], y, f" {r['after']}/{r['before']}", va="center", fontsize=6)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([short_layer_name(r["layer"]) for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max([r["before"] for r in rows] + [1]) * 1.15)
+    ax.set_xlabel("output channels")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     with AtomicFile(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)

@@ -116,3 +116,19 @@ def test_library_oserror_inside_atomic_file_is_named(tmp_path, code, why):
             open(tmp, "wb").write(b"partial")
             raise OSError(code, os.strerror(code))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask, mode):
+    from edgeprune.fsio import AtomicFile, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with AtomicFile(tmp_path / "b.bin") as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"y")
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.bin"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == mode, name
