@@ -5,6 +5,8 @@ a warm-up (so the backend's first-call allocations are not counted as growth), t
 POST the same image with urllib until the time is up. Reports throughput, latency percentiles (all
 answers and 200s only), counts by status, and the server's RSS (VmRSS from /proc/<pid>/status) after
 warm-up, at the end and its maximum, then stops the server with SIGTERM and records its exit code.
+`--slow-clients N` adds N attackers that trickle a never-ending request head one byte a second (reconnecting
+whenever the server drops them), and a prober times GET /healthz twice a second during the measured phase.
 Python 3.6 compatible (it runs on the device too).
 
 example:
@@ -15,12 +17,14 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -96,6 +100,63 @@ class Client(threading.Thread):
             self.samples.append((status, time.monotonic() - t0))
 
 
+class SlowClient(threading.Thread):
+    """Holds a connection by sending a request head one byte a second; counts how often the server drops it."""
+
+    def __init__(self, address, stop_at):
+        super(SlowClient, self).__init__(daemon=True)
+        self.address, self.stop_at = address, stop_at
+        self.connections = 0
+        self.dropped = 0  # connections the server closed (head deadline) before we gave up
+
+    def run(self):
+        while time.monotonic() < self.stop_at:
+            try:
+                sock = socket.create_connection(self.address, timeout=2)
+            except OSError:
+                time.sleep(0.2)
+                continue
+            self.connections += 1
+            try:
+                while time.monotonic() < self.stop_at:
+                    sock.send(b"G")
+                    sock.settimeout(max(min(1.0, self.stop_at - time.monotonic()), 0.01))
+                    try:
+                        if sock.recv(4096) == b"":
+                            self.dropped += 1
+                            break
+                    except socket.timeout:
+                        pass
+            except OSError:
+                self.dropped += 1
+            finally:
+                sock.close()
+
+
+class HealthProber(threading.Thread):
+    """GET /healthz every 0.5 s until `stop_at`: (status or error name, seconds) per probe."""
+
+    def __init__(self, url, stop_at):
+        super(HealthProber, self).__init__(daemon=True)
+        self.url, self.stop_at = url + "/healthz", stop_at
+        self.samples = []
+
+    def run(self):
+        while time.monotonic() < self.stop_at:
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    resp.read()
+                    status = str(resp.status)
+            except urllib.error.HTTPError as exc:
+                exc.read()
+                status = str(exc.code)
+            except (urllib.error.URLError, OSError) as exc:
+                status = "error:" + type(getattr(exc, "reason", exc)).__name__
+            self.samples.append((status, time.monotonic() - t0))
+            time.sleep(max(0.5 - (time.monotonic() - t0), 0.0))
+
+
 def run_phase(url, body, headers, clients, seconds, timeout):
     stop_at = time.monotonic() + seconds
     threads = [Client(url, body, headers, stop_at, timeout) for _ in range(clients)]
@@ -158,6 +219,8 @@ def main(argv=None):
     ap.add_argument("--image", default=None, help="image file to send (default: a synthetic 640x480 JPEG)")
     ap.add_argument("--query", default="", help="query string for /v1/detect, e.g. conf=0.3")
     ap.add_argument("--request-timeout", type=float, default=30.0)
+    ap.add_argument("--slow-clients", type=int, default=0,
+                    help="connections trickling a request head at 1 byte/s during the measured phase")
     ap.add_argument("--out", default=None, help="write the JSON report here (atomic)")
     ap.add_argument("--plot", default=None, help="also write a PNG (server RSS over time, latency histogram); "
                                                  "needs matplotlib")
@@ -165,8 +228,10 @@ def main(argv=None):
     # everything after `--` goes to the server, e.g. `-- --max-queue 4 --max-batch 4`
     server_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.duration <= MAX_DURATION_S:
-        ap.error("--clients must be in [1, {}] and --duration in (0, {}]".format(MAX_CLIENTS, MAX_DURATION_S))
+    if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.duration <= MAX_DURATION_S \
+            or not 0 <= args.slow_clients <= MAX_CLIENTS:
+        ap.error("--clients must be in [1, {0}], --slow-clients in [0, {0}] and --duration in (0, {1}]".format(
+            MAX_CLIENTS, MAX_DURATION_S))
 
     body = test_image(args.image, (640, 480))
     proc, url = start_server(args.bundle, server_args)
@@ -185,7 +250,17 @@ def main(argv=None):
 
         sampler = threading.Thread(target=sample_rss, daemon=True)
         sampler.start()
-        samples, elapsed = run_phase(endpoint, body, headers, args.clients, args.duration, args.request_timeout)
+        stop_at = time.monotonic() + args.duration
+        where = urlsplit(url)
+        slow = [SlowClient((where.hostname, where.port), stop_at) for _ in range(args.slow_clients)]
+        prober = HealthProber(url, stop_at)
+        for t in slow + [prober]:
+            t.start()
+        time.sleep(1.0 if slow else 0.0)  # let the slow clients take their slots first
+        samples, elapsed = run_phase(endpoint, body, headers, args.clients, stop_at - time.monotonic(),
+                                     args.request_timeout)
+        for t in slow + [prober]:
+            t.join(10)
         sampling.set()
         sampler.join()
         rss_end = rss_kb(proc.pid)
@@ -208,6 +283,10 @@ def main(argv=None):
                 "mean": sum(values) / len(values) if values else None, "max": max(values) if values else None}
 
     valid_rss = [r for r in rss_samples if r is not None]
+    health_counts = {}
+    for status, _ in prober.samples:
+        health_counts[status] = health_counts.get(status, 0) + 1
+    health_ms = [sec * 1000.0 for _, sec in prober.samples]
     report = {
         "bundle": os.path.abspath(args.bundle), "clients": args.clients, "duration_s": round(elapsed, 3),
         "warmup_s": args.warmup, "image_bytes": len(body), "server_args": server_args,
@@ -215,6 +294,9 @@ def main(argv=None):
         "ok_rps": len(ok) / elapsed if elapsed else 0.0,
         "status_counts": counts, "other_than_200_503": sum(n for s, n in counts.items() if s not in ("200", "503")),
         "latency_ms_200": summary(ok), "latency_ms_all": summary(every),
+        "health": {"status_counts": health_counts, "latency_ms": summary(health_ms)},
+        "slow_clients": {"count": args.slow_clients, "connections": sum(t.connections for t in slow),
+                         "dropped_by_server": sum(t.dropped for t in slow)},
         "server": {"pid": proc.pid, "rss_kb_ready": rss_ready, "rss_kb_start": rss_start, "rss_kb_end": rss_end,
                    "rss_kb_max": max(valid_rss) if valid_rss else None,
                    "rss_growth_kb": (rss_end - rss_start) if rss_end and rss_start else None,
@@ -227,7 +309,8 @@ def main(argv=None):
         from edgeprune.fsio import atomic_write_text
         atomic_write_text(args.out, text + "\n")
     print(text)
-    return 0 if report["other_than_200_503"] == 0 and exit_code == 0 else 1
+    healthy = set(health_counts) <= {"200"}
+    return 0 if report["other_than_200_503"] == 0 and healthy and exit_code == 0 else 1
 
 
 if __name__ == "__main__":

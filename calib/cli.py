@@ -9,13 +9,13 @@ def register(subparsers):
     p = subparsers.add_parser(
         "calib", help="INT8 calibration sets (calib build)", formatter_class=fmt,
         description="Calibration data for INT8 engines and QDQ quantization.",
-        epilog="example: edgeprune calib build --data datasets/nwpu --bundle runs/demo/bundle --n 500")
+        epilog="example: edgeprune calib build --data runs/default/data/dataset --bundle runs/default/bundle --n 32")
     sub = p.add_subparsers(dest="calib_command", metavar="ACTION")
     b = sub.add_parser(
         "build", formatter_class=fmt, help="select images and write preprocessed batches into BUNDLE/calib/",
         description="Select N images (stratified: every class and object-size band represented, or random), "
                     "preprocess them exactly like the bundle and write calib/batch_*.npy + calib/manifest.json.",
-        epilog="example: edgeprune calib build --data datasets/nwpu --bundle runs/demo/bundle --n 500 "
+        epilog="example: edgeprune calib build --data runs/default/data/dataset --bundle runs/default/bundle --n 32 "
                "--strategy stratified --json")
     b.add_argument("--data", required=True,
                    help="YOLO dataset folder (images/<split>/ + labels/<split>/, or images with .txt beside them) "

@@ -159,6 +159,8 @@ class ExportConfig:
     simplify: bool = True
     nms_plugin: bool = False           # append TensorRT's EfficientNMS_TRT
     parity_images: int = 16
+    parity_atol: float = 1e-3          # ORT vs torch, raw outputs before NMS; relax only knowingly
+    parity_min_match: float = 0.99     # share of post-NMS detections that agree (near-ties excused)
 
 
 @dataclass
@@ -242,6 +244,10 @@ def _check_ranges(cfg: Config) -> None:
             raise bad(key, f"must be >= 1, got {flat[key]}")
     if cfg.finetune.epochs < 0:
         raise bad("finetune.epochs", "must be >= 0")
+    if not 0.0 <= cfg.export.parity_min_match <= 1.0:
+        raise bad("export.parity_min_match", f"must lie in [0, 1], got {cfg.export.parity_min_match}")
+    if cfg.export.parity_atol <= 0:
+        raise bad("export.parity_atol", f"must be > 0, got {cfg.export.parity_atol}")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Atomic, crash-safe artefact writes (temp file in the same folder, fsync, rename). Python 3.6 compatible.
 
 A reader never sees a half-written file: either the old content or the new one. OS errors become
-StorageError naming the path (disk full, permission denied, read-only file system).
+StorageError naming the path (disk full, quota, file-size limit, permission denied, read-only file system),
+and so do the failures a library's writer reports in its own words (torch's serializer raises RuntimeError).
+The file gets the mode a plain open() would give it (0666 less the umask), not mkstemp's private 0600.
 """
 import errno
 import hashlib
@@ -16,11 +18,47 @@ def _explain(exc, path):
     why = {
         errno.ENOSPC: "disk full",
         errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large (a file-size limit such as `ulimit -f`?)",
         errno.EACCES: "permission denied",
         errno.EPERM: "operation not permitted",
         errno.EROFS: "read-only file system",
     }.get(exc.errno, exc.strerror or str(exc))
     return StorageError("cannot write {}: {}".format(path, why))
+
+
+# How torch's C++ zip writer (inline_container.cc) reports a failed or short write (disk full, EFBIG, EDQUOT):
+# a RuntimeError, not an OSError. Only these are storage failures; any other RuntimeError is a bug to surface.
+_WRITER_FAILURES = ("inline_container.cc", "PytorchStreamWriter", "unexpected pos", "file write failed")
+
+
+def _library_write_failure(exc, path):
+    """StorageError for an exception a library raised while writing `path`, or None if it is not one."""
+    if isinstance(exc, OSError):
+        return _explain(exc, path)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and any(marker in text for marker in _WRITER_FAILURES):
+        first = (text.strip().splitlines() or [""])[0][:200]
+        return StorageError("cannot write {}: the writer failed ({}); is the disk full, over quota or over a "
+                            "file-size limit?".format(path, first))
+    return None
+
+
+def _umask():
+    """The process umask, read without changing it where Linux tells it (os.umask can only swap it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(path):
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def atomic_write_bytes(path, data):
@@ -34,6 +72,7 @@ def atomic_write_bytes(path, data):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            _plain_mode(tmp)
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
@@ -86,9 +125,11 @@ class AtomicFile(object):
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
+        storage = _library_write_failure(exc, self.path) if exc is not None else None
         try:
             if exc_type is None:
                 with open(self.tmp, "rb+") as f:
+                    _plain_mode(self.tmp)
                     os.fsync(f.fileno())
                 os.replace(self.tmp, self.path)
                 _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
@@ -98,6 +139,8 @@ class AtomicFile(object):
         finally:
             if self.tmp is not None and os.path.exists(self.tmp):
                 os.unlink(self.tmp)
+        if storage is not None:
+            raise storage from None
         return False
 
 

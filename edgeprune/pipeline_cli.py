@@ -12,9 +12,9 @@ def register(sub):
                     "resumes after the last finished stage; a changed config reruns only the stages that depend on it.",
         epilog="example:\n  edgeprune compress                      # the synthetic default (about 30 min on a shared 2-core CPU)\n"
                "  edgeprune compress --preset quick --name smoke\n"
-               "  edgeprune compress --data /data/NWPU_VHR-10 --set model.size=s --set train.epochs=100\n"
-               "  edgeprune compress --data /data/NWPU_VHR-10 --model yolov5s_nwpu.pt   # prune your trained model\n"
-               "  edgeprune compress --nproc-per-node 4 --data /data/DIOR   # 4 GPUs, DDP\n"
+               "  edgeprune compress --data path/to/NWPU_VHR-10 --set model.size=s --set train.epochs=100\n"
+               "  edgeprune compress --data path/to/NWPU_VHR-10 --model path/to/yolov5s_nwpu.pt   # prune your trained model\n"
+               "  edgeprune compress --nproc-per-node 4 --data path/to/DIOR   # 4 GPUs, DDP\n"
                "  edgeprune compress --nnodes 2 --nproc-per-node 8 --rdzv-endpoint node0:29400 --runs-dir /nfs/runs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

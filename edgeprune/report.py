@@ -59,15 +59,54 @@ def _plot_summary(found: dict[str, dict[str, Any]], path: Path) -> None:
     labels = [label for stage, label in ROWS if stage in found]
     stages = [stage for stage, _ in ROWS if stage in found]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, key, title, scale in ((axes[0], "params", "parameters (M)", 1e-6), (axes[1], "flops", "FLOPs (G)", 1e-9),
-                                  (axes[2], "map50", "mAP50", 1.0)):
-        ax.bar(range(len(stages)), [found[s].get(key, 0) * scale for s in stages], color="#4477aa")
+    for ax, key, title, scale, fmt in ((axes[0], "params", "parameters (M)", 1e-6, "{:.2f}"),
+                                       (axes[1], "flops", "FLOPs (G)", 1e-9, "{:.3f}"),
+                                       (axes[2], "map50", "mAP50", 1.0, "{:.3f}")):
+        values = [found[s].get(key, 0) * scale for s in stages]
+        bars = ax.bar(range(len(stages)), values, color="#4477aa")
+        ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8, padding=2)
+        ax.set_ylim(0, max(values) * 1.18 if max(values) > 0 else 1.0)     # room for the numbers above the bars
         ax.set_xticks(range(len(stages)), [lbl.split(" (")[0] for lbl in labels], rotation=20, fontsize=8)
         ax.set_title(title)
     fig.tight_layout()
     with AtomicFile(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def _comparison(run: RunDir, ex: dict[str, Any]) -> list[str]:
+    """Dense vs pruned bundle, measured interleaved by the export stage, and the command for the device."""
+    if "bench" not in ex:
+        return []
+    b = ex["bench"]
+    lat = b["latency_ms"]
+    bundle, dense = (Path(ex["bundle"]), Path(ex["dense_bundle"]))
+    return ["### Dense vs pruned", "",
+            f"The dense model's bundle is `{dense}`. Measured interleaved through ONNX Runtime ({b['threads']} "
+            f"thread, {b['iterations']} iterations each, batch 1, this machine):", "",
+            "| bundle | end to end (ms, mean) | inference (ms, mean) |", "|---|---:|---:|",
+            f"| dense | {lat['dense']['end_to_end']:.2f} | {lat['dense']['infer']:.2f} |",
+            f"| pruned | {lat['pruned']['end_to_end']:.2f} | {lat['pruned']['infer']:.2f} |", "",
+            *[f"- {line}" for line in b["summary"]], "",
+            "On the device (TensorRT), the same comparison: "
+            f"`edgeprune bench {bundle} --compare {dense} --device tx2 --precision fp16`.", ""]
+
+
+def _stage_times(run: RunDir) -> list[str]:
+    """Wall time of each stage as its done-marker recorded it (the run that actually ran it)."""
+    from .pipeline_cli import STAGES
+
+    rows = [(s, run.marker(s)) for s in STAGES if s != "report"]
+    rows = [(s, m) for s, m in rows if m]
+    if not rows:
+        return []
+    total = sum(float(m.get("seconds", 0)) for _, m in rows)
+    return ["## Stage times", "", "| stage | seconds | torch threads | finished (UTC) |", "|---|---:|---:|---|",
+            *[f"| {s} | {float(m.get('seconds', 0)):.1f} | {m.get('outputs', {}).get('threads', '')} | "
+              f"{m.get('finished_at', '')} |" for s, m in rows],
+            f"| total | {total:.1f} | | |", "",
+            "The same seed and the same torch thread count give the same numbers; another thread count gives "
+            "another run (BENCHMARKS.md 0c).", ""]
 
 
 def write_report(run: RunDir) -> Path:
@@ -79,7 +118,9 @@ def write_report(run: RunDir) -> Path:
              "Full config: `config.yaml`.", ""]
     data = run.outputs("data")
     lines += [f"Dataset `{data['dataset']}`: {data['train_images']} train / {data['val_images']} val images, "
-              f"classes {', '.join(data['names'])}; {data['skipped']} samples skipped.", "", "## Results", ""]
+              f"classes {', '.join(data['names'])}"
+              + (f"; {data['skipped']} bad samples skipped (data.skip_bad)." if data["skipped"] else "."),
+              "", "## Results", ""]
     table, found = _metrics_table(run)
     lines += table + [""] + _latency_note(run)
     if "dense" in found and "finetune" in found:
@@ -102,6 +143,8 @@ def write_report(run: RunDir) -> Path:
         lines += ["## Deploy bundle", "", f"`{ex.get('bundle', run.root / 'bundle')}`: graph verification "
                   f"{ex.get('verify', {}).get('status')}, ONNX Runtime vs PyTorch max abs diff "
                   f"{ex.get('parity', {}).get('max_abs_diff')}.", ""]
+        lines += _comparison(run, ex)
+    lines += _stage_times(run)
     path = run.root / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -33,11 +33,34 @@ def stage_data(run: RunDir) -> dict[str, Any]:
         path = ensure_synthetic(cache_root() / "synthetic", c.synth_train, c.synth_val, c.synth_size, c.seed)
     else:
         path = Path(c.source)
-    ds = load_dataset(path, c.format, c.skip_bad)
+    ds = load_dataset(path, c.format, c.skip_bad, decode=True)   # once, so a truncated image fails now
+    link = _link_dataset(run.dir("data"), path)
     run.log(f"[data] {path}: {len(ds.splits['train'])} train / {len(ds.splits['val'])} val images, "
-            f"{len(ds.names)} classes, {ds.skipped} skipped")
-    return {"dataset": str(path), "names": list(ds.names), "train_images": len(ds.splits["train"]),
+            f"{len(ds.names)} classes" + (f", {ds.skipped} bad samples skipped" if ds.skipped else ""))
+    return {"dataset": str(path), "dataset_link": link, "names": list(ds.names), "train_images": len(ds.splits["train"]),
             "val_images": len(ds.splits["val"]), "skipped": ds.skipped}
+
+
+def _link_dataset(folder: Path, dataset: Path) -> str | None:
+    """`runs/<name>/data/dataset` -> the dataset the run used (the synthetic one lives in a cache folder with a
+    hashed name), so that commands can be pasted with a path that exists. None where links cannot be made."""
+    link = folder / ("dataset" + (dataset.suffix if dataset.is_file() else ""))
+    tmp = folder / (".tmp-" + link.name)
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(dataset.resolve(), tmp, target_is_directory=dataset.is_dir())
+        os.replace(tmp, link)
+    except OSError:
+        return None
+    return str(link)
+
+
+def _threads() -> int:
+    """torch's intra-op thread count: a training's numbers depend on it (BENCHMARKS.md 0c), so it is recorded."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _evaluate(model, ds, run: RunDir) -> dict[str, Any]:
@@ -103,7 +126,7 @@ def stage_dense(run: RunDir) -> dict[str, Any]:
     model = model_from_checkpoint(out / "best.pt")
     metrics = _evaluate(model, ds, run)
     run.log(f"[dense] mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map']:.3f}  params {metrics['params']:,}")
-    return {"checkpoint": str(out / "best.pt"), "anchors": anchors, "metrics": metrics}
+    return {"checkpoint": str(out / "best.pt"), "anchors": anchors, "metrics": metrics, "threads": _threads()}
 
 
 def _given_dense(run: RunDir, ds: Any, out: Path) -> dict[str, Any]:
@@ -143,7 +166,7 @@ def stage_sparse(run: RunDir) -> dict[str, Any]:
     metrics = _evaluate(model_from_checkpoint(summary["sparse_ckpt"]), ds, run)
     run.log(f"[sparse] mAP50 {metrics['map50']:.3f}, |gamma| < {summary['zero_threshold']} for "
             f"{100 * summary['zero_share']:.1f} % of prunable channels")
-    return {**summary, "checkpoint": summary["sparse_ckpt"], "metrics": metrics}
+    return {**summary, "checkpoint": summary["sparse_ckpt"], "metrics": metrics, "threads": _threads()}
 
 
 def stage_prune(run: RunDir) -> dict[str, Any]:
@@ -184,18 +207,49 @@ def stage_finetune(run: RunDir) -> dict[str, Any]:
     save_pruned_model(out / "model", model, run.outputs("prune")["model_dir"])
     atomic_write_json(out / "model" / "metrics.json", metrics)
     run.log(f"[finetune] mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map']:.3f}")
-    return {"model_dir": str(out / "model"), "metrics": metrics}
+    return {"model_dir": str(out / "model"), "metrics": metrics, "threads": _threads()}
 
 
 def stage_export(run: RunDir) -> dict[str, Any]:
+    """The pruned model's bundle, the dense model's beside it (`bundle_dense/`, so `edgeprune bench bundle
+    --compare bundle_dense` works on the device straight away), and a first interleaved comparison of the two
+    through ONNX Runtime on this machine."""
     from .export.pipeline import export_bundle
 
     out = stale_stage_dir(run, "export", "bundle")
-    result = export_bundle(run.outputs("finetune")["model_dir"], out, run.cfg, _dataset(run),
+    dense_out = stale_stage_dir(run, "export", "bundle_dense")
+    ds = _dataset(run)
+    result = export_bundle(run.outputs("finetune")["model_dir"], out, run.cfg, ds,
                            metrics=run.outputs("finetune")["metrics"])
     parity = result["parity"]
     run.log(f"[export] bundle {out}: graph verified, ORT vs torch max abs diff {parity['max_abs_diff']:.2e}")
-    return {"bundle": str(out), "verify": result["verify"], "parity": parity}
+    dense = export_bundle(run.outputs("dense")["checkpoint"], dense_out, run.cfg, ds,
+                          metrics=run.outputs("dense")["metrics"])
+    run.log(f"[export] dense bundle {dense_out}: ORT vs torch max abs diff {dense['parity']['max_abs_diff']:.2e}")
+    bench = compare_bundles(out, dense_out)
+    run.log("[export] " + bench["summary"][0] + " (ONNX Runtime, this machine)")
+    return {"bundle": str(out), "verify": result["verify"], "parity": parity, "dense_bundle": str(dense_out),
+            "dense_parity": dense["parity"], "bench": bench}
+
+
+def compare_bundles(pruned: Path, dense: Path, iterations: int = 30) -> dict[str, Any]:
+    """`edgeprune bench PRUNED --compare DENSE` in short, in-process (ONNX Runtime, one thread, interleaved):
+    the latencies and the sentences saying which is faster."""
+    from jetson.bench import compare_lines, run_bench
+    from jetson.runtime import load_detector
+
+    models = []
+    try:
+        for label, path in (("dense", dense), ("pruned", pruned)):
+            models.append((label, load_detector(str(path), backend="onnxruntime", threads=1)))
+        rep = run_bench(models, iterations=iterations, warmup_s=0.5)
+    finally:
+        for _, det in models:
+            det.close()
+    lat = {e["label"]: {k: round(e[k]["mean"], 3) for k in ("end_to_end", "infer")} for e in rep["models"]}
+    return {"backend": "onnxruntime", "threads": 1, "iterations": iterations, "latency_ms": lat,
+            "speedup_end_to_end": rep["compare"]["speedup_end_to_end_mean"],
+            "speedup_infer": rep["compare"]["speedup_infer_mean"], "summary": compare_lines(rep)}
 
 
 def stage_report(run: RunDir) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Per iteration and model: pre-processing, inference and post-processing are timed
 report splits end-to-end (pre+infer+post) from inference only, and with TensorRT inference further into
 H2D / compute / D2H (CUDA events). With --compare both models run in the same loop in ABBA order (A B, B A,
 ...) so drift (thermal throttling, other load) hits both alike; the speed-up is latency(BUNDLE) /
-latency(OTHER): > 1 means OTHER is faster. Python 3.6, numpy only.
+latency(OTHER): > 1 means OTHER is faster. The text report says it in words ("runs/x/bundle is 1.45x faster
+than runs/x/bundle_dense"). Python 3.6, numpy only.
 """
 import platform
 import time
@@ -13,7 +14,7 @@ import numpy as np
 
 from edgeprune import __version__
 
-from .stats import speedup, summarize
+from .stats import faster_phrase, speedup, summarize
 
 PHASES = ("preprocess", "infer", "postprocess", "end_to_end")
 TRT_PHASES = ("h2d", "compute", "d2h")
@@ -140,10 +141,19 @@ def format_report(report):
                          .format(e["label"], p["ms"], p["measured_phase"], p["statistic"], p["measured_ms"],
                                  p["error_pct"],
                                  "; table is for " + ", ".join(p["key_mismatch"]) if p["key_mismatch"] else ""))
-    c = report.get("compare")
-    if c:
+    if len(report["models"]) == 2:
         lines.append("")
-        lines.append("speed-up of {} over {}: end-to-end x{:.3f} (median x{:.3f}), inference x{:.3f} (median x{:.3f})"
-                     .format(c["other"], c["baseline"], c["speedup_end_to_end_mean"], c["speedup_end_to_end_median"],
-                             c["speedup_infer_mean"], c["speedup_infer_median"]))
+        lines += compare_lines(report)
     return "\n".join(lines)
+
+
+def compare_lines(report):
+    """Two sentences saying which model is faster, and by how much, end to end and inference alone."""
+    a, b = report["models"]
+    na, nb = a["label"], b["label"]
+    out = []
+    for phase, what in (("end_to_end", "end to end"), ("infer", "inference alone")):
+        out.append("{}: {} (mean {:.2f} vs {:.2f} ms, median {:.2f} vs {:.2f} ms)".format(
+            what, faster_phrase(na, a[phase], nb, b[phase]), b[phase]["mean"], a[phase]["mean"],
+            b[phase]["median"], a[phase]["median"]))
+    return out

@@ -51,7 +51,8 @@ def register(subparsers):
     p = subparsers.add_parser(
         "detect", help="detect objects in an image, a folder or a video with a bundle", formatter_class=fmt,
         description="Run a deploy bundle on images/video; write annotated images and JSON lines of boxes.",
-        epilog="example: edgeprune detect runs/demo/bundle --source scenes/ --out detections/ --conf 0.3\n"
+        epilog="example: edgeprune detect runs/default/bundle --source runs/default/data/dataset/images/val "
+               "--out detections/ --conf 0.3\n"
                "         (without --out the JSON lines go to stdout)")
     _common(p)
     p.add_argument("--source", required=True, help="image file, folder of images, or video (needs OpenCV)")
@@ -66,11 +67,12 @@ def register(subparsers):
         "bench", help="latency statistics of a bundle (optionally vs another, interleaved)", formatter_class=fmt,
         description="trtexec-style benchmark: warm-up, fixed iterations or duration, mean/min/max/median/p90/p95/p99, "
                     "throughput, end-to-end vs inference-only split (H2D/compute/D2H with TensorRT).",
-        epilog="example: edgeprune bench runs/dense/bundle --compare runs/pruned/bundle --device tx2 --precision fp16 "
-               "--duration 10 --json > bench.json\n"
-               "         edgeprune bench runs/dense/bundle --profile-layers --device orin-nano --precision fp16\n"
-               "         (writes runs/dense/bundle/latency_table.json: every conv block timed at a grid of widths;\n"
-               "          later bench runs print the table's prediction beside the measured latency)")
+        epilog="example: edgeprune bench runs/default/bundle --compare runs/default/bundle_dense --duration 10\n"
+               "         edgeprune bench runs/default/bundle --compare runs/default/bundle_dense --device tx2 "
+               "--precision fp16 --json > bench.json   (on the TX2)\n"
+               "         edgeprune bench runs/default/bundle_dense --profile-layers --device orin-nano --precision fp16\n"
+               "         (writes runs/default/bundle_dense/latency_table.json: every conv block timed at a grid of\n"
+               "          widths; later bench runs print the table's prediction beside the measured latency)")
     _common(p)
     p.add_argument("--compare", default=None, metavar="OTHER_BUNDLE", help="a second bundle measured interleaved")
     g = p.add_mutually_exclusive_group()
@@ -100,7 +102,7 @@ def register(subparsers):
         "build-engine", help="build (or reuse from the cache) a TensorRT engine for a device", formatter_class=fmt,
         description="Build an FP32/FP16/INT8 TensorRT engine for a bundle and cache it, keyed by ONNX sha256, "
                     "precision, input shape, TensorRT version, GPU compute capability and workspace.",
-        epilog="example: edgeprune build-engine runs/demo/bundle --device tx2 --precision fp16 --json")
+        epilog="example: edgeprune build-engine runs/default/bundle --device tx2 --precision fp16 --json")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--device", choices=DEVICES, default="host")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16")
@@ -148,6 +150,8 @@ def _detect(args):
         # without --out, stdout carries the JSON lines of boxes, so the summary goes to stderr
         (sys.stdout if args.out else sys.stderr).write(json.dumps(summary) + "\n")
     else:
+        for err in summary.get("errors", []):
+            _log("failed: {}".format(err["error"]))
         _log("{} image(s), {} detection(s), {} failed on {}{}".format(
             summary["images"], summary["detections"], summary["failed"], summary["backend"],
             "; wrote " + args.out if args.out else ""))
@@ -197,9 +201,9 @@ def _bench(args):
     image = decode_image(args.image) if args.image else None
     models = []
     try:
-        models.append(("bundle", _open(args, args.bundle)))
+        models.append((args.bundle, _open(args, args.bundle)))     # labels: the paths, as the user wrote them
         if args.compare:
-            models.append(("compare", _open(args, args.compare)))
+            models.append((args.compare, _open(args, args.compare)))
         report = run_bench(models, image=image, iterations=args.iterations, duration=args.duration,
                            warmup_s=args.warmup)
         table_path = args.latency_table or os.path.join(args.bundle, "latency_table.json")

@@ -34,8 +34,10 @@ def annotate(rgb, dets):
             x1, y1, x2, y2 = [int(round(v)) for v in d["box"]]
             color = _PALETTE[d["class_id"] % len(_PALETTE)]
             cv2.rectangle(out, (x1, y1), (x2, y2), color, 2)
-            cv2.putText(out, "{} {:.2f}".format(d["class_name"], d["score"]), (x1, max(y1 - 3, 8)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1)
+            label = "{} {:.2f}".format(d["class_name"], d["score"])
+            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+            lx, ly = label_origin(x1, y1, tw, th + base, out.shape[1], out.shape[0])
+            cv2.putText(out, label, (lx, ly + th), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1)
         return out
     im = Image.fromarray(rgb)
     draw = ImageDraw.Draw(im)
@@ -45,10 +47,23 @@ def annotate(rgb, dets):
         x1, y1, x2, y2 = d["box"]
         draw.rectangle([x1, y1, x2, y2], outline=color, width=width)
         label = "{} {:.2f}".format(d["class_name"], d["score"])
-        ty = max(0, y1 - 11)
-        draw.rectangle([x1, ty, x1 + 6 * len(label) + 2, ty + 11], fill=color)
-        draw.text((x1 + 1, ty), label, fill=(0, 0, 0))
+        if hasattr(draw, "textbbox"):                   # Pillow >= 8
+            left, top, right, bottom = draw.textbbox((0, 0), label)
+            tw, th = right - left + 2, bottom - top + 2
+        else:
+            tw, th = 6 * len(label) + 2, 11
+        lx, ly = label_origin(x1, y1, tw, th, im.size[0], im.size[1])
+        draw.rectangle([lx, ly, lx + tw, ly + th], fill=color)
+        draw.text((lx + 1, ly), label, fill=(0, 0, 0))
     return np.asarray(im)
+
+
+def label_origin(x1, y1, tw, th, width, height):
+    """Top-left corner of a tw x th label for a box whose top-left is (x1, y1): above the box, or inside its
+    top edge when there is no room above; always inside the image."""
+    ly = y1 - th if y1 - th >= 0 else y1
+    lx = min(max(0, x1), max(0, width - tw))
+    return int(round(lx)), int(round(min(max(0, ly), max(0, height - th))))
 
 
 def _kind(source):
@@ -75,7 +90,7 @@ def run_detect(detector, source, out=None, conf=None, iou=None, max_det=None, em
     kind = _kind(source)
     lines = []
     summary = {"source": source, "kind": kind, "images": 0, "failed": 0, "detections": 0, "out": out,
-               "backend": detector.description}
+               "backend": detector.description, "errors": []}
 
     def record(rec):
         line = json.dumps(rec, sort_keys=True)
@@ -96,6 +111,7 @@ def run_detect(detector, source, out=None, conf=None, iou=None, max_det=None, em
                 img = decode_image(path)
             except EdgepruneError as exc:
                 summary["failed"] += 1
+                summary["errors"].append({"source": rel, "error": str(exc)})
                 record({"source": rel, "error": str(exc)})
                 continue
             dets = detector.detect(img, conf, iou, max_det)

@@ -7,8 +7,10 @@ Threads and why:
 - one inference worker that creates the detector itself (a CUDA context is bound to the thread
   that made it) and is the only thread that touches it; it gathers up to `max_batch` queued jobs
   within a short window and runs them as one backend call.
-Everything is bounded: connections (`max_connections`, extra ones get 503), concurrent decodes,
-queued jobs (`max_queue`, full -> 503 + Retry-After), body bytes (413) and decoded pixels (413).
+Everything is bounded: connections (`max_connections`, extra ones get 503; health checks still get an
+answer from the side loop), the time a client may take for a request head, between requests and for its body,
+concurrent decodes and their memory (`decode_budget_mb`), queued jobs (`max_queue`, full -> 503 +
+Retry-After), body bytes (413) and pixels (413, read from the image header before anything is decoded).
 """
 import json
 import logging
@@ -21,7 +23,7 @@ import time
 
 from edgeprune.errors import DeviceError, EdgepruneError, UsageError
 
-from .serve_http import DECODE_SLOTS, HTTPError, ThreadingServer, image_size
+from .serve_http import DECODE_SLOTS, DecodeBudget, HTTPError, ThreadingServer, known_method, raw_response
 from .serve_metrics import ServeMetrics
 from .serve_worker import InferenceWorker
 
@@ -35,7 +37,8 @@ class ServeOptions(object):
     def __init__(self, bundle, host="127.0.0.1", port=8080, backend="auto", device="host", precision="fp32",
                  threads=None, cache_dir=None, max_queue=16, max_batch=1, batch_window_ms=2.0, max_body_mb=16.0,
                  max_megapixels=36.0, timeout_s=10.0, token=None, max_connections=64, io_timeout_s=10.0,
-                 drain_timeout_s=30.0, access_log=False):
+                 drain_timeout_s=30.0, access_log=False, backlog=128, header_timeout_s=5.0,
+                 keepalive_timeout_s=5.0, decode_budget_mb=256.0):
         self.bundle = str(bundle)
         self.host = host
         self.port = _check_int("--port", port, 0, 65535)
@@ -53,6 +56,10 @@ class ServeOptions(object):
         self.max_connections = _check_int("--max-connections", max_connections, 1, 100000)
         self.io_timeout_s = _check_float("--io-timeout", io_timeout_s, 0.01, 3600.0)
         self.drain_timeout_s = _check_float("--drain-timeout", drain_timeout_s, 0.0, 3600.0)
+        self.backlog = _check_int("--backlog", backlog, 1, 65535)
+        self.header_timeout_s = _check_float("--header-timeout", header_timeout_s, 0.01, 3600.0)
+        self.keepalive_timeout_s = _check_float("--keepalive-timeout", keepalive_timeout_s, 0.01, 3600.0)
+        self.decode_budget_bytes = int(_check_float("--decode-budget-mb", decode_budget_mb, 1.0, 65536.0) * 1024 * 1024)
         self.access_log = bool(access_log)
         if token is not None and not token:
             raise UsageError("--token-file: the token is empty; put a secret of at least 16 characters in it")
@@ -105,7 +112,7 @@ class DetectionServer(object):
         self.token = options.token.encode("utf-8") if options.token is not None else None
         self.jobs = queue.Queue(maxsize=options.max_queue)
         self.connection_slots = threading.BoundedSemaphore(options.max_connections)
-        self.decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+        self.decode_budget = DecodeBudget(options.decode_budget_bytes, DECODE_SLOTS)
         self.draining = False
         self._in_flight = 0
         self._idle = threading.Condition()
@@ -201,34 +208,55 @@ class DetectionServer(object):
                 time.monotonic() - busy_since, STUCK_FACTOR)
         return True, "ok"
 
-    def decode(self, body):
-        """Image bytes -> (1x3xHxW float32, letterbox meta); HTTPError 400/413 for bad or oversized images."""
-        from .imageio import decode_image
-        from .preprocess import preprocess_from_manifest
-        size = image_size(body)
-        if size is not None and size[0] * size[1] > self.options.max_pixels:
-            raise HTTPError(413, "image is {}x{} pixels, above --max-megapixels {:g}".format(
-                size[0], size[1], self.options.max_pixels / 1e6))
+    def probe(self, body):
+        """Image bytes -> estimated peak bytes of decoding them, from the header alone (no pixel decoded);
+        HTTPError 413 over --max-megapixels or Pillow's MAX_IMAGE_PIXELS, 400 when no size can be read."""
+        from .imageio import ImageTooLarge, probe_image
         try:
-            img = decode_image(body)
+            return probe_image(body, self.options.max_pixels, name="the image")[2]
+        except ImageTooLarge as exc:
+            raise HTTPError(413, "{} (--max-megapixels {:g})".format(exc, self.options.max_pixels / 1e6))
         except EdgepruneError as exc:
             raise HTTPError(400, "cannot decode the image: {}".format(exc))
-        if img.shape[0] * img.shape[1] > self.options.max_pixels:
-            raise HTTPError(413, "image is {}x{} pixels, above --max-megapixels {:g}".format(
-                img.shape[1], img.shape[0], self.options.max_pixels / 1e6))
+
+    def decode(self, body):
+        """Image bytes -> (1x3xHxW float32, letterbox meta); HTTPError 400/413 for bad or oversized images."""
+        from .imageio import ImageTooLarge, decode_image
+        from .preprocess import preprocess_from_manifest
+        try:
+            img = decode_image(body, name="the image", max_pixels=self.options.max_pixels)
+        except ImageTooLarge as exc:
+            raise HTTPError(413, "{} (--max-megapixels {:g})".format(exc, self.options.max_pixels / 1e6))
+        except EdgepruneError as exc:
+            raise HTTPError(400, "cannot decode the image: {}".format(exc))
         return preprocess_from_manifest(img, self.manifest)
 
     def refuse_connection(self, sock):
-        body = json.dumps({"error": "too many connections (--max-connections {})".format(
-            self.options.max_connections), "status": 503}).encode("utf-8")
-        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
-                "Retry-After: 1\r\nConnection: close\r\n\r\n".format(len(body))).encode("ascii")
+        """Past --max-connections with the side loop full too: 503 at once, without reading the request."""
         self.metrics.requests.inc(("other", "-", 503))
-        try:
-            sock.settimeout(1.0)
-            sock.sendall(head + body)
+        try:  # runs on the accept thread: never block (a few hundred bytes fit any fresh send buffer)
+            sock.setblocking(False)
+            sock.send(raw_response(503, self._too_many(), (("Retry-After", "1"),)))
         except OSError:
             pass
+
+    def _too_many(self):
+        return {"error": "too many connections (--max-connections {}); retry".format(self.options.max_connections),
+                "status": 503}
+
+    def answer_probe(self, method, path):
+        """The answer to a request past --max-connections: /healthz and /readyz as usual, else 503."""
+        head_only = method == "HEAD"
+        if method in ("GET", "HEAD") and path == "/healthz":
+            status, obj, headers = 200, {"status": "ok"}, ()
+        elif method in ("GET", "HEAD") and path == "/readyz":
+            ready, reason = self.readiness()
+            status, obj, headers = 200 if ready else 503, {"ready": ready, "reason": reason}, ()
+        else:
+            status, obj, headers = 503, self._too_many(), (("Retry-After", "1"),)
+        endpoint = path if path in ("/healthz", "/readyz") else "other"
+        self.metrics.requests.inc((endpoint, known_method(method), status))
+        return raw_response(status, obj, headers, head_only)
 
     def request_started(self):
         with self._idle:

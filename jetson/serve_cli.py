@@ -6,9 +6,9 @@ jetson.serve lazily, so `edgeprune --help` stays fast and torch-free.
 import argparse
 
 EPILOG = """example:
-  edgeprune serve runs/exp/bundle --port 8080 --max-batch 4 --token-file ~/.edgeprune-token
-  curl -H "Authorization: Bearer $(cat ~/.edgeprune-token)" --data-binary @scene.jpg \\
-       "http://127.0.0.1:8080/v1/detect?conf=0.3"
+  edgeprune serve runs/default/bundle --port 8080 --max-batch 4
+  curl --data-binary @runs/default/data/dataset/images/val/val_000000.png "http://127.0.0.1:8080/v1/detect?conf=0.3"
+  (--token-file FILE requires "Authorization: Bearer <the file's token>" on every request)
 
 endpoints: POST /v1/detect (JPEG/PNG body; conf, iou, max_det), GET /v1/model, /healthz, /readyz, /metrics.
 SIGTERM or Ctrl-C drains in-flight requests and exits 0."""
@@ -37,7 +37,16 @@ def register_serve(subparsers):
     p.add_argument("--token-file", default=None,
                    help="file holding a bearer token; then /v1/* and /metrics need `Authorization: Bearer <token>`")
     p.add_argument("--max-connections", type=int, default=64, help="open connections before 503 (default 64)")
-    p.add_argument("--io-timeout", type=float, default=10.0, help="socket read timeout per connection (default 10 s)")
+    p.add_argument("--io-timeout", type=float, default=10.0,
+                   help="longest wait for any single read or write on a connection (default 10 s)")
+    p.add_argument("--header-timeout", type=float, default=5.0,
+                   help="a whole request head (request line + headers) must arrive within this (default 5 s)")
+    p.add_argument("--keepalive-timeout", type=float, default=5.0,
+                   help="an idle keep-alive connection is closed after this (default 5 s)")
+    p.add_argument("--backlog", type=int, default=128,
+                   help="listen backlog: connections the kernel queues before accept (default 128)")
+    p.add_argument("--decode-budget-mb", type=float, default=256.0,
+                   help="estimated memory of the images being decoded at once; more wait (default 256 MB)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, how long to wait for in-flight requests (default 30 s)")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
@@ -59,6 +68,8 @@ def _run_serve(args):
         max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb,
         max_megapixels=args.max_megapixels,
         timeout_s=args.timeout, token=token, max_connections=args.max_connections, io_timeout_s=args.io_timeout,
-        drain_timeout_s=args.drain_timeout, access_log=args.access_log)
+        drain_timeout_s=args.drain_timeout, access_log=args.access_log, backlog=args.backlog,
+        header_timeout_s=args.header_timeout, keepalive_timeout_s=args.keepalive_timeout,
+        decode_budget_mb=args.decode_budget_mb)
     return serve(options, as_json=args.json)
 

@@ -1,18 +1,22 @@
 """HTTP front end of `edgeprune serve`: routing, auth, limits, JSON answers. Python 3.6+, stdlib only.
 
-`socketserver.ThreadingMixIn` + `HTTPServer` (ThreadingHTTPServer is 3.7+): one thread per connection,
-bounded by `max_connections`. The handler talks to the `DetectionServer` as `self.server.app`.
+`HTTPServer` with a thread per connection (ThreadingHTTPServer is 3.7+), bounded by `max_connections`; one
+side thread answers health checks past that limit and closes connections gracefully. Every read runs under a deadline: the idle
+keep-alive timeout before a request, the request-head deadline, then the request's own --timeout for the
+body. The handler talks to the `DetectionServer` as `self.server.app`.
 """
 import hmac
+import io
 import json
 import logging
 import math
 import queue
 import re
+import selectors
 import socket
 import socketserver
-import struct
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -35,9 +39,16 @@ ROUTES = {
 # Probes stay open so an orchestrator needs no secret; everything that reveals or uses the model is guarded.
 PROTECTED = ("/v1/detect", "/v1/model", "/metrics")
 MAX_DET_LIMIT = 10000
-DECODE_SLOTS = 4  # concurrent decode+letterbox: bounds memory when many clients send large images at once
+DECODE_SLOTS = 4  # concurrent decode+letterbox (also bounded in bytes by DecodeBudget)
+PROBE_HEAD_S = 1.0  # head deadline of a connection past --max-connections (health checks only)
+LINGER_S = 1.0  # how long a closing connection drains what the client still sends
 _DIGITS = re.compile(r"^[0-9]{1,12}$")
 _KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+
+
+def known_method(method):
+    # Clients choose the method token: only known ones become metric labels, so series stay bounded.
+    return method if method in _KNOWN_METHODS else "other"
 
 
 class HTTPError(Exception):
@@ -88,42 +99,187 @@ def parse_detect_query(query):
     return params
 
 
-_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+class DecodeBudget(object):
+    """Bounds what concurrent decodes hold in memory: at most `max_jobs` at once and their estimated peak bytes
+    (imageio.decode_cost) within `capacity`. One image larger than the whole budget runs only alone."""
+
+    def __init__(self, capacity, max_jobs):
+        self.capacity = int(capacity)
+        self.max_jobs = int(max_jobs)
+        self.used = 0
+        self.jobs = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, cost, timeout):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.jobs >= self.max_jobs or (self.jobs and self.used + cost > self.capacity):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            self.jobs += 1
+            self.used += cost
+            return True
+
+    def release(self, cost):
+        with self._cond:
+            self.jobs -= 1
+            self.used -= cost
+            self._cond.notify_all()
 
 
-def image_size(data):
-    """(width, height) read from a PNG or JPEG header without decoding, or None if not found.
-    Lets the server refuse decompression bombs (a small file that decodes to gigabytes) up front."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            i += 2
-            continue
-        if marker in _JPEG_SOF and i + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return width, height
-        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
-    return None
+class _DeadlineReader(io.RawIOBase):
+    """The socket's read side under a deadline for a whole phase (request head, body), not just per recv:
+    a client trickling one byte a second cannot hold its connection past the deadline. `arm(idle, head)`
+    waits `idle` s for the first byte of a request, then allows `head` s from that byte on."""
+
+    def __init__(self, sock, io_timeout):
+        io.RawIOBase.__init__(self)
+        self._sock = sock
+        self._io_timeout = io_timeout
+        self._deadline = None
+        self._then = None
+
+    def readable(self):
+        return True
+
+    def arm(self, seconds, then=None):
+        self._deadline = time.monotonic() + seconds
+        self._then = then
+
+    def readinto(self, buf):
+        if self._deadline is not None:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("deadline passed")
+            self._sock.settimeout(min(remaining, self._io_timeout))
+        n = self._sock.recv_into(buf)
+        if n and self._then is not None:  # the first byte of a request: the head deadline starts now
+            self._deadline, self._then = time.monotonic() + self._then, None
+        return n
 
 
-class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
-    daemon_threads = True  # idle keep-alive connections must not block exit; draining is tracked per request
+def raw_response(status, obj, headers=(), head_only=False):
+    """A complete `Connection: close` HTTP/1.1 answer as bytes, for sockets no handler thread serves."""
+    body = json.dumps(obj).encode("utf-8")
+    lines = ["HTTP/1.1 {} {}".format(status, BaseHTTPRequestHandler.responses.get(status, ("",))[0]),
+             "Content-Type: application/json", "Content-Length: {}".format(len(body)), "Cache-Control: no-store"]
+    lines += ["{}: {}".format(name, value) for name, value in headers] + ["Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + (b"" if head_only else body)
+
+
+class _SideLoop(threading.Thread):
+    """One thread, one selector, for connections no handler thread should wait on:
+    - overflow (past --max-connections): read the request head (due within PROBE_HEAD_S), answer /healthz and
+      /readyz as usual and anything else 503 + Retry-After, so health checks need no connection slot;
+    - closing: after the server's FIN, read and drop what the client still sends (an upload answered 413/503
+      unread) for up to LINGER_S, so the kernel does not answer that data with a reset that would destroy
+      the reply before the client reads it.
+    At most MAX_SOCKETS at once; past that a connection is answered 503 and closed at once."""
+    MAX_SOCKETS = 1024
+
+    def __init__(self, answer_probe):
+        super(_SideLoop, self).__init__(name="edgeprune-side", daemon=True)
+        self._answer_probe = answer_probe  # (method, path) -> raw response bytes
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.start()
+
+    def _add(self, sock, state):
+        """Register `sock`; False (the caller closes it) when full or stopped."""
+        with self._lock:
+            if self._stopped or len(self._selector.get_map()) >= self.MAX_SOCKETS:
+                return False
+            self._selector.register(sock, selectors.EVENT_READ, state)
+            return True
+
+    def overflow(self, sock):
+        """Serve one health request on `sock` from this loop; False when the loop is full."""
+        try:
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return True
+        return self._add(sock, {"deadline": time.monotonic() + PROBE_HEAD_S, "head": b""})
+
+    def close(self, sock):
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return
+        if not self._add(sock, {"deadline": time.monotonic() + LINGER_S, "head": None}):
+            sock.close()
+
+    def stop(self):
+        with self._lock:
+            self._stopped = True
+
+    def _forget(self, sock):
+        self._selector.unregister(sock)
+        sock.close()
+
+    def _readable(self, sock, state):
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if state["head"] is None:  # lingering: drop what arrives, close on EOF
+            if not data:
+                self._forget(sock)
+            return
+        state["head"] += data
+        if b"\r\n\r\n" not in state["head"] and data and len(state["head"]) < 16384:
+            return
+        parts = state["head"].split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) != 3:
+            self._forget(sock)  # no request line (EOF or garbage): nothing to answer
+            return
+        try:
+            sock.send(self._answer_probe(parts[0].decode("latin-1"), urlsplit(parts[1].decode("latin-1")).path))
+            sock.shutdown(socket.SHUT_WR)
+        except (OSError, ValueError):
+            self._forget(sock)
+            return
+        state["head"], state["deadline"] = None, time.monotonic() + LINGER_S
+
+    def run(self):
+        while True:
+            with self._lock:
+                keys = list(self._selector.get_map().values())
+                if self._stopped:
+                    for key in keys:
+                        self._forget(key.fileobj)
+                    return
+            if not keys:
+                time.sleep(0.02)
+                continue
+            ready = self._selector.select(0.02)
+            with self._lock:
+                for key, _ in ready:
+                    self._readable(key.fileobj, key.data)
+                now = time.monotonic()
+                for key in list(self._selector.get_map().values()):
+                    if key.data["deadline"] < now:
+                        self._forget(key.fileobj)
+
+
+class ThreadingServer(HTTPServer):
+    """One thread per connection, at most `max_connections`; connections beyond that are served by the side
+    loop (health checks answered, anything else 503 + Retry-After). Listen backlog: `--backlog`."""
     allow_reuse_address = True
 
     def __init__(self, address, app):
         self.app = app
+        self.request_queue_size = app.options.backlog  # listen(2) backlog; the socketserver default is 5
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        self._side = _SideLoop(app.answer_probe)  # first: a failed bind calls server_close(), which stops it
         HTTPServer.__init__(self, address, _Handler)
 
     def server_bind(self):
@@ -132,21 +288,35 @@ class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
     def process_request(self, request, client_address):
-        if not self.app.connection_slots.acquire(blocking=False):
-            self.app.refuse_connection(request)
-            self.shutdown_request(request)
+        slots = self.app.connection_slots
+        if not slots.acquire(blocking=False):
+            if not self._side.overflow(request):
+                self.app.refuse_connection(request)
+                socketserver.TCPServer.shutdown_request(self, request)
             return
         try:
-            socketserver.ThreadingMixIn.process_request(self, request, client_address)
+            threading.Thread(target=self._serve_connection, args=(request, client_address),
+                             name="edgeprune-conn", daemon=True).start()
         except Exception:
-            self.app.connection_slots.release()
+            slots.release()
+            socketserver.TCPServer.shutdown_request(self, request)
             raise
 
-    def process_request_thread(self, request, client_address):
+    def _serve_connection(self, request, client_address):
         try:
-            socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
+            _Handler(request, client_address, self)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
+            self.shutdown_request(request)
             self.app.connection_slots.release()
+
+    def shutdown_request(self, request):
+        self._side.close(request)
+
+    def server_close(self):
+        HTTPServer.server_close(self)
+        self._side.stop()
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
@@ -162,9 +332,23 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def setup(self):
-        self.timeout = self.server.app.options.io_timeout_s  # socket timeout for reads (slow or stalled clients)
+        opts = self.server.app.options
+        self.timeout = opts.io_timeout_s  # socket timeout of each read and write (stalled clients)
         self._in_dispatch, self._status, self._body_done, self._expect_continue = False, None, False, False
+        self._requests = 0
         BaseHTTPRequestHandler.setup(self)
+        self.rfile.close()  # the base class's socket file; reads go through the deadline reader instead
+        self._reader = _DeadlineReader(self.connection, opts.io_timeout_s)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self):
+        opts = self.server.app.options
+        if self._requests == 0:  # a new connection: its first request head is due within --header-timeout
+            self._reader.arm(opts.header_timeout_s)
+        else:  # keep-alive: wait --keepalive-timeout for the next request, then --header-timeout for its head
+            self._reader.arm(opts.keepalive_timeout_s, then=opts.header_timeout_s)
+        self._requests += 1
+        BaseHTTPRequestHandler.handle_one_request(self)  # a passed deadline closes the connection
 
     def handle_expect_100(self):
         # The base class answers `Expect: 100-continue` before routing; defer it to _read_body so a client
@@ -197,11 +381,11 @@ class _Handler(BaseHTTPRequestHandler):
         return headers.get("Content-Length", "0").strip() not in ("", "0") or bool(headers.get("Transfer-Encoding"))
 
     def _method_label(self):
-        # Clients choose the method token: only known ones become metric labels, so series stay bounded.
-        return self.command if self.command in _KNOWN_METHODS else "other"
+        return known_method(self.command)
 
     def _send_bytes(self, code, body, content_type, headers=(), close=False):
         close = close or self._unread_body()
+        self.connection.settimeout(self.server.app.options.io_timeout_s)  # reads may have left a shorter one
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -225,6 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._in_dispatch, self._status, self._body_done = True, None, False
         url = urlsplit(self.path)
         endpoint = url.path if url.path in ROUTES else "other"
+        self._reader.arm(app.options.timeout_s)  # the body is read within the request's own --timeout
         app.request_started()
         try:
             self._route(app, url.path, url.query, started)
@@ -305,7 +490,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self.rfile.read(length)
         except socket.timeout:
-            raise HTTPError(408, "timed out reading the body", close=True)
+            raise HTTPError(408, "timed out reading the body (--io-timeout between reads, --timeout in all)",
+                            close=True)
         self._body_done = True
         if len(body) != length:
             raise HTTPError(400, "body ended after {} of {} bytes".format(len(body), length), close=True)
@@ -323,14 +509,17 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body(self._content_length(opts.max_body_bytes))
         deadline = started + opts.timeout_s
 
-        if not app.decode_slots.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        t0 = time.monotonic()
+        cost = app.probe(body)  # sized from the header: 413 before a pixel is decoded
+        pre_s = time.monotonic() - t0
+        if not app.decode_budget.acquire(cost, timeout=max(deadline - time.monotonic(), 0.0)):
             raise _busy("too many images being decoded; retry")
         try:
             t0 = time.monotonic()
             tensor, meta = app.decode(body)
-            pre_s = time.monotonic() - t0
+            pre_s += time.monotonic() - t0
         finally:
-            app.decode_slots.release()
+            app.decode_budget.release(cost)
         del body
 
         job = Job(tensor, meta)

@@ -28,6 +28,19 @@ def speedup(base, other, key="mean"):
     return float(base[key] / other[key]) if other[key] > 0 else float("inf")
 
 
+def faster_phrase(name_a, a, name_b, b, key="mean"):
+    """'B is 1.45x faster than A' (or slower, or about as fast within 1 %) from two summaries of latency."""
+    ta, tb = float(a[key]), float(b[key])
+    if tb <= 0 or ta <= 0:
+        return "{} vs {}: no timing".format(name_b, name_a)
+    ratio = ta / tb
+    if abs(ratio - 1.0) < 0.01:
+        return "{} is about as fast as {}".format(name_b, name_a)
+    if ratio > 1.0:
+        return "{} is {:.2f}x faster than {}".format(name_b, ratio, name_a)
+    return "{} is {:.2f}x slower than {}".format(name_b, 1.0 / ratio, name_a)
+
+
 def format_row(label, s, unit="ms"):
     return "{:<22} mean {:8.3f}  median {:8.3f}  min {:8.3f}  max {:8.3f}  p90 {:8.3f}  p95 {:8.3f}  p99 {:8.3f} {}".format(
         label, s["mean"], s["median"], s["min"], s["max"], s["p90"], s["p95"], s["p99"], unit)

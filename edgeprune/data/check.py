@@ -69,7 +69,8 @@ def format_report(rep: dict[str, Any]) -> str:
         for name, c in r["per_class"].items():
             lines.append(f"  {name:<{width}} {c['boxes']:>6} " + " ".join(f"{c[b[0]]:>6}" for b in BANDS))
     if rep["skipped"]:
-        lines.append(f"{rep['skipped']} bad samples skipped:")
+        lines.append(f"{rep['skipped']} bad sample(s), left out of the counts above; a run stops at the first "
+                     "one unless given --set data.skip_bad=true, which leaves them out:")
         lines += [f"  {p}" for p in rep["problems"]]
     else:
         lines.append("no problems found")
@@ -114,6 +115,7 @@ def plot(ds: Dataset, out_png: str | Path) -> Path:
 
 
 def check(path: str | Path, format: str = "auto") -> tuple[Dataset, dict[str, Any]]:
-    """Load with skip_bad=True so that every problem is listed, not only the first."""
-    ds = load_dataset(path, format, skip_bad=True)
+    """Load with skip_bad=True so that every problem is listed, not only the first, and decode every image
+    in full (a truncated JPEG has an intact header)."""
+    ds = load_dataset(path, format, skip_bad=True, decode=True)
     return ds, report(ds)

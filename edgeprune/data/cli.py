@@ -33,7 +33,8 @@ def register(subparsers):
         description="Loads every sample, lists every bad one (file and line), prints per-class counts and "
                     "box-size bands (tiny <16 px, small <32 px, medium <96 px, large, by sqrt(area)). "
                     "Exit code 1 when any sample is bad.",
-        epilog="example: edgeprune data check data/NWPU_VHR-10 --plot sizes.png --json",
+        epilog="example: edgeprune data check runs/default/data/dataset --plot sizes.png --json\n"
+               "(runs/default/data/dataset links to the dataset `edgeprune compress` used)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("path", help="dataset folder, data.yaml or COCO .json")
     c.add_argument("--format", choices=FORMATS, default="auto")
@@ -43,7 +44,7 @@ def register(subparsers):
 
     v = sub.add_parser(
         "convert", help="convert a dataset to yolo, coco, voc or nwpu (images are copied)",
-        epilog="example: edgeprune data convert data/DIOR data/dior-yolo --to yolo",
+        epilog="example: edgeprune data convert runs/default/data/dataset data/synth-coco --to coco",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("src", help="source dataset (any supported format)")
     v.add_argument("dst", help="new, empty destination folder")

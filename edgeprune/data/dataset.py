@@ -3,6 +3,8 @@
 A `Sample` is one image with its boxes in image pixels (xyxy); a `Dataset` holds class names and splits.
 Readers raise `DataError` naming the file and line of the first bad input; with `skip_bad=True` the bad
 sample is left out instead, counted in `Dataset.skipped` and described in `Dataset.problems`.
+Readers check an image's header (and PNG checksums) only; `load_dataset(..., decode=True)` also decodes every
+image in full, the only way to find a truncated JPEG (its header is intact). `skip_bad=True` implies it.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("yolo", "coco", "voc", "nwpu")
+SKIP_HINT = "or leave bad samples out with --set data.skip_bad=true (data convert: --skip-bad)"
 # A box may overshoot the image by this many pixels (rounding in annotation tools) before it is an error.
 EDGE_TOLERANCE_PX = 1.0
 
@@ -40,6 +43,7 @@ class Dataset:
     splits: dict[str, list[Sample]]
     skipped: int = 0
     problems: list[str] = field(default_factory=list)   # one line per skipped sample: file, line, why
+    skipped_by_split: dict[str, int] = field(default_factory=dict)  # skipped samples each split lost
     format: str = "yolo"
     root: Path | None = None
 
@@ -80,8 +84,23 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: corrupt or undecodable image ({exc}); re-export it or delete it "
-                        f"(or load with skip_bad=True)") from None
+                        f"({SKIP_HINT})") from None
     return int(size[0]), int(size[1])
+
+
+def decode_check(path: Path) -> None:
+    """Decode the whole image: a truncated JPEG passes `image_size` (header intact) but fails here."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:   # a library may have switched Pillow to padding truncated files
+        raise DataError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images would "
+                        "decode silently; set it to False")
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: corrupt or undecodable image ({exc}); re-export it or delete it "
+                        f"({SKIP_HINT})") from None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -103,7 +122,7 @@ def check_box(box: tuple[float, float, float, float], width: int, height: int, w
     t = EDGE_TOLERANCE_PX
     if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
         raise DataError(f"{where}: box {[round(v, 2) for v in box]} lies outside the {width}x{height} image; "
-                        f"fix the annotation (or load with skip_bad=True)")
+                        f"fix the annotation ({SKIP_HINT})")
     if x2 <= x1 or y2 <= y1:
         raise DataError(f"{where}: box {[round(v, 2) for v in box]} has zero or negative width/height")
     return max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
@@ -150,8 +169,11 @@ def detect_format(path: Path) -> str:
                     f"'ground truth/' for NWPU VHR-10, a .json for COCO); see docs/data.md")
 
 
-def load_dataset(path: str | Path, format: str = "auto", skip_bad: bool = False) -> Dataset:
-    """Load a dataset in any supported format; `format="auto"` detects it from the layout."""
+def load_dataset(path: str | Path, format: str = "auto", skip_bad: bool = False,
+                 decode: bool | None = None) -> Dataset:
+    """Load a dataset in any supported format; `format="auto"` detects it from the layout. `decode` (default:
+    `skip_bad`) decodes every image in full, so that a truncated one fails here (or is skipped) rather than
+    in the middle of a training."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: dataset not found (data.source); give a YOLO folder/data.yaml, COCO json, "
@@ -167,11 +189,37 @@ def load_dataset(path: str | Path, format: str = "auto", skip_bad: bool = False)
         from .nwpu import load_nwpu as loader
     else:
         raise DataError(f"data.format: unknown format {fmt!r}; choose one of {list(FORMATS)} or auto")
-    return loader(path, skip_bad=skip_bad)
+    ds = loader(path, skip_bad=skip_bad)
+    if skip_bad if decode is None else decode:
+        _decode_all(ds, skip_bad)
+    return ds
+
+
+def require_clean_split(ds: Dataset, split: str) -> Dataset:
+    """`ds` loaded with skip_bad=True, for a command that reads `split` alone (eval): a bad sample in another
+    split does not matter; one in `split` (or one no split claims) is an error, as without skip_bad."""
+    unclaimed = ds.skipped - sum(ds.skipped_by_split.values())
+    if ds.skipped_by_split.get(split) or unclaimed:
+        n = ds.skipped_by_split.get(split, 0) + unclaimed
+        raise DataError(f"{n} bad sample(s) in the {split} split (first: {ds.problems[0]}); "
+                        f"{SKIP_HINT}")
+    return ds
+
+
+def _decode_all(ds: Dataset, skip_bad: bool) -> None:
+    col = Collector(skip_bad)
+    for split, samples in ds.splits.items():
+        kept = [s for s in samples if col.run(lambda s=s: (decode_check(s.image), s)[1]) is not None]
+        if len(kept) < len(samples):
+            ds.skipped_by_split[split] = ds.skipped_by_split.get(split, 0) + len(samples) - len(kept)
+            ds.splits[split] = kept
+    ds.skipped += len(col.problems)
+    ds.problems += col.problems
 
 
 def finish(names: list[str], splits: dict[str, list[Sample | None]], collector: Collector, fmt: str,
            root: Path) -> Dataset:
     clean = {k: [s for s in v if s is not None] for k, v in splits.items()}
+    lost = {k: len(v) - len(clean[k]) for k, v in splits.items() if len(v) > len(clean[k])}
     return Dataset(names=list(names), splits=clean, skipped=len(collector.problems),
-                   problems=list(collector.problems), format=fmt, root=root)
+                   problems=list(collector.problems), skipped_by_split=lost, format=fmt, root=root)

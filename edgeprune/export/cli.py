@@ -5,8 +5,10 @@ import json
 import sys
 
 EXPORT_EPILOG = """example:
-  edgeprune export runs/default/pruned --out runs/default/bundle --imgsz 256 --images data/val/images
-  edgeprune export runs/default/finetune/best.pt --out bundle --nms-plugin --int8 --calib calib/ --json
+  edgeprune export runs/default/finetune/model --out runs/bundle320 --imgsz 320 --images runs/default/data/dataset/images/val
+  edgeprune export runs/default/dense/best.pt --out runs/dense_bundle --json
+  edgeprune export runs/default/finetune/model --out runs/bundle_int8 --nms-plugin --int8 --calib runs/default/bundle/calib
+  (the last one after `edgeprune calib build`, which writes runs/default/bundle/calib)
 
 MODEL_DIR_OR_CKPT is a pruned model folder (arch.json + weights.pt [+ recombination.json, metrics.json])
 or an edgeprune checkpoint. The graph is simplified (onnxsim), checked, verified against the arch spec
@@ -33,6 +35,11 @@ def register(subparsers):
     p.add_argument("--calib", default=None, help="folder of .npy NCHW float32 calibration batches")
     p.add_argument("--images", default=None, help="folder of images for the ORT/PyTorch parity check")
     p.add_argument("--parity-images", type=int, default=8, help="how many images the parity check uses")
+    p.add_argument("--parity-atol", type=float, default=None, metavar="ATOL",
+                   help="largest |ORT - torch| allowed in the raw outputs before NMS (default 1e-3); raise it "
+                        "only when you know why they differ (the error says where)")
+    p.add_argument("--parity-min-match", type=float, default=None, metavar="SHARE",
+                   help="share of post-NMS detections that must agree, near-ties excused (default 0.99)")
     p.add_argument("--conf", type=float, default=0.25, help="score threshold written to the manifest / NMS plugin")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300, help="detections kept per image")
@@ -52,7 +59,8 @@ def _export(args):
     res = export_bundle(args.source, args.out, imgsz=args.imgsz, opset=args.opset, dynamic_batch=args.dynamic_batch,
                         simplify=not args.no_simplify, nms_plugin=args.nms_plugin, int8=args.int8, calib=args.calib,
                         images=args.images, parity_images=args.parity_images, conf=args.conf, iou=args.iou,
-                        max_det=args.max_det)
+                        max_det=args.max_det, parity_atol=args.parity_atol,
+                        parity_min_match=args.parity_min_match)
     if args.json:
         sys.stdout.write(json.dumps(res, indent=2) + "\n")
     else:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,11 +91,43 @@ def stdout_to_stderr():
         os.close(saved)
 
 
+# onnxsim tries to constant-fold every node and says so for each one whose inputs are not constants (they
+# depend on the image): `WARNING: failed to run "Unsqueeze" op (name is "..."), skip...`. Expected and harmless
+# (the node simply stays in the graph, and the folded graph is checked against the original), so not shown.
+_ONNXSIM_NOISE = re.compile(r'^(WARNING: failed to run ".*" op \(name is ".*"\), skip\.\.\.|Checking \d+/\d+\.\.\.)')
+
+
+@contextlib.contextmanager
+def _quiet_onnxsim():
+    """Capture what onnxsim's C++ side writes to fd 1 and 2; pass on to stderr all but its expected notes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            log.seek(0)
+            rest = [line for line in log.read().decode("utf-8", "replace").splitlines()
+                    if line.strip() and not _ONNXSIM_NOISE.match(line.strip())]
+            if rest:
+                sys.stderr.write("\n".join(rest) + "\n")
+
+
 def simplify(graph: onnx.ModelProto, check_n: int = 1) -> onnx.ModelProto:
     import onnxsim
 
     try:
-        with stdout_to_stderr():
+        with _quiet_onnxsim():
             simplified, ok = onnxsim.simplify(graph, check_n=check_n)
     except Exception as exc:
         raise ExportError(f"onnxsim failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "

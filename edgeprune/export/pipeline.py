@@ -37,7 +37,8 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
                   dynamic_batch: bool | None = None, simplify: bool | None = None, nms_plugin: bool | None = None,
                   int8: bool = False, calib: str | Path | None = None, images: str | Path | None = None,
                   parity_images: int | None = None, conf: float = 0.25, iou: float = 0.45,
-                  max_det: int = 300) -> dict[str, Any]:
+                  max_det: int = 300, parity_atol: float | None = None,
+                  parity_min_match: float | None = None) -> dict[str, Any]:
     """Model folder/checkpoint -> verified, parity-checked bundle. `cfg` (a Config) supplies the export section
     and imgsz for arguments left None; `dataset` (a Dataset) supplies val images with truth for the parity
     check (then mAP through ORT must match mAP through torch); `metrics` overrides the source's metrics."""
@@ -47,6 +48,8 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
     simplify = ec.simplify if simplify is None else simplify
     nms_plugin = ec.nms_plugin if nms_plugin is None else nms_plugin
     parity_images = ec.parity_images if parity_images is None else parity_images
+    parity_atol = ec.parity_atol if parity_atol is None else parity_atol
+    parity_min_match = ec.parity_min_match if parity_min_match is None else parity_min_match
     if int8 and calib is None:
         raise ExportError("--int8 needs --calib DIR (a folder of .npy calibration batches; see `edgeprune calib build`)")
     src = load_source(source)
@@ -61,7 +64,7 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
         (imgs, truth), image_source = _val_images(dataset, parity_images), "dataset val split"
     else:
         imgs, image_source = synthetic_images(parity_images, size), "synthetic (no images given)"
-    parity = run_parity(model, exp.model, imgs, size, truth=truth)
+    parity = run_parity(model, exp.model, imgs, size, truth=truth, atol=parity_atol, min_match=parity_min_match)
     parity["image_source"] = image_source
     reports: dict[str, dict[str, Any]] = {"verify": verify_report, "parity": parity}
     int8_graph = None
@@ -84,7 +87,8 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
     manifest = write_bundle(out, spec, exp, graph, nms=nms, conf=conf, iou=iou, max_det=max_det,
                             metrics=bundle_metrics, recombination=src.recombination, reports=reports,
                             int8_graph=int8_graph, calib_dir=calib if int8 else None)
-    parity_summary = {k: parity[k] for k in ("max_abs_diff", "detection_match", "images", "image_source")}
+    parity_summary = {k: parity[k] for k in ("max_abs_diff", "max_abs_diff_at", "detection_match",
+                                             "detection_agreement", "near_ties", "images", "image_source")}
     parity_summary.update({k: parity[k] for k in ("map_torch", "map_ort") if k in parity})
     return {"bundle": str(out), "manifest": manifest, "graph": graph_summary(graph),
             "verify": {"status": "passed", **verify_report["checked"]}, "parity": parity_summary,

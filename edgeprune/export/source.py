@@ -54,15 +54,16 @@ def load_source(path: str | Path) -> ModelSource:
 
 
 def _load_dir(path: Path) -> ModelSource:
-    from ..prune.io import load_pruned
+    from ..prune.io import load_pruned, pruned_imgsz
 
     try:
         model, rec = load_pruned(path)
+        imgsz = pruned_imgsz(path)
     except PruneError as exc:
         raise ExportError(str(exc)) from None
     rec = validate_recombination(rec, str(path / "recombination.json")) if rec.get("junctions") else None
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
-    return ModelSource(path, model, rec, metrics if isinstance(metrics, dict) else {})
+    return ModelSource(path, model, rec, metrics if isinstance(metrics, dict) else {}, imgsz)
 
 
 def _load_ckpt(path: Path) -> ModelSource:

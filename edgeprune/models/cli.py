@@ -5,10 +5,10 @@ import json
 import sys
 
 EPILOG = """examples:
-  edgeprune import yolov5s.pt --out model.pt                 # a yolov5-repository checkpoint (v6.0+)
-  edgeprune import yolov8n.pt --out model.pt --json          # an ultralytics detection checkpoint
-  edgeprune import weights.pt --yaml yolov5s.yaml --out model.pt   # a plain state_dict + its model YAML
-  edgeprune compress --model model.pt --data /data/NWPU_VHR-10      # prune it from there
+  edgeprune import path/to/yolov5s.pt --out path/to/model.pt        # a yolov5-repository checkpoint (v6.0+)
+  edgeprune import path/to/yolov8n.pt --out path/to/model.pt --json  # an ultralytics detection checkpoint
+  edgeprune import path/to/weights.pt --yaml path/to/yolov5s.yaml --out path/to/model.pt   # state_dict + YAML
+  edgeprune compress --model path/to/model.pt --data path/to/NWPU_VHR-10   # prune it from there
 
 The file is read without executing anything in it (a pickle that asks to run code is refused) and
 without yolov5 or ultralytics installed. The result is an edgeprune checkpoint: a JSON spec + a

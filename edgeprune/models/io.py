@@ -14,6 +14,11 @@ from .spec import validate_spec
 from .yolo import Detector, build_model
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def save_checkpoint(path: str | Path, model: Detector, **extra: Any) -> None:
     """Save {'spec', 'model' (state_dict), **extra}. `extra` must hold only tensors and plain types."""
     payload = {"spec": model.spec, "model": model.state_dict(), **extra}
@@ -25,10 +30,13 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; re-create it (compress reruns the "
+                              "stage that wrote it)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{path}: checkpoint is truncated or corrupt ({str(exc).splitlines()[0]}); "
+        raise CheckpointError(f"{path}: checkpoint is truncated or corrupt ({first_line(exc)}); "
                               "re-create it (compress reruns the stage that wrote it)") from None
     except Exception as exc:  # weights_only unpickler refuses arbitrary objects
         raise CheckpointError(f"{path}: not a safe edgeprune checkpoint ({type(exc).__name__}: {exc})") from None

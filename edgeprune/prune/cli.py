@@ -5,9 +5,9 @@ import json
 import sys
 
 EPILOG = """examples:
-  edgeprune prune runs/default/sparse.pt --ratios runs/default/ratios.json --out runs/default/pruned
-  edgeprune prune sparse.pt --threshold 0.01 --rule topk --round-to 8 --out pruned --json
-  edgeprune prune sparse.pt --global-ratio 0.5 --rule intersection --min-channels 16 --out pruned
+  edgeprune prune runs/default/sparse/sparse.pt --ratios runs/default/sparse/ratios.json --out runs/pruned
+  edgeprune prune runs/default/sparse/sparse.pt --threshold 0.01 --rule topk --round-to 8 --out runs/pruned_t --json
+  edgeprune prune runs/default/sparse/sparse.pt --global-ratio 0.5 --rule intersection --min-channels 16 --out runs/pruned_g
 
 The output folder holds arch.json (spec with widths), weights.pt (state_dict), recombination.json
 and prune_table.json/.txt; load it with edgeprune.prune.io.load_pruned or `edgeprune export`."""

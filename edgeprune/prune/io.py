@@ -1,7 +1,8 @@
 """Pruned-model artefacts for our detector: arch spec (JSON) + state_dict, never a pickled model.
 
 A pruned folder holds `arch.json` (the dense spec with `widths`), `weights.pt` (state_dict only,
-loaded with weights_only=True), `recombination.json` (CONTRACTS.md) and `prune_table.json` (+ .txt).
+loaded with weights_only=True), `recombination.json` (CONTRACTS.md) and `prune_table.json` (+ .txt; its
+`imgsz` key is the input side the model was pruned and trained at, which `edgeprune export` defaults to).
 `keep_from_ratios` reads the sparsity stage's `ratios.json` and checks it belongs to the model.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ..errors import ModelError, PruneError
 from ..fsio import AtomicFile, atomic_write_json, atomic_write_text
+from ..models.io import first_line
 from ..models.spec import load_spec, save_spec, spec_sha, with_widths
 from ..models.yolo import Detector, build_model
 
@@ -34,8 +36,8 @@ class Pruned(NamedTuple):
 
 def save_pruned(out_dir: str | Path, model: Any, spec: dict[str, Any] | None = None,
                 recombination_map: dict[str, Any] | None = None, table: list[dict[str, Any]] | None = None,
-                stats: dict[str, Any] | None = None) -> Path:
-    """Write the pruned folder. `model` may also be a PruneResult whose `spec` is set (prune_from_ratios)."""
+                stats: dict[str, Any] | None = None, imgsz: int | None = None) -> Path:
+    """Write the pruned folder (`imgsz`: the input side to record). `model` may also be a PruneResult whose `spec` is set (prune_from_ratios)."""
     from .apply import PruneResult, format_table
 
     if isinstance(model, PruneResult):
@@ -50,28 +52,45 @@ def save_pruned(out_dir: str | Path, model: Any, spec: dict[str, Any] | None = N
     with AtomicFile(out / "weights.pt", suffix=".pt") as tmp:
         torch.save(model.state_dict(), tmp)
     atomic_write_json(out / "recombination.json", recombination_map)
-    atomic_write_json(out / "prune_table.json", {"layers": table, "stats": stats or {}})
+    doc: dict[str, Any] = {"layers": table, "stats": stats or {}}
+    if imgsz is not None:
+        doc["imgsz"] = int(imgsz)
+    atomic_write_json(out / "prune_table.json", doc)
     atomic_write_text(out / "prune_table.txt", format_table(table, stats) + "\n")
     plot_widths(table, out / "prune_widths.png")
     return out
 
 
+def short_layer_name(name: str) -> str:
+    """`layers.6.m.0.cv1.conv` -> `6.m.0.cv1`: what tells layers apart, for plot labels."""
+    for prefix in ("layers.", "model."):
+        name = name[len(prefix):] if name.startswith(prefix) else name
+    for suffix in (".conv", ".bn"):
+        name = name[:-len(suffix)] if name.endswith(suffix) else name
+    return name
+
+
 def plot_widths(table: list[dict[str, Any]], path: str | Path) -> None:
-    """Bar chart of every layer's width before/after, junction producers highlighted."""
+    """Horizontal bars of every layer's width before/after (one readable label per row, network order top
+    to bottom, the width written at each bar's end), junction producers highlighted."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in table if not r.get("fixed")]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.14 * len(rows)), 3.5))
-    xs = range(len(rows))
-    ax.bar(xs, [r["before"] for r in rows], color="#d0d0d0", label="before")
-    ax.bar(xs, [r["after"] for r in rows], color=["#d62728" if r.get("junction") else "#1f77b4" for r in rows],
-           label="after (red: residual-junction producer)")
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([r["layer"] for r in rows], rotation=90, fontsize=5)
-    ax.set_ylabel("output channels")
-    ax.legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.19 * len(rows) + 1.0)))
+    ys = list(range(len(rows)))
+    ax.barh(ys, [r["before"] for r in rows], color="#d0d0d0", label="before")
+    ax.barh(ys, [r["after"] for r in rows], color=["#d62728" if r.get("junction") else "#1f77b4" for r in rows],
+            label="after (red: residual-junction producer)")
+    for y, r in zip(ys, rows):
+        ax.text(r["before"], y, f" {r['after']}/{r['before']}", va="center", fontsize=6)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([short_layer_name(r["layer"]) for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max([r["before"] for r in rows] + [1]) * 1.15)
+    ax.set_xlabel("output channels")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     with AtomicFile(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)
@@ -89,19 +108,21 @@ def load_pruned(path: str | Path) -> Pruned:
     weights = path / "weights.pt"
     if not weights.is_file():
         raise PruneError(f"{weights}: not found; a pruned folder holds {', '.join(FILES)} (re-run edgeprune prune)")
+    if weights.stat().st_size == 0:
+        raise PruneError(f"{weights}: empty file (0 bytes), not a state_dict; re-run edgeprune prune")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise PruneError(f"{weights}: truncated or corrupt ({str(exc).splitlines()[0]}); re-run edgeprune prune") from None
+        raise PruneError(f"{weights}: truncated or corrupt ({first_line(exc)}); re-run edgeprune prune") from None
     except pickle.UnpicklingError as exc:
         if not zipfile.is_zipfile(weights):  # torch.save always writes a zip archive
             raise PruneError(f"{weights}: truncated or corrupt (not a torch.save archive); re-run edgeprune prune") from None
         raise PruneError(f"{weights}: not a plain state_dict, the safe loader refused it "
-                         f"({str(exc).splitlines()[0][:120]}); re-save it with save_pruned") from None
+                         f"({first_line(exc)[:120]}); re-save it with save_pruned") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        raise PruneError(f"{weights}: does not fit {path / 'arch.json'}: {str(exc).splitlines()[0]}") from None
+        raise PruneError(f"{weights}: does not fit {path / 'arch.json'}: {first_line(exc)}") from None
     rec_path = path / "recombination.json"
     try:
         rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {"version": 1, "junctions": []}
@@ -119,7 +140,18 @@ def save_pruned_model(out_dir: str | Path, model: Detector, pruned_dir: str | Pa
         doc = json.loads(table_path.read_text()) if table_path.is_file() else {"layers": [], "stats": {}}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PruneError(f"{table_path}: not valid JSON ({exc})") from None
-    return save_pruned(out_dir, model, model.spec, rec, doc.get("layers", []), doc.get("stats", {}))
+    return save_pruned(out_dir, model, model.spec, rec, doc.get("layers", []), doc.get("stats", {}),
+                       imgsz=doc.get("imgsz") if isinstance(doc.get("imgsz"), int) else None)
+
+
+def pruned_imgsz(path: str | Path) -> int | None:
+    """The input side a pruned folder recorded in prune_table.json, or None (older folders)."""
+    table_path = Path(path) / "prune_table.json"
+    try:
+        size = json.loads(table_path.read_text()).get("imgsz") if table_path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise PruneError(f"{table_path}: not a valid prune table ({exc})") from None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 def read_ratios(path: str | Path) -> Any:

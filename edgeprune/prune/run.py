@@ -34,5 +34,5 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratios: str | 
     result = prune_model(model, keep, rule=rule, round_to=round_to, min_channels=min_channels, example_input=x,
                          fold=fold, skip_unsupported=skip_unsupported)
     spec = spec_from_pruned(result.model, dense_spec)
-    save_pruned(out_dir, result.model, spec, result.recombination_map, result.table, result.stats)
+    save_pruned(out_dir, result.model, spec, result.recombination_map, result.table, result.stats, imgsz=size)
     return {"stats": result.stats, "text": format_table(result.table, result.stats), "spec": spec}

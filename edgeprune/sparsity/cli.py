@@ -12,9 +12,13 @@ def register(subparsers):
     p = subparsers.add_parser(
         "sparse", help="L1RR sparse training of a dense checkpoint, then per-layer pruning ratios (ratios.json)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example: edgeprune sparse runs/dense/best.pt --data synthetic --out runs/sparse --target 0.65\n"
-               "         edgeprune sparse runs/dense/best.pt --data synthetic --out runs/slim --method slimming\n"
-               "         edgeprune sparse runs/dense/best.pt --data data/nwpu --out runs/abl --no-reweight --json")
+        epilog="example: edgeprune sparse runs/default/dense/best.pt --data runs/default/data/dataset --out runs/sparse "
+               "--target 0.65\n"
+               "         edgeprune sparse runs/default/dense/best.pt --data runs/default/data/dataset --out runs/slim "
+               "--method slimming\n"
+               "         edgeprune sparse runs/default/dense/best.pt --data runs/default/data/dataset --out runs/abl "
+               "--no-reweight --json\n"
+               "(runs/default/ is what `edgeprune compress` writes; data/dataset links to the dataset it used)")
     p.add_argument("checkpoint", help="the dense checkpoint (.pt) written by `edgeprune train`")
     p.add_argument("--data", default="synthetic", help="dataset path or 'synthetic' (default)")
     p.add_argument("--data-root", default="runs/data/synthetic", help="cache folder of the synthetic dataset")

@@ -18,8 +18,10 @@ def register(subparsers):
         "train", help="train a dense detector (YOLOv5-style, EMA, cosine LR, resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: edgeprune train --data synthetic --size n --imgsz 256 --epochs 30 --out runs/dense\n"
-               "         edgeprune train --data runs/dense --out runs/dense --resume   (continue from last.pt)\n"
-               "         edgeprune train --data data/nwpu --set train.lr0=0.02 --set train.mosaic=1.0 --out runs/nwpu")
+               "         edgeprune train --data synthetic --out runs/dense --resume   (continue from last.pt)\n"
+               "         edgeprune train --data runs/default/data/dataset --set train.lr0=0.02 --set train.mosaic=1.0 "
+               "--out runs/lr002\n"
+               "(runs/default/data/dataset links to the dataset `edgeprune compress` used)")
     p.add_argument("--data", default="synthetic",
                    help="dataset path (YOLO dir/data.yaml, COCO json, VOC, NWPU) or 'synthetic' (default)")
     p.add_argument("--data-root", default="data/synthetic", help="cache folder of the synthetic dataset")
@@ -40,8 +42,9 @@ def register(subparsers):
     e = subparsers.add_parser(
         "eval", help="mAP50, mAP50-95, AP_small, per-class AP, params, FLOPs and CPU latency of a checkpoint",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example: edgeprune eval runs/dense/best.pt --data synthetic --json\n"
-               "         edgeprune eval runs/default/bundle --precision int8 --data DATASET   (a deploy bundle via ONNX Runtime)")
+        epilog="example: edgeprune eval runs/default/dense/best.pt --data runs/default/data/dataset --json\n"
+               "         edgeprune eval runs/default/bundle --data runs/default/data/dataset   (a deploy bundle via "
+               "ONNX Runtime; --precision int8 for its QDQ model)")
     e.add_argument("checkpoint", help="a checkpoint (.pt) written by edgeprune, or a deploy bundle folder")
     e.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                    help="bundles only: fp32 (model.onnx) or int8 (the bundle's QDQ model.int8.onnx)")

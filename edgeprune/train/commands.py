@@ -20,15 +20,19 @@ def _config(args: Any, extra: dict[str, Any]) -> Config:
     return make_config(args.preset, overrides)
 
 
-def load_data(source: str, cfg: Config, root: str | Path):
-    """The dataset named by --data: 'synthetic' (generated once into `root`, cached) or a path."""
+def load_data(source: str, cfg: Config, root: str | Path, split: str | None = None):
+    """The dataset named by --data: 'synthetic' (generated once into `root`, cached) or a path. With `split`
+    (a command that reads that split alone) bad samples elsewhere are left out rather than fatal."""
     from ..data import load_dataset
+    from ..data.dataset import require_clean_split
+    fmt = cfg.data.format
     if source == "synthetic":
         from ..data.synth import ensure_synthetic
         d = cfg.data
-        path = ensure_synthetic(Path(root), d.synth_train, d.synth_val, d.synth_size, d.seed)
-        return load_dataset(path, "auto", d.skip_bad)
-    return load_dataset(source, cfg.data.format, cfg.data.skip_bad)
+        source, fmt = str(ensure_synthetic(Path(root), d.synth_train, d.synth_val, d.synth_size, d.seed)), "auto"
+    if split is None or cfg.data.skip_bad:
+        return load_dataset(source, fmt, cfg.data.skip_bad)
+    return require_clean_split(load_dataset(source, fmt, skip_bad=True, decode=False), split)
 
 
 def train_command(args: Any) -> int:
@@ -103,7 +107,7 @@ def eval_command(args: Any) -> int:
     if not Path(args.checkpoint).exists():
         raise CheckpointError(f"{args.checkpoint}: not found (give a checkpoint .pt or a deploy bundle folder)")
     cfg = _config(args, {})
-    data = load_data(args.data, cfg, args.data_root)
+    data = load_data(args.data, cfg, args.data_root, split=args.split)
     if args.split not in data.splits or not data.splits[args.split]:
         raise UsageError(f"--split {args.split}: the dataset has no such split (has {sorted(data.splits)})")
     if Path(args.checkpoint).is_dir():

@@ -46,7 +46,7 @@ def test_check_exits_1_and_lists_bad_lines(yolo_dir, capsys):
     label.write_text("0 0.5 0.5 0.2\n")
     assert run(["data", "check", str(yolo_dir)]) == 1
     text = capsys.readouterr().out
-    assert f"{label}:1: expected 5 fields" in text and "1 bad samples skipped" in text
+    assert f"{label}:1: expected 5 fields" in text and "1 bad sample(s)" in text and "--set data.skip_bad=true" in text
 
 
 def test_cli_module_is_python36_compatible():

@@ -1,6 +1,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 
 from edgeprune.data.check import check, report
@@ -114,3 +115,46 @@ def test_check_report_counts_classes_and_bands(yolo_dir):
     # boxes are 7..8 x 9 px: sqrt(area) < 16 → tiny
     assert tr["bands"] == {"tiny": 6, "small": 0, "medium": 0, "large": 0}
     assert report(ds) == rep
+
+
+def _truncate_jpeg(path, keep):
+    """Save a noisy JPEG (so it is large enough to cut) and keep its first `keep` bytes (a share or a count)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 120, 3), dtype=np.uint8)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep) if keep < 1 else int(keep)])
+
+
+@pytest.mark.parametrize("keep", [0.5, 2000])
+def test_truncated_jpeg_fails_check_and_is_skipped(yolo_dir, keep):
+    for f in (yolo_dir / "images" / "train").glob("*.png"):   # the dataset as JPEGs
+        from PIL import Image
+        Image.open(f).convert("RGB").save(f.with_suffix(".jpg"))
+        f.unlink()
+    bad = yolo_dir / "images" / "train" / "train1.jpg"
+    _truncate_jpeg(bad, keep)
+    assert len(load_dataset(yolo_dir).splits["train"]) == 3     # the header is intact: a plain load passes
+    ds, rep = check(yolo_dir)
+    assert rep["skipped"] == 1 and str(bad) in rep["problems"][0] and "truncated" in rep["problems"][0]
+    assert "--set data.skip_bad=true" in rep["problems"][0]
+    ds = load_dataset(yolo_dir, skip_bad=True)
+    assert ds.skipped == 1 and ds.skipped_by_split == {"train": 1}
+    assert [s.image.name for s in ds.splits["train"]] == ["train0.jpg", "train2.jpg"]
+    with pytest.raises(DataError, match=re.escape(str(bad)) + ".*truncated"):
+        load_dataset(yolo_dir, decode=True)
+
+
+def test_eval_split_ignores_bad_samples_of_other_splits(yolo_dir):
+    from edgeprune.config import make_config
+    from edgeprune.train.commands import load_data
+
+    cfg = make_config("quick", {})
+    label = yolo_dir / "labels" / "train" / "train1.txt"
+    label.write_text("9 0.5 0.5 0.1 0.1\n")
+    ds = load_data(str(yolo_dir), cfg, "unused", split="val")
+    assert len(ds.splits["val"]) == 1 and ds.skipped == 1
+    with pytest.raises(DataError, match="1 bad sample.*train split.*train1.txt:1.*--set data.skip_bad=true"):
+        load_data(str(yolo_dir), cfg, "unused", split="train")
+    with pytest.raises(DataError, match="train1.txt:1"):
+        load_data(str(yolo_dir), cfg, "unused")

@@ -42,7 +42,36 @@ def test_detect_single_image_to_stdout_and_bad_image_fails(tiny_bundle, images, 
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     assert main(["detect", tiny_bundle, "--source", str(bad), "--backend", "onnxruntime"]) == 1
-    assert "bad.jpg" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "bad.jpg" in out
+    # the reason is on the console too, not only in the JSON lines
+    assert "failed: " in err and "bad.jpg" in err.split("failed: ", 1)[1]
+
+
+def test_detect_outputs_have_plain_file_modes(tiny_bundle, images, tmp_path):
+    out = str(tmp_path / "out")
+    old = os.umask(0o022)
+    try:
+        assert main(["detect", tiny_bundle, "--source", images, "--out", out, "--backend", "onnxruntime",
+                     "--threads", "1"]) == 0
+    finally:
+        os.umask(old)
+    for name in os.listdir(out):
+        assert os.stat(os.path.join(out, name)).st_mode & 0o777 == 0o644, name
+
+
+def test_labels_stay_inside_the_image():
+    import numpy as np
+
+    from jetson.detect import annotate, label_origin
+
+    assert label_origin(5, 30, 40, 11, 100, 80) == (5, 19)          # above the box when there is room
+    assert label_origin(90, 2, 40, 11, 100, 80) == (60, 2)          # right edge: shifted left; top: inside the box
+    assert label_origin(-3, 79, 40, 11, 100, 80) == (0, 68)         # corner cases clamp to the image
+    img = np.zeros((40, 60, 3), np.uint8)
+    det = {"box": [50.0, 0.0, 60.0, 10.0], "class_id": 0, "class_name": "storage-tank", "score": 0.91}
+    drawn = annotate(img, [det])
+    assert drawn[:, :20].any()          # the long label was drawn leftwards from the right edge, not cut off
 
 
 def test_bench_json_compare(tiny_bundle, tmp_path, capsys):

@@ -55,7 +55,23 @@ def test_bench_iterations_and_compare(two):
     assert "not a tx2 measurement" in rep["models"][1]["note"]
     assert rep["models"][0]["note"].startswith("onnxruntime")
     json.dumps(rep)
-    assert "speed-up of pruned over dense" in format_report(rep)
+    text = format_report(rep)
+    ratio = rep["models"][0]["end_to_end"]["mean"] / rep["models"][1]["end_to_end"]["mean"]
+    if abs(ratio - 1) >= 0.01:
+        expected = ("pruned is {:.2f}x faster than dense".format(ratio) if ratio > 1 else
+                    "pruned is {:.2f}x slower than dense".format(1 / ratio))
+    else:
+        expected = "pruned is about as fast as dense"
+    assert "end to end: " + expected in text
+
+
+def test_faster_phrase_reads_forwards():
+    from jetson.stats import faster_phrase
+
+    dense, pruned = summarize([14.5, 14.5]), summarize([10.0, 10.0])
+    assert faster_phrase("dense", dense, "pruned", pruned) == "pruned is 1.45x faster than dense"
+    assert faster_phrase("pruned", pruned, "dense", dense) == "dense is 1.45x slower than pruned"
+    assert faster_phrase("a", dense, "b", summarize([14.45])) == "b is about as fast as a"
 
 
 def test_bench_duration_runs_at_least_min_iterations(two):

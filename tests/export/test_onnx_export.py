@@ -58,3 +58,23 @@ def test_export_errors(dense_model, tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage" * 10)
     with pytest.raises(ExportError, match="bad.onnx"):
         load_onnx(tmp_path / "bad.onnx")
+
+
+def test_onnxsim_notes_do_not_reach_the_console(dense_model, capfd):
+    """onnxsim's per-node 'failed to run ... skip' notes (inputs not constant: harmless) are not shown; any
+    other text it writes still is (on stderr, so stdout stays clean for --json)."""
+    import os
+    import sys
+
+    from edgeprune.export.onnx_export import _quiet_onnxsim, export_onnx
+
+    export_onnx(dense_model, 64)
+    out, err = capfd.readouterr()
+    assert "failed to run" not in out + err and "Checking 0/" not in out + err
+    with _quiet_onnxsim():
+        os.write(1, b'WARNING: failed to run "Unsqueeze" op (name is "/detect/Unsqueeze"), skip...\n')
+        os.write(2, b"something onnxsim really means\n")
+        print("python-side progress")
+        sys.stdout.flush()
+    out, err = capfd.readouterr()
+    assert out == "" and err == "something onnxsim really means\n"

@@ -98,3 +98,20 @@ def test_bundle_map_through_onnxruntime_equals_torch(reference_run):
     ort = json.loads(out.stdout)
     torch_metrics = _final_metrics(run)
     assert abs(ort["map50"] - torch_metrics["map50"]) <= 0.001 and abs(ort["map"] - torch_metrics["map"]) <= 0.001
+
+
+def test_help_examples_name_paths_the_run_made(reference_run):
+    """Every path an `--help` example reads exists after the run (runs/default/ = this run) or is written by
+    another example; and what the dense-vs-pruned comparison needs is there."""
+    from tests.test_help_examples import missing_paths
+
+    base, summary = reference_run
+    default = base / "runs" / "default"
+    if not default.exists():
+        default.symlink_to(base / "runs" / "ref", target_is_directory=True)
+    assert missing_paths(base) == []
+    export = summary["stages"]["export"]
+    assert (base / "runs" / "ref" / "bundle_dense" / "manifest.json").is_file()
+    assert export["bench"]["summary"][0].startswith("end to end: pruned is ")
+    report = (base / "runs" / "ref" / "report.md").read_text()
+    assert "## Stage times" in report and "### Dense vs pruned" in report

@@ -69,9 +69,37 @@ def test_load_pruned_errors_name_the_file(helpers, tmp_path):
     torch.save(build_model(dense_spec).state_dict(), out / "weights.pt")
     with pytest.raises(PruneError, match=r"weights.pt: does not fit .*arch.json"):
         load_pruned(out)
+    (out / "weights.pt").write_bytes(b"")
+    with pytest.raises(PruneError, match=r"weights.pt: empty file \(0 bytes\)"):
+        load_pruned(out)
     (out / "weights.pt").unlink()
     with pytest.raises(PruneError, match=r"weights.pt: not found"):
         load_pruned(out)
+
+
+def test_empty_checkpoint_is_named_by_eval(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    out = subprocess.run([sys.executable, "-m", "edgeprune", "eval", str(tmp_path / "empty.pt")], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 1, out.stderr
+    assert "empty.pt: empty file (0 bytes)" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_pruned_folder_records_its_input_size_and_export_uses_it(helpers, tmp_path, capsys):
+    from edgeprune.cli import main
+    from edgeprune.prune.io import pruned_imgsz, save_pruned_model
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "sparse.pt", build_model(new_spec(2, size="n")), imgsz=128)
+    assert _cli(["prune", str(tmp_path / "sparse.pt"), "--global-ratio", "0.3", "--out", str(tmp_path / "p")]) == 0
+    assert pruned_imgsz(tmp_path / "p") == 128
+    save_pruned_model(tmp_path / "ft", load_pruned(tmp_path / "p").model, tmp_path / "p")  # the fine-tune stage's copy
+    assert pruned_imgsz(tmp_path / "ft") == 128
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "ft"), "--out", str(tmp_path / "b"), "--parity-images", "2", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["manifest"]["model"]["input_shape"] == [1, 3, 128, 128]
+    assert json.loads((tmp_path / "b" / "reports" / "parity.json").read_text())["imgsz"] == 128
 
 
 def _cli(argv):

@@ -73,3 +73,27 @@ def server(serve_bundle):
     assert srv.wait_until_loaded(60)
     yield srv
     srv.stop(drain_timeout=5)
+
+
+@pytest.fixture
+def served(serve_bundle):
+    """`served(*extra_flags)` -> (Popen, (host, port)): `edgeprune serve` as a real process, ready; killed at
+    teardown if still running."""
+    from serve_helpers import event, spawn_serve
+    procs = []
+
+    def start(*extra):
+        proc = spawn_serve([serve_bundle, "--port", "0", "--backend", "onnxruntime", "--json"] + list(extra))
+        procs.append(proc)
+        listening = event(proc, "listening")
+        ready = event(proc, "ready")
+        assert ready["url"] == listening["url"] and ready["backend"] == "onnxruntime"
+        return proc, (listening["host"], listening["port"])
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()

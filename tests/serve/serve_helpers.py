@@ -7,9 +7,41 @@ import math
 import os
 import re
 import socket
+import subprocess
+import sys
 import warnings
 
 import numpy as np
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def spawn_serve(args):
+    """`python -m edgeprune serve ARGS` as a real process (stdout: --json events)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", "edgeprune", "serve"] + args, cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+
+
+def event(proc, name):
+    """Read the server's JSON lifecycle events until `name`."""
+    for line in proc.stdout:
+        found = json.loads(line)
+        if found["event"] == name:
+            return found
+    raise AssertionError("server exited before '{}': {}".format(name, proc.stderr.read()))
+
+
+def proc_memory_kb(pid):
+    """{"VmRSS": kB, "VmHWM": kB} of a process, from /proc/<pid>/status (Linux)."""
+    out = {}
+    with open("/proc/{}/status".format(pid)) as f:
+        for line in f:
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(line.split()[1])
+    return out
 
 
 def scene(seed, h=120, w=160):

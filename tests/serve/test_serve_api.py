@@ -231,17 +231,21 @@ def test_concurrent_clients_each_get_their_own_answer(server, reference_detector
     assert len(boxes) == len(seeds), "different images must give different boxes"
 
 
-def test_connection_limit_answers_503(start_server):
+def test_connection_limit_answers_503_but_still_health_checks(start_server):
     import socket
     srv = start_server(max_connections=1)
     holder = socket.create_connection(srv.address, timeout=5)  # occupies the only slot
     try:
         assert _wait_for(lambda: srv.connection_slots._value == 0)
-        reply = call(srv, "GET", "/healthz")
-        assert reply.status == 503 and reply.headers["retry-after"] == "1"
+        for path in ("/healthz", "/readyz"):  # answered on a probe slot
+            assert call(srv, "GET", path).status == 200
+        for method, path, body in (("POST", "/v1/detect", encoded(0)), ("GET", "/v1/model", None)):
+            reply = call(srv, method, path, body)
+            assert reply.status == 503 and reply.headers["retry-after"] == "1"
+            assert "too many connections" in reply.json()["error"]
     finally:
         holder.close()
-    assert _wait_for(lambda: call(srv, "GET", "/healthz").status == 200)
+    assert _wait_for(lambda: call(srv, "POST", "/v1/detect", encoded(0)).status == 200)
 
 
 def test_metrics_parse_as_prometheus_text(server):

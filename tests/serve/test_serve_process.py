@@ -1,53 +1,14 @@
 """`edgeprune serve` as a real process: lifecycle events, graceful drain on SIGTERM/SIGINT, exit codes."""
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
-from serve_helpers import call, encoded
+from serve_helpers import call, encoded, event, spawn_serve
 
 pytestmark = [pytest.mark.py36, pytest.mark.timeout(120)]
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _spawn(args):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "edgeprune", "serve"] + args, cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-
-
-def _event(proc, name):
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == name:
-            return event
-    raise AssertionError("server exited before '{}': {}".format(name, proc.stderr.read()))
-
-
-@pytest.fixture
-def served(serve_bundle):
-    procs = []
-
-    def start(*extra):
-        proc = _spawn([serve_bundle, "--port", "0", "--backend", "onnxruntime", "--json"] + list(extra))
-        procs.append(proc)
-        listening = _event(proc, "listening")
-        ready = _event(proc, "ready")
-        assert ready["url"] == listening["url"] and ready["backend"] == "onnxruntime"
-        return proc, (listening["host"], listening["port"])
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def _refused(address):
@@ -80,7 +41,7 @@ def test_sigterm_drains_the_in_flight_request_and_exits_0(served):
     finally:
         sock.close()
     assert proc.wait(30) == 0
-    stopped = _event(proc, "stopped")
+    stopped = event(proc, "stopped")
     assert stopped["drained"] is True and stopped["requests"] >= 1
 
 
@@ -92,13 +53,13 @@ def test_sigint_exits_0(served):
 
 
 def test_missing_bundle_exits_1_naming_it(tmp_path):
-    proc = _spawn([str(tmp_path / "nope"), "--port", "0"])
+    proc = spawn_serve([str(tmp_path / "nope"), "--port", "0"])
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "nope" in err and "Traceback" not in err
 
 
 def test_bad_flag_exits_2(serve_bundle):
-    proc = _spawn([serve_bundle, "--port", "0", "--max-queue", "0"])
+    proc = spawn_serve([serve_bundle, "--port", "0", "--max-queue", "0"])
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "--max-queue" in err
