@@ -141,6 +141,7 @@ class PruneConfig:
     min_channels: int = 8
     skip_unsupported: bool = False
     fold: bool = True                  # fold removed channels' constant act(beta) into consumers (prune/apply.py)
+    latency_table: str = ""            # a latency_table.json (bench --profile-layers): report.md predicts latency from it
 
 
 @dataclass

@@ -17,15 +17,37 @@ def _pct(new: float, old: float) -> str:
 
 def _metrics_table(run: RunDir) -> tuple[list[str], dict[str, dict[str, Any]]]:
     found = {stage: run.outputs(stage).get("metrics", {}) for stage, _ in ROWS if run.marker(stage)}
-    lines = ["| model | params | FLOPs | mAP50 | mAP50-95 | AP small | CPU latency (ms, batch 1) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    predicted = any("predicted_latency_ms" in m for m in found.values())
+    lines = ["| model | params | FLOPs | mAP50 | mAP50-95 | AP small | CPU latency (ms, batch 1) |"
+             + (" predicted on the target (ms) |" if predicted else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if predicted else "")]
     for stage, label in ROWS:
         m = found.get(stage)
         if not m:
             continue
-        lines.append(f"| {label} | {m.get('params', 0):,} | {m.get('flops', 0) / 1e9:.3f} G | {m.get('map50', 0):.3f} | "
-                     f"{m.get('map', 0):.3f} | {m.get('ap_small', 0):.3f} | {m.get('cpu_latency_ms', 0):.1f} |")
+        row = (f"| {label} | {m.get('params', 0):,} | {m.get('flops', 0) / 1e9:.3f} G | {m.get('map50', 0):.3f} | "
+               f"{m.get('map', 0):.3f} | {m.get('ap_small', 0):.3f} | {m.get('cpu_latency_ms', 0):.1f} |")
+        if predicted:
+            p = m.get("predicted_latency_ms")
+            row += f" {p:.2f} |" if p is not None else " – |"
+        lines.append(row)
     return lines, found
+
+
+def _latency_note(run: RunDir) -> list[str]:
+    """Which target the predicted column is for (the table's key), and where measured target numbers come from."""
+    path = run.cfg.prune.latency_table
+    if not path:
+        return []
+    try:
+        from jetson.layerprof import read_table
+        k = read_table(path)["key"]
+    except Exception as exc:  # the report still renders; the column says what it can
+        return [f"Predicted latency: `{path}` could not be read ({exc}).", ""]
+    return [f"Predicted latency: sum of per-layer lookups in `{path}` ({k['device_profile']}, {k['backend']} "
+            f"{k['precision']}, batch {k['batch']}, {k['input_size'][0]}x{k['input_size'][1]}) plus its measured "
+            "rest; measure the bundles on that target with `edgeprune bench BUNDLE --compare OTHER "
+            f"--latency-table {path}`, which prints the prediction beside the measurement.", ""]
 
 
 def _plot_summary(found: dict[str, dict[str, Any]], path: Path) -> None:
@@ -100,7 +122,7 @@ def write_report(run: RunDir) -> Path:
               + (f"; {data['skipped']} bad samples skipped (data.skip_bad)." if data["skipped"] else "."),
               "", "## Results", ""]
     table, found = _metrics_table(run)
-    lines += table + [""]
+    lines += table + [""] + _latency_note(run)
     if "dense" in found and "finetune" in found:
         d, f = found["dense"], found["finetune"]
         lines += [f"Against dense: parameters {_pct(f['params'], d['params'])}, FLOPs {_pct(f['flops'], d['flops'])}, "

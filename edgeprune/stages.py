@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import continued
+from .errors import BundleError, ConfigError
 from .fsio import atomic_write_json
 from .pipeline import RunDir, stale_stage_dir
 from .train.dist import is_main
@@ -70,7 +71,42 @@ def _evaluate(model, ds, run: RunDir) -> dict[str, Any]:
     m = evaluate(model, ds.splits["val"], ds.names, imgsz)
     m.update(count(model, imgsz))
     m["cpu_latency_ms"] = cpu_latency(model, imgsz)["median_ms"]
+    predicted = predicted_latency(model, run.cfg)
+    if predicted is not None:
+        m["predicted_latency_ms"] = predicted
     return m
+
+
+def latency_table(cfg) -> dict[str, Any] | None:
+    """`prune.latency_table` read and checked against model.imgsz (None when unset); ConfigError otherwise.
+    Called when the dense stage starts, so a wrong table fails before hours of training, not after."""
+    if not cfg.prune.latency_table:
+        return None
+    from jetson.layerprof import key_mismatches, read_table
+
+    path = cfg.prune.latency_table
+    try:
+        table = read_table(path)
+    except BundleError as exc:
+        raise ConfigError(f"prune.latency_table: {exc}") from None
+    wrong = key_mismatches(table, input_shape=[int(table["key"]["batch"]), 3, cfg.model.imgsz, cfg.model.imgsz])
+    if wrong:
+        raise ConfigError(f"prune.latency_table {path}: measured for another input ({wrong[0]}); profile a bundle "
+                          f"exported at model.imgsz {cfg.model.imgsz}")
+    return table
+
+
+def predicted_latency(model, cfg) -> float | None:
+    """The model's latency predicted from `prune.latency_table` (None without one); ConfigError when the table
+    is for another input size or another architecture."""
+    table = latency_table(cfg)
+    if table is None:
+        return None
+    from .prune.latency import predict_model
+    try:
+        return predict_model(table, model, cfg.model.imgsz, int(table["key"]["batch"]))["total_ms"]
+    except BundleError as exc:
+        raise ConfigError(f"prune.latency_table: {exc}") from None
 
 
 def stage_dense(run: RunDir) -> dict[str, Any]:
@@ -78,6 +114,7 @@ def stage_dense(run: RunDir) -> dict[str, Any]:
     from .train.trainer import fit, new_model
 
     ds = _dataset(run)
+    latency_table(run.cfg)
     out = stale_stage_dir(run, "dense")
     c = run.cfg
     if c.model.weights:

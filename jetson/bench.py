@@ -132,6 +132,15 @@ def format_report(report):
             if k in e:
                 lines.append("  " + format_row(k, e[k]))
         lines.append("  throughput {:.1f} images/s (end to end)".format(e["throughput_ips"]))
+    for e in report["models"]:
+        p = e.get("predicted")
+        if p and "error" in p:
+            lines.append("[{}] no prediction: {}".format(e["label"], p["error"]))
+        elif p:
+            lines.append("[{}] predicted {:.3f} ms from the latency table vs measured {} {} {:.3f} ms ({:+.1f} %){}"
+                         .format(e["label"], p["ms"], p["measured_phase"], p["statistic"], p["measured_ms"],
+                                 p["error_pct"],
+                                 "; table is for " + ", ".join(p["key_mismatch"]) if p["key_mismatch"] else ""))
     if len(report["models"]) == 2:
         lines.append("")
         lines += compare_lines(report)

@@ -5,6 +5,8 @@ import importlib
 import json
 import sys
 
+from edgeprune.errors import UsageError
+
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 DEVICES = ("tx2", "xavier-nx", "agx-xavier", "orin-nano", "orin-agx", "host")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -67,7 +69,10 @@ def register(subparsers):
                     "throughput, end-to-end vs inference-only split (H2D/compute/D2H with TensorRT).",
         epilog="example: edgeprune bench runs/default/bundle --compare runs/default/bundle_dense --duration 10\n"
                "         edgeprune bench runs/default/bundle --compare runs/default/bundle_dense --device tx2 "
-               "--precision fp16 --json > bench.json   (on the TX2)")
+               "--precision fp16 --json > bench.json   (on the TX2)\n"
+               "         edgeprune bench runs/default/bundle_dense --profile-layers --device orin-nano --precision fp16\n"
+               "         (writes runs/default/bundle_dense/latency_table.json: every conv block timed at a grid of\n"
+               "          widths; later bench runs print the table's prediction beside the measured latency)")
     _common(p)
     p.add_argument("--compare", default=None, metavar="OTHER_BUNDLE", help="a second bundle measured interleaved")
     g = p.add_mutually_exclusive_group()
@@ -77,6 +82,20 @@ def register(subparsers):
     p.add_argument("--image", default=None, help="benchmark on this image (default: a synthetic 640x480 scene)")
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.add_argument("--profile-layers", action="store_true",
+                   help="measure a latency table instead: every conv block of the bundle at a grid of channel counts "
+                        "(written to --out, default BUNDLE/latency_table.json)")
+    p.add_argument("--min-channels", type=_positive(int), default=8,
+                   help="--profile-layers: smallest channel count of the grid (default 8, as prune.min_channels)")
+    p.add_argument("--statistic", choices=("median", "min"), default="median",
+                   help="--profile-layers: what each table entry keeps (min on a machine shared with other jobs, "
+                        "where preemption inflates medians; bench compares its own same statistic)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="--profile-layers with onnxruntime: wall time, or this process's CPU time (with --threads 1, "
+                        "on a machine shared with other jobs)")
+    p.add_argument("--latency-table", default=None, metavar="FILE",
+                   help="predict each bundle's latency from this table beside the measurement "
+                        "(default: BUNDLE/latency_table.json when it exists)")
     p.set_defaults(handler=_bench)
 
     p = subparsers.add_parser(
@@ -139,7 +158,44 @@ def _detect(args):
     return 1 if summary["failed"] else 0
 
 
+def _profile_layers(args):
+    import os
+
+    from edgeprune.fsio import atomic_write_json
+
+    from .layerprof import OrtLayerTimer, TrtLayerTimer, format_table_summary, profile_bundle
+    from .profiles import get_profile
+    if args.compare:
+        raise UsageError("--profile-layers profiles one bundle; drop --compare")
+    if args.duration:
+        raise UsageError("--profile-layers times each block --iterations times (default 20); drop --duration")
+    det = _open(args, args.bundle)
+    timer = None
+    try:
+        if det.backend_name == "tensorrt":
+            timer = TrtLayerTimer(get_profile(args.device), det.precision, log=_log)
+        else:
+            timer = OrtLayerTimer(threads=args.threads, clock=args.clock)
+            if det.precision != timer.precision:
+                raise UsageError("--profile-layers with onnxruntime times fp32 blocks; this bundle runs {} here: "
+                                 "profile with --precision fp32".format(det.precision))
+        table = profile_bundle(det, timer, args.device, min_channels=args.min_channels,
+                               iterations=args.iterations or 20, warmup=3, log=_log, statistic=args.statistic)
+    finally:
+        det.close()
+        if hasattr(timer, "close"):
+            timer.close()
+    out = args.out or os.path.join(args.bundle, "latency_table.json")
+    atomic_write_json(out, table)
+    sys.stdout.write((json.dumps(table, indent=2) if args.json else format_table_summary(table, out)) + "\n")
+    return 0
+
+
 def _bench(args):
+    if args.profile_layers:
+        return _profile_layers(args)
+    import os
+
     from .bench import format_report, run_bench
     from .imageio import decode_image
     image = decode_image(args.image) if args.image else None
@@ -150,6 +206,10 @@ def _bench(args):
             models.append((args.compare, _open(args, args.compare)))
         report = run_bench(models, image=image, iterations=args.iterations, duration=args.duration,
                            warmup_s=args.warmup)
+        table_path = args.latency_table or os.path.join(args.bundle, "latency_table.json")
+        if args.latency_table or os.path.isfile(table_path):
+            from .layerprof import add_predictions, read_table
+            add_predictions(report, models, read_table(table_path), table_path)
     finally:
         for _, det in models:
             det.close()

@@ -81,6 +81,9 @@ def write_bundle(out_dir: str | Path, spec: dict[str, Any], export: ExportResult
     extra: dict[str, str] = {"arch": "arch.json", "onnx_map": "onnx_map.json"}
     atomic_write_json(out / "arch.json", spec)
     atomic_write_json(out / "onnx_map.json", {"version": 1, "conv_nodes": export.conv_nodes})
+    if export.layers is not None:
+        atomic_write_json(out / "layers.json", export.layers)
+        extra["layers"] = "layers.json"
     if recombination:
         atomic_write_json(out / "recombination.json", recombination)
         extra["recombination"] = "recombination.json"

@@ -25,6 +25,7 @@ import torch
 from ..errors import ExportError
 from ..fsio import AtomicFile
 from ..models.yolo import Detector
+from ..prune.latency import conv_layers
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output"
@@ -40,6 +41,7 @@ class ExportResult:
     dynamic_batch: bool
     simplified: bool
     notes: list[str] = field(default_factory=list)
+    layers: dict[str, Any] | None = None   # layers.json: conv geometry for the device's latency tables
 
 
 def _torch_export(model: Detector, dummy: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
@@ -151,6 +153,7 @@ def export_onnx(model: Detector, imgsz: int | tuple[int, int], opset: int = DEFA
         dummy = torch.zeros(batch, 3, h, w)
         raw = _torch_export(model, dummy, opset, dynamic_batch)
         node_map = conv_node_map(model, raw)
+        layers = conv_layers(model, (h, w), batch)
     finally:
         model.train(was_training)
     graph = simplify(raw) if do_simplify else raw
@@ -161,7 +164,7 @@ def export_onnx(model: Detector, imgsz: int | tuple[int, int], opset: int = DEFA
             raise ExportError(f"onnxsim renamed or removed Conv node {node_map[lost[0]]} (torch layer {lost[0]}); "
                               "export with simplification off to verify")
     check(graph)
-    return ExportResult(graph, node_map, [batch, 3, h, w], opset, dynamic_batch, do_simplify)
+    return ExportResult(graph, node_map, [batch, 3, h, w], opset, dynamic_batch, do_simplify, layers=layers)
 
 
 def check(graph: onnx.ModelProto, source: str = "exported graph") -> None:
