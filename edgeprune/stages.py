@@ -57,7 +57,7 @@ def stage_dense(run: RunDir) -> dict[str, Any]:
     ds = _dataset(run)
     out = stale_stage_dir(run, "dense")
     c = run.cfg
-    model, anchors = new_model(ds, c.model.size, c.model.imgsz, c.train.seed)
+    model, anchors = new_model(ds, c.model.size, c.model.imgsz, c.train.seed, family=c.model.family)
     fit(model, ds, c.train, out, resume=True, imgsz=c.model.imgsz)
     if not is_main():
         return {}

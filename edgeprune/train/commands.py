@@ -46,7 +46,8 @@ def train_command(args: Any) -> int:
         model = build_model(load_checkpoint(last)["spec"])     # weights and state come from last.pt in fit
         report: dict[str, Any] = {"resumed": str(last)}
     else:
-        model, report = new_model(data, cfg.model.size, cfg.model.imgsz, cfg.train.seed, not args.no_autoanchor)
+        model, report = new_model(data, cfg.model.size, cfg.model.imgsz, cfg.train.seed, not args.no_autoanchor,
+                                  cfg.model.family)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         atomic_write_json(out / "anchors.json", report)
     final = fit(model, data, cfg.train, out, resume=args.resume, imgsz=cfg.model.imgsz, progress=not args.quiet)
