@@ -48,8 +48,9 @@ def load_images(folder: str | Path, limit: int) -> list[np.ndarray]:
     return out
 
 
-def _detections(pred: np.ndarray, meta: dict[str, Any], conf: float, iou: float) -> tuple[np.ndarray, ...]:
-    boxes, scores, classes = postprocess(pred, conf, iou)[0]
+def _detections(pred: np.ndarray, meta: dict[str, Any], conf: float, iou: float,
+                layout: str = "yolov5_decoded") -> tuple[np.ndarray, ...]:
+    boxes, scores, classes = postprocess(pred, conf, iou, layout=layout)[0]
     return scale_boxes(boxes, meta), scores, classes
 
 
@@ -93,8 +94,9 @@ def run_parity(model: Detector, graph: onnx.ModelProto | str | Path, images: lis
         if out.shape != ref.shape:
             raise ExportError(f"ONNX output shape {out.shape} != torch output shape {ref.shape}")
         max_diff = max(max_diff, float(np.abs(out - ref).max()))
-        torch_dets.append(_detections(ref, meta, conf, iou))
-        ort_dets.append(_detections(out, meta, conf, iou))
+        layout = getattr(model, "output_layout", "yolov5_decoded")
+        torch_dets.append(_detections(ref, meta, conf, iou, layout))
+        ort_dets.append(_detections(out, meta, conf, iou, layout))
     match = match_detections(torch_dets, ort_dets)
     report: dict[str, Any] = {"images": len(images), "imgsz": imgsz, "max_abs_diff": max_diff, "atol": atol,
                               "detections_torch": int(sum(len(d[1]) for d in torch_dets)),

@@ -90,6 +90,11 @@ def validate_spec(spec: Any, source: str = "spec") -> dict[str, Any]:
     return spec
 
 
+def output_layout(spec: dict[str, Any]) -> str:
+    """The manifest's `model.output_layout` of the family's eval-mode output (jetson/postprocess.py)."""
+    return "anchor_free_decoded" if spec["family"] == "edgeprune-yolov8" else "yolov5_decoded"
+
+
 def spec_sha(spec: dict[str, Any]) -> str:
     """sha256 of the dense architecture (the spec without `widths`): ties ratios.json to its model family."""
     core = {k: v for k, v in spec.items() if k != "widths"}
