@@ -100,3 +100,34 @@ def test_efficient_nms_anchor_free(v8_bundle):
     from edgeprune.errors import ExportError
     with pytest.raises(ExportError, match="expected 5\\+3"):
         append_efficient_nms(onnx.load(str(bundle / "model.onnx")), len(NAMES))
+
+
+@pytest.mark.parametrize("family", ["yolov8", "yolo11"])
+def test_pruned_v8_export_verifies_junctions(tmp_path, family):
+    """C2f/C3k2 junctions reach their consumers through a chunk (Split) and several Concat segments;
+    the verifier checks each against the recombination map and catches a wrong one."""
+    import copy
+
+    from edgeprune.errors import ExportError
+    from edgeprune.export.onnx_export import export_onnx
+    from edgeprune.export.verify import verify_graph
+    from edgeprune.prune.apply import prune_model
+    from edgeprune.prune.graph import build_graph
+    from tests.prune.conftest import random_keep
+
+    x = torch.zeros(1, 3, IMGSZ, IMGSZ)
+    model = randomize_bn(build_model(new_spec(len(NAMES), NAMES, size="n", family=family)), 3)
+    skip = family == "yolo11"
+    keep = random_keep(build_graph(model, x, skip_unsupported=skip), 3, p=0.5)
+    res = prune_model(model, keep, round_to=1, min_channels=1, example_input=x, skip_unsupported=skip)
+    spec = {**res.model.spec, "widths": res.model.conv_widths()}
+    exp = export_onnx(res.model, IMGSZ)
+    rec = res.recombination_map
+    assert any(j["id"].startswith("layers.2") for j in rec["junctions"])
+    report = verify_graph(exp.model, spec, exp.conv_nodes, rec)
+    assert report["checked"]["junctions"] == len(rec["junctions"]) > 0
+    bad = copy.deepcopy(rec)
+    j = next(j for j in bad["junctions"] if j["id"].startswith("layers.2"))
+    j["kept"] = j["kept"][:-1]
+    with pytest.raises(ExportError, match="layers.2"):
+        verify_graph(exp.model, spec, exp.conv_nodes, bad)
