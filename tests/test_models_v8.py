@@ -123,3 +123,13 @@ def test_yolo11_attention_needs_skip_unsupported():
     model = build_model(new_spec(3, size="n", family="yolo11"))
     with pytest.raises(PruneError, match="view"):
         build_graph(model, X)
+
+
+def test_config_key_model_family():
+    from edgeprune.config import make_config, parse_set
+    from edgeprune.errors import ConfigError
+
+    assert make_config("quick").model.family == "yolov5"
+    assert make_config("quick", parse_set(["model.family=yolo11"])).model.family == "yolo11"
+    with pytest.raises(ConfigError, match="model.family"):
+        make_config("quick", parse_set(["model.family=yolov9"]))
