@@ -131,3 +131,26 @@ def test_pruned_v8_export_verifies_junctions(tmp_path, family):
     j["kept"] = j["kept"][:-1]
     with pytest.raises(ExportError, match="layers.2"):
         verify_graph(exp.model, spec, exp.conv_nodes, bad)
+
+
+def test_int8_qdq_keeps_the_head_float(v8_bundle, tmp_path):
+    """INT8 (QDQ) of the anchor-free graph: every head conv stays float, the output keeps its layout and
+    decodes with the device post-processing."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeprune.export.quantize import head_nodes, quantize_int8
+
+    _, bundle, _ = v8_bundle
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        np.save(tmp_path / f"batch_{i:05d}.npy", rng.random((1, 3, IMGSZ, IMGSZ), dtype=np.float32))
+    conv_nodes = json.loads((bundle / "onnx_map.json").read_text())["conv_nodes"]
+    fp32 = onnx.load(str(bundle / "model.onnx"))
+    int8, info = quantize_int8(fp32, tmp_path, float_nodes=head_nodes(conv_nodes))
+    assert len(info["float_nodes"]) == 3 * (3 + 3)        # box + class branch convs on 3 levels
+    x = rng.random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
+    out = ort.InferenceSession(int8.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    assert out.shape == (1, 84, 4 + len(NAMES))
+    assert ((out[..., 4:] >= 0) & (out[..., 4:] <= 1)).all()
+    postprocess(out, 0.001, 0.6, layout="anchor_free_decoded")
