@@ -36,7 +36,8 @@ def train_command(args: Any) -> int:
     from ..models.yolo import build_model
     from .trainer import fit, new_model
 
-    cfg = _config(args, {"model": {"size": args.size, "imgsz": args.imgsz}, "train": {"epochs": args.epochs}})
+    cfg = _config(args, {"model": {"size": args.size, "imgsz": args.imgsz, "family": args.family},
+                         "train": {"epochs": args.epochs}})
     out = Path(args.out)
     last = out / "last.pt"
     if last.exists() and not args.resume:
