@@ -80,5 +80,8 @@ def test_bad_inputs_are_named():
         convert(y, sd, NAMES)
     with pytest.raises(ModelError, match="shape"):
         convert(tasks.DetectionModel("yolov8s.yaml", nc=3, verbose=False).yaml, sd, NAMES)
+    y = copy.deepcopy(tasks.DetectionModel("yolov8s.yaml", nc=3, verbose=False).yaml)
+    del y["scale"]                            # the size comes from the file name then
+    assert convert(y, tasks.DetectionModel("yolov8s.yaml", nc=3, verbose=False).state_dict(), NAMES)[0]["size"] == "s"
     with pytest.raises(ModelError, match="nc is 3"):
         convert(theirs.yaml, sd, NAMES[:2])

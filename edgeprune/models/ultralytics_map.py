@@ -9,6 +9,7 @@ same child names; the DFL's fixed 0..reg_max-1 projection is checked and dropped
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -26,7 +27,10 @@ _OTHER_TASKS = {"Segment": "segmentation", "Segment26": "segmentation", "Pose": 
 def _scales(yaml: dict[str, Any]) -> tuple[float, float, float, str | None]:
     scales = yaml.get("scales")
     if scales:
-        scale = yaml.get("scale") or next(iter(scales))
+        # a yaml without `scale` (hand-written, or an old checkpoint): the size letter of its file name
+        # (yolov8s.yaml -> s), as ultralytics itself guesses it, else its first scale
+        guess = re.search(r"yolo(?:v)?\d+([nslmx])", str(yaml.get("yaml_file", "")))
+        scale = yaml.get("scale") or (guess.group(1) if guess else next(iter(scales)))
         if scale not in scales:
             raise ModelError(f"model yaml: scale {scale!r} is not one of its scales {sorted(scales)}")
         depth, width, max_ch = scales[scale]
