@@ -33,6 +33,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    family: str = "yolov5"             # yolov5 (anchors + objectness) | yolov8 | yolo11 (anchor-free DFL head)
     size: str = "n"                    # n | s | m
     imgsz: int = 256                   # network input side (multiple of 32)
     weights: str = ""                  # a trained model to start from (compress --model): the dense stage
@@ -63,7 +64,7 @@ class TrainConfig:
     warmup_bias_lr: float = 0.1        # SGD bias lr at the start of warm-up (falls to the scheduled lr)
     grad_clip: float = 10.0            # max global gradient norm (0 = off)
     accumulate: int = 1                # optimizer step every N batches (per process)
-    box_gain: float = 0.05             # loss gains before YOLOv5's rescaling by nc, imgsz and levels
+    box_gain: float = 0.05             # yolov5 family: loss gains before YOLOv5's rescaling by nc, imgsz and levels (the yolov8 family uses its own, train/loss_v8.py)
     obj_gain: float = 1.0
     cls_gain: float = 0.5
     anchor_t: float = 4.0              # anchor match: max w/h ratio either way
@@ -204,6 +205,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 CHOICES = {
     "data.format": ("auto", "yolo", "coco", "voc", "nwpu"),
+    "model.family": ("yolov5", "yolov8", "yolo11"),
     "model.size": ("n", "s", "m"),
     "train.optimizer": ("sgd", "adamw"),
     "sparse.method": ("l1rr", "slimming"),

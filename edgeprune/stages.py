@@ -119,7 +119,7 @@ def stage_dense(run: RunDir) -> dict[str, Any]:
     c = run.cfg
     if c.model.weights:
         return _given_dense(run, ds, out) if is_main() else {}
-    model, anchors = new_model(ds, c.model.size, c.model.imgsz, c.train.seed)
+    model, anchors = new_model(ds, c.model.size, c.model.imgsz, c.train.seed, family=c.model.family)
     fit(model, ds, c.train, out, resume=True, imgsz=c.model.imgsz)
     if not is_main():
         return {}

@@ -15,7 +15,8 @@ from edgeprune.fsio import sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-OUTPUT_LAYOUTS = ("yolov5_decoded", "efficient_nms")
+# yolov5_decoded: [B, N, 5+nc] with objectness; anchor_free_decoded: [B, N, 4+nc] (jetson/postprocess.py)
+OUTPUT_LAYOUTS = ("yolov5_decoded", "anchor_free_decoded", "efficient_nms")
 NMS_KINDS = ("none", "efficient_nms")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -115,8 +116,8 @@ def validate_manifest(m, root, where=MANIFEST):
         c.fail("model.dynamic_batch", "disagrees with model.input_shape {} (batch -1 means dynamic)".format(shape))
     if layout == "efficient_nms" and len(outs) != 4:
         c.fail("model.output_names", "must name the 4 EfficientNMS_TRT outputs for output_layout efficient_nms")
-    if layout == "yolov5_decoded" and len(outs) != 1:
-        c.fail("model.output_names", "must name exactly one output for output_layout yolov5_decoded")
+    if layout != "efficient_nms" and len(outs) != 1:
+        c.fail("model.output_names", "must name exactly one output for output_layout " + str(layout))
 
     c.get(m, "", "classes", _str_list, "a non-empty list of class names")
 

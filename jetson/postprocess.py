@@ -1,9 +1,12 @@
 """Post-processing: the one implementation shared by host evaluation and device inference.
 Python 3.6 compatible, numpy only.
 
-Input: the model's decoded output [B, N, 5+nc] = (cx, cy, w, h) in network-input pixels, objectness,
-per-class probabilities (all already sigmoid-activated; see edgeprune/models/yolo.py).
-Output per image: boxes (K,4) xyxy in source-image pixels, scores (K,), class ids (K,).
+Input: the model's decoded output, in one of the manifest's `output_layout`s:
+- "yolov5_decoded" (anchor-based, edgeprune/models/yolo.py): [B, N, 5+nc] = (cx, cy, w, h) in
+  network-input pixels, objectness, per-class probabilities; score = objectness * class probability;
+- "anchor_free_decoded" (edgeprune/models/yolov8.py): [B, N, 4+nc] = (cx, cy, w, h), per-class
+  probabilities; score = class probability.
+All values already sigmoid-activated. Output per image: boxes (K,4) xyxy, scores (K,), class ids (K,).
 """
 import numpy as np
 
@@ -50,22 +53,34 @@ def batched_nms(boxes, scores, classes, iou_threshold):
     return nms(boxes + offset, scores, iou_threshold)
 
 
+DECODED_LAYOUTS = ("yolov5_decoded", "anchor_free_decoded")
+
+
+def _candidates(p, conf_threshold, layout):
+    """-> (boxes cxcywh, per-class scores) of the rows that may pass `conf_threshold`."""
+    if layout == "anchor_free_decoded":
+        cand = p[p[:, 4:].max(1) > conf_threshold] if p.shape[1] > 4 else p[:0]
+        return cand[:, :4], cand[:, 4:]
+    if layout != "yolov5_decoded":
+        raise ValueError("unknown output layout {!r}; expected one of {}".format(layout, DECODED_LAYOUTS))
+    cand = p[p[:, 4] > conf_threshold]
+    return cand[:, :4], cand[:, 5:] * cand[:, 4:5]
+
+
 def postprocess(pred, conf_threshold=0.25, iou_threshold=0.45, max_detections=300,
-                class_agnostic=False, max_candidates=30000):
-    """pred: [B, N, 5+nc] decoded. Returns a list (per image) of (boxes xyxy, scores, class_ids) in
-    network-input pixels. score = objectness * class probability (best class per box)."""
+                class_agnostic=False, max_candidates=30000, layout="yolov5_decoded"):
+    """pred: [B, N, 5+nc] or [B, N, 4+nc] decoded (see `layout` above). Returns a list (per image) of
+    (boxes xyxy, scores, class_ids) in network-input pixels (best class per box)."""
     results = []
     for p in pred:
-        obj = p[:, 4]
-        cand = p[obj > conf_threshold]
-        if cand.shape[0] == 0:
+        xywh, cls_scores = _candidates(p, conf_threshold, layout)
+        if xywh.shape[0] == 0:
             results.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)))
             continue
-        cls_scores = cand[:, 5:] * cand[:, 4:5]
         class_ids = cls_scores.argmax(1)
         scores = cls_scores[np.arange(cls_scores.shape[0]), class_ids]
         ok = scores > conf_threshold
-        boxes, scores, class_ids = xywh_to_xyxy(cand[ok, :4]), scores[ok], class_ids[ok]
+        boxes, scores, class_ids = xywh_to_xyxy(xywh[ok]), scores[ok], class_ids[ok]
         if scores.shape[0] > max_candidates:
             top = np.argsort(-scores, kind="stable")[:max_candidates]
             boxes, scores, class_ids = boxes[top], scores[top], class_ids[top]

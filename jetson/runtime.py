@@ -73,7 +73,8 @@ class Detector(object):
         if self.manifest["model"]["output_layout"] == "efficient_nms":
             per_image = post.from_efficient_nms(outputs, conf, max_det)
         else:
-            per_image = post.postprocess(outputs[0], conf, iou, max_det, p.get("class_agnostic", False))
+            per_image = post.postprocess(outputs[0], conf, iou, max_det, p.get("class_agnostic", False),
+                                         layout=self.manifest["model"]["output_layout"])
         results = []
         for (boxes, scores, cls), meta in zip(per_image, metas):
             boxes = post.scale_boxes(boxes, meta)

@@ -13,6 +13,7 @@ import onnx
 
 from .. import __version__
 from ..errors import BundleError
+from ..models.spec import output_layout
 from ..fsio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from .deploy_configs import deepstream_config, triton_config
 from .onnx_export import INPUT_NAME, OUTPUT_NAME, ExportResult, save_onnx
@@ -44,13 +45,13 @@ def build_manifest(spec: dict[str, Any], export: ExportResult, model_sha: str, *
         "model": {"file": MODEL_FILE, "sha256": model_sha, "opset": export.opset, "input_name": INPUT_NAME,
                   "input_shape": input_shape, "dynamic_batch": export.dynamic_batch,
                   "output_names": list(NMS_OUTPUTS) if nms == "efficient_nms" else [OUTPUT_NAME],
-                  "output_layout": "efficient_nms" if nms == "efficient_nms" else "yolov5_decoded", "nms": nms},
+                  "output_layout": "efficient_nms" if nms == "efficient_nms" else output_layout(spec), "nms": nms},
         "classes": list(spec["names"]),
         "preprocess": {"size": [h, w], "pad_value": 114, "color": "RGB", "scale": 1.0 / 255.0,
                        "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "layout": "NCHW"},
         "postprocess": {"conf_threshold": conf, "iou_threshold": iou, "max_detections": max_det,
                         "class_agnostic": False},
-        "strides": list(spec["strides"]), "anchors": [list(a) for a in spec["anchors"]],
+        "strides": list(spec["strides"]), "anchors": [list(a) for a in spec.get("anchors", [])],
         "metrics": {"map50": None, "map": None, "params": 0, "flops": 0, **(metrics or {})},
         "recombination": recombination_summary(recombination),
         "extra_files": dict(extra_files or {}),

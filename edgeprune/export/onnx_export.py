@@ -25,6 +25,7 @@ import torch
 from ..errors import ExportError
 from ..fsio import AtomicFile
 from ..models.yolo import Detector
+from ..models.yolov8 import DetectorV8
 from ..prune.latency import conv_layers
 
 INPUT_NAME = "images"
@@ -139,8 +140,9 @@ def simplify(graph: onnx.ModelProto, check_n: int = 1) -> onnx.ModelProto:
 
 def export_onnx(model: Detector, imgsz: int | tuple[int, int], opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = False, batch: int = 1, do_simplify: bool = True) -> ExportResult:
-    """Export `model` (eval mode, decoded `[B, N, 5+nc]` output) and return the checked ONNX graph in memory."""
-    if not isinstance(model, Detector):
+    """Export `model` (eval mode, decoded `[B, N, 5+nc]` output, or `[B, N, 4+nc]` for the anchor-free
+    family) and return the checked ONNX graph in memory."""
+    if not isinstance(model, (Detector, DetectorV8)):
         raise ExportError(f"export expects an edgeprune Detector, got {type(model).__name__}")
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     if h % 32 or w % 32:

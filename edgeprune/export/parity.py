@@ -56,8 +56,9 @@ def load_images(folder: str | Path, limit: int) -> list[np.ndarray]:
     return out
 
 
-def _column_name(col: int) -> str:
-    return ("cx", "cy", "w", "h", "objectness")[col] if col < 5 else f"class {col - 5} probability"
+def _column_name(col: int, layout: str = "yolov5_decoded") -> str:
+    head = ("cx", "cy", "w", "h") + (("objectness",) if layout == "yolov5_decoded" else ())
+    return head[col] if col < len(head) else f"class {col - len(head)} probability"
 
 
 def _unpaired(ref, test, iou_min: float, score_tol: float) -> tuple[int, np.ndarray, np.ndarray]:
@@ -162,6 +163,7 @@ def run_parity(model: Detector, graph: onnx.ModelProto | str | Path, images: lis
     raw: tuple[list[Any], list[Any]] = ([], [])       # per image, in network-input pixels: NMS's own view
     scaled: tuple[list[Any], list[Any]] = ([], [])    # in source-image pixels, for mAP
     max_diff, where = 0.0, ""
+    layout = getattr(model, "output_layout", "yolov5_decoded")
     for k, img in enumerate(tqdm(images, desc="parity", leave=False, disable=len(images) < 8)):
         x, meta = preprocess(img, imgsz)
         with torch.no_grad():
@@ -173,10 +175,10 @@ def run_parity(model: Detector, graph: onnx.ModelProto | str | Path, images: lis
         if float(diff.max()) > max_diff or k == 0:
             _, row, col = np.unravel_index(int(diff.argmax()), diff.shape)
             max_diff = float(diff.max())
-            where = (f"image {k}, output row {row} of {ref.shape[1]}, {_column_name(int(col))}: "
+            where = (f"image {k}, output row {row} of {ref.shape[1]}, {_column_name(int(col), layout)}: "
                      f"torch {ref[0, row, col]:.6g} vs ORT {out[0, row, col]:.6g}")
         for dets, pred in zip(raw, (ref, out)):
-            dets.append(postprocess(pred, conf, iou, MAX_DET)[0])
+            dets.append(postprocess(pred, conf, iou, MAX_DET, layout=layout)[0])
         for dets, (b, sc, c) in zip(scaled, (raw[0][-1], raw[1][-1])):
             dets.append((scale_boxes(b, meta), sc, c))
     agree = compare_detections(raw[0], raw[1], conf, iou)

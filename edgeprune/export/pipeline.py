@@ -72,13 +72,15 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
         from .quantize import head_nodes, quantize_int8
 
         int8_graph, info = quantize_int8(exp.model, calib, float_nodes=head_nodes(exp.conv_nodes))
-        info.update(int8_fidelity(exp.model, int8_graph, imgs, size))
+        info.update(int8_fidelity(exp.model, int8_graph, imgs, size, layout=model.output_layout))
         reports["int8"] = info
     graph = exp.model
     nms = "none"
     if nms_plugin:
-        graph = append_efficient_nms(graph, model.num_classes, conf, iou, max_det)
-        int8_graph = append_efficient_nms(int8_graph, model.num_classes, conf, iou, max_det) if int8_graph else None
+        anchor_free = model.output_layout == "anchor_free_decoded"
+        graph = append_efficient_nms(graph, model.num_classes, conf, iou, max_det, anchor_free)
+        int8_graph = (append_efficient_nms(int8_graph, model.num_classes, conf, iou, max_det, anchor_free)
+                      if int8_graph else None)
         nms = "efficient_nms"
     known = {**src.metrics, **(metrics or {})}
     bundle_metrics = {k: float(known[k]) for k in ("map50", "map") if isinstance(known.get(k), (int, float))}
@@ -95,7 +97,8 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
             "int8": reports.get("int8")}
 
 
-def int8_fidelity(fp32, int8, images: list[np.ndarray], imgsz: int, conf: float = 0.25, iou: float = 0.45) -> dict[str, Any]:
+def int8_fidelity(fp32, int8, images: list[np.ndarray], imgsz: int, conf: float = 0.25, iou: float = 0.45,
+                  layout: str = "yolov5_decoded") -> dict[str, Any]:
     """INT8 vs FP32 through ORT on the same images: output drift, detection agreement and CPU latency."""
     from jetson.postprocess import postprocess
     from jetson.preprocess import preprocess
@@ -106,8 +109,8 @@ def int8_fidelity(fp32, int8, images: list[np.ndarray], imgsz: int, conf: float 
         x, _ = preprocess(img, imgsz)
         a, b = ort_run.run(s32, x), ort_run.run(s8, x)
         diffs.append(float(np.abs(a[..., 4:] - b[..., 4:]).max()))
-        d32.append(postprocess(a, conf, iou)[0])
-        d8.append(postprocess(b, conf, iou)[0])
+        d32.append(postprocess(a, conf, iou, layout=layout)[0])
+        d8.append(postprocess(b, conf, iou, layout=layout)[0])
     x, _ = preprocess(images[0], imgsz)
     return {"max_abs_diff_scores": max(diffs), "detection_match_iou50": match_detections(d32, d8, 0.5, 0.1),
             "latency_ms_fp32": ort_latency_ms(s32, x), "latency_ms_int8": ort_latency_ms(s8, x)}

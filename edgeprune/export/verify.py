@@ -190,8 +190,18 @@ class _Checker:
             if io is None:
                 continue
             producers[path] = name
+            pieces = self._chunk_pieces(node)
             concat = self._segment_concat(node)
-            if concat is not None:  # an add over a concat: this producer is one segment of the junction
+            if pieces:  # chunk (C2f/C3k2/C2PSA): the pieces that feed a residual Add are the junction
+                halves = [t for t in pieces if self._reaches_add(t)]
+                widths = [self.ch(t) for t in halves]
+                if not halves or None in widths:
+                    self.unknown.append(f"ONNX node {name}: cannot tell which piece of producer {path}'s chunk "
+                                        f"feeds junction {jid}")
+                elif any(w != kept for w in widths):
+                    self.issues.append(f"ONNX node {name} (producer {path} of junction {jid}, chunked): pieces of "
+                                       f"{widths} channels feed the junction, the recombination map keeps {kept}")
+            elif concat is not None:  # an add over a concat: this producer is one segment of the junction
                 width = self.ch(concat.outputs[0])
                 if width is not None and width != kept:
                     self.issues.append(f"ONNX node {concat.name} (Concat of producer {path} of junction {jid}): "
@@ -217,25 +227,78 @@ class _Checker:
 
     def _segment_concat(self, conv: gs.Node, depth: int = 3) -> gs.Node | None:
         """The channel Concat a producer's output reaches through its activation (BN, SiLU = Sigmoid+Mul), if any."""
+        return self._after_act(conv, ("Concat",), depth)
+
+    @staticmethod
+    def _channel_slice(node: gs.Node) -> bool:
+        """A Split, or a Slice whose axes are the channel axis (torch exports chunk() as either)."""
+        if node.op == "Split":
+            return node.attrs.get("axis", 0) in (1, -3)
+        if node.op != "Slice" or len(node.inputs) < 4 or not isinstance(node.inputs[3], gs.Constant):
+            return False
+        return [int(a) for a in node.inputs[3].values.reshape(-1)] in ([1], [-3])
+
+    def _chunk_pieces(self, conv: gs.Node) -> list[gs.Tensor]:
+        """The channel pieces (Split/Slice outputs) a producer's activated output is cut into, if any."""
+        act = self._after_act(conv, ("Split", "Slice"))
+        if act is None:
+            return []
+        src = act.inputs[0]
+        return [o for n in src.outputs if self._channel_slice(n) for o in n.outputs]
+
+    def _after_act(self, conv: gs.Node, ops: tuple[str, ...], depth: int = 3) -> gs.Node | None:
+        """The first channel-axis node of type `ops` a producer's output reaches through its activation."""
         frontier = [conv]
         for _ in range(depth):
             nxt = []
             for node in frontier:
                 for consumer in node.outputs[0].outputs:
-                    if consumer.op == "Concat" and consumer.attrs.get("axis") in (1, -3):
+                    if consumer.op in ops and (consumer.attrs.get("axis") in (1, -3) or self._channel_slice(consumer)):
                         return consumer
                     if consumer.op in ("Mul", "Sigmoid", "Relu", "Identity", "BatchNormalization"):
                         nxt.append(consumer)
             frontier = nxt
         return None
 
+    def _reaches_add(self, t: gs.Tensor) -> bool:
+        """Does `t` reach a residual Add through channel-preserving ops (no Conv in between)?"""
+        todo, seen = deque([t]), set()
+        while todo:
+            for consumer in todo.popleft().outputs:
+                if consumer.op == "Add":
+                    return True
+                if consumer.op in _SAME_CHANNELS and consumer.name not in seen:
+                    seen.add(consumer.name)
+                    todo.extend(consumer.outputs)
+        return False
+
+    def _is_junction(self, t: gs.Tensor, producer_names: set[str], depth: int = 64) -> bool:
+        """Does `t` carry the junction's channel set: a producer's output (through its activation), a residual
+        Add of such tensors, or the half of a producer's chunk that feeds a residual Add?"""
+        if depth == 0 or not t.inputs:
+            return False
+        node = t.inputs[0]
+        if node.name in producer_names:
+            return True
+        if self._channel_slice(node):
+            return self._reaches_add(t) and self._is_junction(node.inputs[0], producer_names, depth - 1)
+        if node.op == "Add":
+            return any(self._is_junction(x, producer_names, depth - 1) for x in node.inputs[:2])
+        if node.op in _SAME_CHANNELS:
+            return self._is_junction(node.inputs[0], producer_names, depth - 1)
+        return False
+
     def _junction_width_into(self, tensor: gs.Tensor, producer_names: set[str]) -> int | None:
-        """Channels a consumer reads from the junction: its whole input, or the Concat segments fed by it."""
+        """Channels a consumer reads from the junction: its whole input, or each Concat segment that carries
+        the junction (C2f concatenates the junction several times: the chunk half and each bottleneck's
+        output; every such segment must have the junction's width)."""
         src = tensor.inputs[0] if tensor.inputs else None
         if src is not None and src.op == "Concat":
-            parts = [t for t in src.inputs if self._ancestors(t) & producer_names]
+            parts = [t for t in src.inputs if self._is_junction(t, producer_names)]
             widths = [self.ch(t) for t in parts]
-            return None if not parts or None in widths else sum(widths)
+            if not parts or None in widths:
+                return None
+            return widths[0] if len(set(widths)) == 1 else sum(widths)
         return self.ch(tensor)
 
 

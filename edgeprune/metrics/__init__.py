@@ -49,7 +49,8 @@ def predict(model: torch.nn.Module, images: Sequence[Path], imgsz: int, conf: fl
                 metas.append(meta)
                 shapes.append(meta["orig_shape"])
             pred = model(torch.from_numpy(np.concatenate(xs)).to(device)).float().cpu().numpy()
-            for (boxes, scores, classes), meta in zip(postprocess(pred, conf, iou, max_det), metas):
+            layout = getattr(model, "output_layout", "yolov5_decoded")
+            for (boxes, scores, classes), meta in zip(postprocess(pred, conf, iou, max_det, layout=layout), metas):
                 dets.append((scale_boxes(boxes, meta), scores, classes))
     finally:
         model.train(was_training)

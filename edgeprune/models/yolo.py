@@ -62,6 +62,8 @@ class Detect(nn.Module):
 
 
 class Detector(nn.Module):
+    output_layout = "yolov5_decoded"   # the manifest's model.output_layout of its eval-mode output
+
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
         self.spec = validate_spec(spec)
@@ -153,5 +155,10 @@ class Detector(nn.Module):
         return {name: m.out_channels for name, m in self.named_modules() if isinstance(m, Conv)}
 
 
-def build_model(spec: dict[str, Any]) -> Detector:
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """The detector of `spec`'s family (Detector, or models.yolov8.DetectorV8)."""
+    spec = validate_spec(spec)
+    if spec["family"] == "edgeprune-yolov8":
+        from .yolov8 import DetectorV8
+        return DetectorV8(spec)
     return Detector(spec)

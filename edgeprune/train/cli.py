@@ -15,9 +15,10 @@ def _eval(args):
 
 def register(subparsers):
     p = subparsers.add_parser(
-        "train", help="train a dense detector (YOLOv5-style, EMA, cosine LR, resumable)",
+        "train", help="train a dense detector (YOLOv5- or YOLOv8/YOLO11-style, EMA, cosine LR, resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: edgeprune train --data synthetic --size n --imgsz 256 --epochs 30 --out runs/dense\n"
+               "         edgeprune train --data synthetic --family yolov8 --out runs/dense-v8   (anchor-free head)\n"
                "         edgeprune train --data synthetic --out runs/dense --resume   (continue from last.pt)\n"
                "         edgeprune train --data runs/default/data/dataset --set train.lr0=0.02 --set train.mosaic=1.0 "
                "--out runs/lr002\n"
@@ -28,6 +29,8 @@ def register(subparsers):
     p.add_argument("--preset", default="default", help="config preset: default | quick | benchmark")
     p.add_argument("--config", default=None, help="YAML config file (overrides the preset)")
     p.add_argument("--size", default=None, choices=("n", "s", "m"), help="model size (model.size)")
+    p.add_argument("--family", default=None, choices=("yolov5", "yolov8", "yolo11"),
+                   help="model family (model.family): yolov5 anchors + objectness, yolov8/yolo11 anchor-free")
     p.add_argument("--imgsz", type=int, default=None, help="network input side, multiple of 32 (model.imgsz)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (train.epochs)")
     p.add_argument("--out", required=True, help="output folder: last.pt, best.pt, log.csv, log.json, curves.png")

@@ -40,7 +40,8 @@ def train_command(args: Any) -> int:
     from ..models.yolo import build_model
     from .trainer import fit, new_model
 
-    cfg = _config(args, {"model": {"size": args.size, "imgsz": args.imgsz}, "train": {"epochs": args.epochs}})
+    cfg = _config(args, {"model": {"size": args.size, "imgsz": args.imgsz, "family": args.family},
+                         "train": {"epochs": args.epochs}})
     out = Path(args.out)
     last = out / "last.pt"
     if last.exists() and not args.resume:
@@ -50,7 +51,8 @@ def train_command(args: Any) -> int:
         model = build_model(load_checkpoint(last)["spec"])     # weights and state come from last.pt in fit
         report: dict[str, Any] = {"resumed": str(last)}
     else:
-        model, report = new_model(data, cfg.model.size, cfg.model.imgsz, cfg.train.seed, not args.no_autoanchor)
+        model, report = new_model(data, cfg.model.size, cfg.model.imgsz, cfg.train.seed, not args.no_autoanchor,
+                                  cfg.model.family)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         atomic_write_json(out / "anchors.json", report)
     final = fit(model, data, cfg.train, out, resume=args.resume, imgsz=cfg.model.imgsz, progress=not args.quiet)

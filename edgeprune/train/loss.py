@@ -126,3 +126,12 @@ class DetectionLoss(nn.Module):
         cell = torch.stack((gi, gj), 1).float()
         tbox = torch.cat((gxy_sel - cell, txywh[t_sel, 2:4]), 1)
         return targets[t_sel, 0].long(), a_sel, gj, gi, tbox, targets[t_sel, 1].long()
+
+
+def build_loss(model: nn.Module, imgsz: int, cfg) -> nn.Module:
+    """The loss of `model`'s family: anchor-free (train.loss_v8, its own gains) or this YOLOv5-style one
+    with the config's gains."""
+    if model.spec["family"] == "edgeprune-yolov8":
+        from .loss_v8 import V8DetectionLoss
+        return V8DetectionLoss(model)
+    return DetectionLoss(model, imgsz, cfg.box_gain, cfg.obj_gain, cfg.cls_gain, cfg.anchor_t)

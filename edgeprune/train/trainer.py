@@ -39,7 +39,7 @@ from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, save_checkpoint
 from .dist import check_global_batch, default_device, dist_info, init_process_group
 from .ema import ModelEMA
-from .loss import DetectionLoss
+from .loss import build_loss
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Trainer:
         self.step = 0
         self.best_map50 = -1.0
         self.history: list[dict[str, Any]] = []
-        self.loss_fn = DetectionLoss(self.model, imgsz, cfg.box_gain, cfg.obj_gain, cfg.cls_gain, cfg.anchor_t)
+        self.loss_fn = build_loss(self.model, imgsz, cfg)
         self.micro_batch = cfg.batch // (self.world_size * cfg.accumulate)
         self.dataset = self._make_dataset()
         self.nb = math.ceil(math.ceil(len(self.dataset) / self.world_size) / self.micro_batch)
@@ -381,18 +381,20 @@ def fit(model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path, hook
     return trainer.run(resume)
 
 
-def new_model(data: Any, size: str = "n", imgsz: int = 256, seed: int = 0, autoanchor: bool = True):
-    """A fresh detector for `data` (class names from it), with k-means anchors when the defaults' best
-    possible recall on the training boxes is below 0.98. Returns (model, anchor report)."""
+def new_model(data: Any, size: str = "n", imgsz: int = 256, seed: int = 0, autoanchor: bool = True,
+              family: str = "yolov5"):
+    """A fresh detector of `family` for `data` (class names from it); the anchor-based yolov5 family gets
+    k-means anchors when the defaults' best possible recall on the training boxes is below 0.98.
+    Returns (model, anchor report)."""
     from ..models.spec import DEFAULT_ANCHORS, new_spec
     from ..models.yolo import build_model
     from .anchors import auto_anchors
 
     anchors, report = DEFAULT_ANCHORS, {"changed": False}
-    if autoanchor:
+    if autoanchor and family == "yolov5":
         anchors, report = auto_anchors(data.splits["train"], imgsz, DEFAULT_ANCHORS, seed=seed)
     seed_everything(seed)
-    return build_model(new_spec(len(data.names), data.names, size, anchors)), report
+    return build_model(new_spec(len(data.names), data.names, size, anchors, family)), report
 
 
 __all__ = ["fit", "new_model", "Trainer", "param_groups", "seed_everything"]

@@ -44,3 +44,16 @@ def test_train_cli_module_is_py36_light():
     code = "import sys, edgeprune.train.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_train_and_eval_anchor_free_family(data_dir, tmp_path, capsys):
+    out = tmp_path / "v8"
+    code = main(["train", "--data", str(data_dir), "--imgsz", "64", "--epochs", "1", "--out", str(out), "--family",
+                 "yolov8", "--set", "train.batch=2", "--set", "train.mosaic=0", "--quiet", "--json"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["anchors"] == {"changed": False}
+    assert "family: yolov8" in (out / "config.yaml").read_text()
+    assert main(["eval", str(out / "best.pt"), "--data", str(data_dir), "--json", "--latency-iters", "2"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["map50"] == pytest.approx(res["map50"], abs=1e-9)

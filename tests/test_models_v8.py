@@ -1,0 +1,135 @@
+"""The YOLOv8/YOLO11-style family: shapes, decode, spec round trip, and exact physical pruning."""
+import copy
+import json
+
+import pytest
+import torch
+
+from edgeprune.errors import ModelError
+from edgeprune.models.io import model_from_checkpoint, save_checkpoint
+from edgeprune.models.spec import load_spec, new_spec, save_spec
+from edgeprune.models.yolo import build_model
+from edgeprune.prune.apply import masked_model, prune_model
+from edgeprune.prune.graph import build_graph
+from edgeprune.prune.io import spec_from_pruned
+from tests.prune.conftest import random_keep, randomize_bn, rel_err
+
+X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("family", ["yolov8", "yolo11"])
+def test_shapes_and_decode(family):
+    torch.manual_seed(0)
+    model = build_model(new_spec(3, size="n", family=family))
+    x = torch.rand(2, 3, 64, 96)
+    raw = model.train()(x)
+    assert [tuple(r.shape) for r in raw] == [(2, 67, 8, 12), (2, 67, 4, 6), (2, 67, 2, 3)]
+    model.eval()
+    with torch.no_grad():
+        dec = model(x)
+        raw = model.detect([f for f in model.forward_features(x)])  # eval: decoded again
+    assert dec.shape == (2, 8 * 12 + 4 * 6 + 2 * 3, 7)
+    assert torch.equal(dec, raw)
+    assert float(dec[..., 4:].min()) >= 0 and float(dec[..., 4:].max()) <= 1
+    assert float(dec[..., 2:4].min()) >= 0                      # widths/heights are sums of distances
+    # cell (0, 0) of P3 is centred at (4, 4) px; its box lies within reg_max-1 cells of that centre
+    assert abs(float(dec[0, 0, 0]) - 4) <= 15 * 8 and float(dec[0, 0, 2]) <= 2 * 15 * 8
+
+
+def test_decode_matches_hand_computation():
+    model = build_model(new_spec(1, size="n", family="yolov8")).eval()
+    det = model.detect
+    raw = [torch.zeros(1, det.no, 2, 2), torch.zeros(1, det.no, 1, 1), torch.zeros(1, det.no, 1, 1)]
+    raw[0][0, 0:16, 1, 0] = torch.nn.functional.one_hot(torch.tensor(3), 16) * 50.0   # left = 3 cells
+    raw[0][0, 48:64, 1, 0] = torch.nn.functional.one_hot(torch.tensor(1), 16) * 50.0  # bottom = 1 cell
+    out = det.decode(raw)
+    # row 1, col 0 of stride 8: centre (0.5, 1.5) cells; top/right: uniform -> 7.5 cells
+    x1, x2 = 0.5 - 3, 0.5 + 7.5
+    y1, y2 = 1.5 - 7.5, 1.5 + 1
+    expect = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]) * 8
+    assert torch.allclose(out[0, 2, :4], expect, atol=1e-4)
+    assert torch.allclose(out[0, :, 4], torch.full((6,), 0.5))
+
+
+@pytest.mark.parametrize("family,size,params", [("yolov8", "n", 3157184), ("yolo11", "n", 2624064),
+                                                ("yolov8", "s", 11166544)])
+def test_published_parameter_counts(family, size, params):
+    """80 classes: the counts the published n/s models report (their trainable parameters)."""
+    model = build_model(new_spec(80, size=size, family=family))
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_spec_round_trip_and_checkpoint(tmp_path):
+    spec = new_spec(2, ["a", "b"], size="n", family="yolo11")
+    save_spec(spec, tmp_path / "arch.json")
+    assert load_spec(tmp_path / "arch.json") == spec
+    model = build_model(spec)
+    save_checkpoint(tmp_path / "m.pt", model)
+    again = model_from_checkpoint(tmp_path / "m.pt")
+    assert type(again).__name__ == "DetectorV8" and again.spec == spec
+
+
+def test_bad_specs_name_the_key():
+    spec = new_spec(2, size="n", family="yolov8")
+    bad = copy.deepcopy(spec)
+    bad["layers"][3]["type"] = "Focus"
+    with pytest.raises(ModelError, match=r"layers\[3\]"):
+        build_model(bad)
+    bad = copy.deepcopy(spec)
+    bad["layers"][5]["from"] = 9
+    with pytest.raises(ModelError, match=r"layers\[5\]\.from"):
+        build_model(bad)
+    bad = copy.deepcopy(spec)
+    bad["widths"] = {"layers.2.cv1": 7}
+    with pytest.raises(ModelError, match="even"):
+        build_model(bad)
+    bad = copy.deepcopy(spec)
+    bad["widths"] = {"layers.99.cv1": 8}
+    with pytest.raises(ModelError, match="layers.99.cv1"):
+        build_model(bad)
+    with pytest.raises(ModelError, match="model.family"):
+        new_spec(2, family="yolov9")
+    json.dumps(spec)
+
+
+@pytest.mark.parametrize("family,seed", [("yolov8", 0), ("yolov8", 1), ("yolo11", 2)])
+def test_pruned_equals_masked(family, seed):
+    """C2f/C3k2 chunk + concat, bottleneck adds and (YOLO11) the PSA residuals prune exactly; the
+    attention's head reshapes are frozen (skip_unsupported)."""
+    model = randomize_bn(build_model(new_spec(3, size="n", family=family)), seed)
+    skip = family == "yolo11"
+    keep = random_keep(build_graph(model, X, skip_unsupported=skip), seed, p=0.5)
+    dense = copy.deepcopy(model)
+    res = prune_model(model, keep, rule=("union", "topk")[seed % 2], round_to=1 + 3 * (seed % 2), min_channels=1,
+                      example_input=X, fold=False, skip_unsupported=skip)
+    ref = masked_model(dense, res.plan, zero_beta=True).eval()
+    with torch.no_grad():
+        err = rel_err(ref(X), res.model.eval()(X))
+    assert err <= 1e-4
+    assert res.stats["params_after"] < 0.6 * res.stats["params_before"]
+    assert res.stats["junction_channels_removed"] > 0
+    # the pruned widths rebuild from the spec alone
+    rebuilt = build_model(spec_from_pruned(res.model, {**dense.spec, "widths": {}}))
+    rebuilt.load_state_dict(res.model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(X), res.model(X))
+    widths = res.model.conv_widths()
+    assert widths["layers.2.cv1"] < dense.conv_widths()["layers.2.cv1"]   # a C2f/C3k2 split was pruned
+
+
+def test_yolo11_attention_needs_skip_unsupported():
+    """Without skip_unsupported the graph names the op it cannot follow (the reshape into heads)."""
+    from edgeprune.errors import PruneError
+    model = build_model(new_spec(3, size="n", family="yolo11"))
+    with pytest.raises(PruneError, match="view"):
+        build_graph(model, X)
+
+
+def test_config_key_model_family():
+    from edgeprune.config import make_config, parse_set
+    from edgeprune.errors import ConfigError
+
+    assert make_config("quick").model.family == "yolov5"
+    assert make_config("quick", parse_set(["model.family=yolo11"])).model.family == "yolo11"
+    with pytest.raises(ConfigError, match="model.family"):
+        make_config("quick", parse_set(["model.family=yolov9"]))
