@@ -6,8 +6,17 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+try:  # importing ultralytics (tests/test_ultralytics_map.py, tests/importer) replaces PIL.Image.open
+    from PIL import Image as _PILImage  # with a HEIF-aware wrapper; every test gets Pillow's own back
+    _PIL_OPEN = _PILImage.open
+except ImportError:
+    _PILImage = None
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    if _PILImage is not None:
+        _PILImage.open = _PIL_OPEN
     try:
         import torch
     except ImportError:  # device-side runs (Python 3.6 venv) have no torch
