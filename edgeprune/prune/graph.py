@@ -38,6 +38,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import PruneError
@@ -57,6 +58,11 @@ _PASS_FUNCTIONS = {F.relu, torch.relu, F.relu_, F.relu6, F.silu, F.hardswish, F.
                    F.hardtanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
                    torch.clone, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.rsqrt, torch.clamp,
                    torch.clip, operator.neg, torch.nn.functional.hardtanh}
+try:  # fx-wrapped (a leaf call in traces): scales whole samples, so it keeps every channel dim
+    from torchvision.ops import stochastic_depth as _stochastic_depth
+    _PASS_FUNCTIONS.add(_stochastic_depth)
+except ImportError:
+    pass
 _SPATIAL_FUNCTIONS = {F.interpolate, F.upsample, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d,
                       F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                       F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.pad}
@@ -83,7 +89,7 @@ _SOFTMAX = {"softmax", "log_softmax", F.softmax, F.log_softmax, torch.softmax, t
 _META = {"size", "dim", "numel", "type", "get_device", "new_zeros", "new_ones", "new_empty", "new_full",
          "new_tensor", torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like}
 _META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "requires_grad", "data"}
-_PARAM_IDS_MAX = 1 << 16   # parameters/buffers read directly by forward() get channel ids up to this size
+_PARAM_IDS_MAX = 1 << 18   # parameters/buffers read directly by forward() get channel ids up to this size
 
 
 @dataclass
@@ -166,6 +172,13 @@ class _UnionFind:
 
 class _Unsupported(Exception):
     pass
+
+
+@dataclass
+class _Opaque:
+    """Layout of a non-tensor output (a tuple) of an op the graph does not understand: every piece is
+    the one fixed id."""
+    id: int
 
 
 def _canon(a: np.ndarray) -> np.ndarray:
@@ -275,13 +288,12 @@ class _Builder:
         return self.fresh_fixed(node)
 
     def fresh_fixed(self, node: fx.Node) -> Any:
-        """New fixed ids for an output whose channels the graph cannot relate to its inputs."""
+        """One new fixed id for every element of an output the graph cannot relate to its inputs: a
+        consumer reads it as fixed columns, an add with it keeps the other operand's channels."""
+        ids = self.new_ids(f"untracked:{node.name}", 1)
+        self.fixed_ids.append(ids)
         shape = _shape(node)
-        if shape is None or len(shape) < 2:
-            return None
-        ids = self.new_ids(f"untracked:{node.name}", shape[1]).reshape((1, -1) + (1,) * (len(shape) - 2))
-        self.fixed_ids.append(ids.reshape(-1))
-        return ids
+        return _Opaque(int(ids[0])) if shape is None else ids.reshape((1,) * len(shape))
 
     def freeze(self, node: fx.Node, reason: str, ids: Any = None) -> None:
         if ids is None:
@@ -304,8 +316,15 @@ class _Builder:
         if not isinstance(lay, np.ndarray):
             raise _Unsupported(f"{what} input carries no traced channels")
         axis %= lay.ndim
-        if any(lay.shape[d] > 1 for d in range(lay.ndim) if d != axis):
-            raise _Unsupported(f"{what} input has channel ids along dims {_varying(lay)}, expected only dim {axis}")
+        others = [d for d in _varying(lay) if d != axis]
+        if others:
+            # the same column reads different ids at different positions (a class token concatenated
+            # before the patches): removing the column removes all of them, so they are tied
+            first = lay
+            for d in others:
+                first = first.take([0], axis=d)
+            self.uf.union(lay, first)
+            lay = first
         vec = np.broadcast_to(lay.reshape(-1), (n,)) if lay.size == 1 else lay.reshape(-1)
         if len(vec) != n:
             raise _Unsupported(f"{what} expects {n} channels on dim {axis}, traced {len(vec)}")
@@ -607,6 +626,9 @@ class _Builder:
     def getitem(self, node: fx.Node) -> Any:
         src, idx = node.args
         lay = self.lay(src)
+        if isinstance(lay, _Opaque):
+            shape = _shape(node)
+            return lay if shape is None else np.full((1,) * len(shape), lay.id, np.int64)
         if isinstance(lay, list):
             if isinstance(idx, int):
                 return lay[idx]
@@ -811,16 +833,37 @@ def _junctions(graph: ChannelGraph, adds: list[tuple[str, np.ndarray]]) -> list[
     return out
 
 
+_MISSING = object()
+
+
 class _Proxy(fx.Proxy):
-    """Lets `list(t.chunk(2, 1))` / `a, *b = t.split([..])` trace: the piece count is known statically."""
+    """A proxy that also carries the op's concrete value on the example input, so that the tensor rank
+    (`x.ndim`, `x.dim()`, which pruning never changes) is a plain int in forward(), and that lets
+    `list(t.chunk(2, 1))` / `a, *b = t.split([..])` trace (the piece count is known statically)."""
+
+    def __getattr__(self, k: str) -> Any:
+        value = self.__dict__.get("value", _MISSING)
+        if isinstance(value, torch.Tensor) and k in ("ndim", "dim"):
+            return value.dim() if k == "ndim" else value.dim
+        return super().__getattr__(k)
+
+    def _pieces(self) -> int | None:
+        n = self.node
+        value = self.__dict__.get("value", _MISSING)
+        if isinstance(value, (tuple, list)):
+            return len(value)
+        if n.target in ("chunk", torch.chunk) and isinstance(_arg(n, 1, "chunks"), int):
+            return _arg(n, 1, "chunks")
+        if n.target in ("split", torch.split) and isinstance(_arg(n, 1, "split_size_or_sections"), (list, tuple)):
+            return len(_arg(n, 1, "split_size_or_sections"))
+        return None
+
+    def __len__(self) -> int:
+        count = self._pieces()
+        return super().__len__() if count is None else count
 
     def __iter__(self):
-        n = self.node
-        count = None
-        if n.target in ("chunk", torch.chunk) and isinstance(_arg(n, 1, "chunks"), int):
-            count = _arg(n, 1, "chunks")
-        elif n.target in ("split", torch.split) and isinstance(_arg(n, 1, "split_size_or_sections"), (list, tuple)):
-            count = len(_arg(n, 1, "split_size_or_sections"))
+        count = self._pieces()
         if count is None:
             # fx's own rule (it reads the caller's bytecode): `a, b = proxy` unpacks, anything else fails
             caller = inspect.currentframe().f_back
@@ -834,8 +877,56 @@ class _Proxy(fx.Proxy):
 
 
 class _Tracer(fx.Tracer):
+    """fx tracer that runs each op on the example input as it records it (see _Proxy)."""
+
+    def __init__(self, example: torch.Tensor | None) -> None:
+        super().__init__()
+        self.example = example
+
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if isinstance(p, _Proxy):
+            p.value = self.evaluate(kind, target, args, kwargs)
+        return p
+
+    def evaluate(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+        missing = []
+
+        def value(a: Any) -> Any:
+            if isinstance(a, fx.Proxy):
+                v = a.__dict__.get("value", _MISSING)
+                if v is _MISSING:
+                    missing.append(a)
+                return v
+            return a
+
+        if kind == "placeholder":
+            first = not any(n.op == "placeholder" for n in list(self.graph.nodes)[:-1])
+            return self.example if first and self.example is not None else _MISSING
+        a = fx.node.map_aggregate(args, value)
+        k = fx.node.map_aggregate(kwargs, value)
+        if missing:
+            return _MISSING
+        try:
+            # fx patches Module.__call__/__getattr__ while tracing; the concrete run must not be recorded
+            with _maybe_revert_all_patches(), torch.no_grad():
+                if kind == "call_function":
+                    return target(*a, **k)
+                if kind == "call_method":
+                    return getattr(a[0], target)(*a[1:], **k)
+                if kind == "call_module":
+                    return self.root.get_submodule(target)(*a, **k)
+                if kind == "get_attr":
+                    v = self.root
+                    for part in target.split("."):
+                        v = getattr(v, part)
+                    return v
+        except Exception:  # the value only helps tracing; the op itself is judged later
+            return _MISSING
+        return _MISSING
 
 
 class _ConcreteShapeProp(ShapeProp):
@@ -849,11 +940,12 @@ class _ConcreteShapeProp(ShapeProp):
         return result
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.GraphModule:
     """Symbolic trace of `model` in its current train/eval mode (our Detector's train forward is plain
-    conv/bn/act/cat/add/upsample/pool; its eval forward adds the decoding)."""
+    conv/bn/act/cat/add/upsample/pool; its eval forward adds the decoding). With `example_input` the
+    ops also run on it while tracing (this runs the model: pass a copy)."""
     try:
-        tracer = _Tracer()
+        tracer = _Tracer(example_input)
         graph = tracer.trace(model)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises many types (TraceError, TypeError on data-dependent control flow)
@@ -872,7 +964,11 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, skip_unsupported:
     except Exception as exc:
         raise PruneError(f"the pruner traces a copy of the model, but {type(model).__name__} cannot be "
                          f"deep-copied: {type(exc).__name__}: {exc}") from None
-    gm = trace(twin)
+    rng = torch.random.get_rng_state()
+    try:
+        gm = trace(twin, example_input)
+    finally:
+        torch.random.set_rng_state(rng)
     twin.eval()
     rng = torch.random.get_rng_state()
     try:

@@ -228,7 +228,9 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
             k = int(round(n_keep[classes].sum() / n_votes[classes].sum() * total))
             keep_c = np.zeros(total, bool)
             keep_c[np.argsort(-imp_sum[classes], kind="stable")[:k]] = True
-        target = round_count(int(keep_c.sum()), total, round_to, min_channels)
+        # round_to / min_channels count channels; a class of a grouped conv holds a whole group of them
+        per = max(1, max(len(gate_ids[b]) for b in group_bns) // total)
+        target = -(-round_count(int(keep_c.sum()) * per, total * per, round_to, min_channels) // per)
         if target > keep_c.sum():
             dropped = np.flatnonzero(~keep_c)
             best = dropped[np.argsort(-imp_sum[classes[dropped]], kind="stable")]
@@ -239,7 +241,8 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
     for b in bns:
         free = np.unique(graph.root[gate_ids[b]])
         free = free[~locked_class[free]]
-        need = min(max(min_channels, 1), len(free)) - int(kept_class[free].sum())
+        per = max(1, len(gate_ids[b]) // max(len(free), 1))
+        need = min(-(-max(min_channels, 1) // per), len(free)) - int(kept_class[free].sum())
         if need > 0:
             dropped = free[~kept_class[free]]
             kept_class[dropped[np.argsort(-imp_sum[dropped], kind="stable")[:need]]] = True
