@@ -944,13 +944,17 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.Gra
     """Symbolic trace of `model` in its current train/eval mode (our Detector's train forward is plain
     conv/bn/act/cat/add/upsample/pool; its eval forward adds the decoding). With `example_input` the
     ops also run on it while tracing (this runs the model: pass a copy)."""
+    tracer = _Tracer(example_input)
     try:
-        tracer = _Tracer(example_input)
         graph = tracer.trace(model)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises many types (TraceError, TypeError on data-dependent control flow)
-        raise PruneError(f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}. "
-                         "The pruner needs a forward() without data-dependent Python control flow") from None
+        stack = list(getattr(tracer, "module_stack", {}).values())
+        where = f"module {stack[-1][0]} ({getattr(stack[-1][1], '__name__', stack[-1][1])})" \
+            if stack and stack[-1][0] else f"the forward() of {type(model).__name__}"
+        raise PruneError(f"torch.fx cannot trace {where}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+                         "The pruner needs a forward() without data-dependent Python control flow "
+                         "(branching on tensor values or on shapes other than the rank)") from None
 
 
 def build_graph(model: nn.Module, example_input: torch.Tensor, skip_unsupported: bool = False) -> ChannelGraph:

@@ -136,3 +136,30 @@ def test_torchvision_models_exact_with_a_flops_cut(helpers, name):
     torch.manual_seed(0)
     res = exact(helpers, build(), X64, train=train)
     assert 1 - res.stats["flops_after"] / res.stats["flops_before"] >= 0.3
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.c(x) if x.sum() > 0 else self.c(-x)
+
+
+class Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blk = nn.Sequential(cbr(3, 3), Branchy())
+
+    def forward(self, x):
+        return self.blk(x)
+
+
+def test_errors_name_the_module_path():
+    from edgeprune.errors import PruneError
+    with pytest.raises(PruneError, match=r"cannot trace module blk\.1 \(Branchy\): TraceError"):
+        build_graph(Outer(), X)
+    model = nn.Sequential(cbr(3, 8), nn.Sequential(nn.Identity(), nn.PixelShuffle(2)), nn.Conv2d(2, 2, 1))
+    with pytest.raises(PruneError, match=r"module 1\.1: op PixelShuffle .*--skip-unsupported"):
+        build_graph(model, X)
