@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
+import json
 import platform
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -128,15 +130,68 @@ def attempt(fn, *args) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
 
 
+def one(name: str, imgsz: int, max_params: float, tp: bool) -> dict[str, Any]:
+    """The row of one model (run in a child process: see main)."""
+    row: dict[str, Any] = {"model": name}
+    # the smallest input each family accepts: fixed-size attention windows, SSD's extra layers
+    size = {"maxvit_t": 224, "inception_v3": 96, "ssd300_vgg16": 300}.get(name.split(":")[1], imgsz)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2))
+    row["imgsz"] = size
+    try:
+        model = build(name, size)
+    except Exception as exc:
+        row["skipped"] = f"cannot build: {type(exc).__name__}: {exc}"
+        return row
+    params = sum(p.numel() for p in model.parameters())
+    row["params"] = params
+    if params > max_params:
+        row["skipped"] = f"{params / 1e6:.0f}M parameters > --max-params"
+        return row
+    row["has_bn_or_conv"] = any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Conv2d)) for m in model.modules())
+    row["edgeprune"] = attempt(run_edgeprune, copy.deepcopy(model), x, False)
+    if not row["edgeprune"]["ok"]:
+        row["edgeprune_skip_unsupported"] = attempt(run_edgeprune, copy.deepcopy(model), x, True)
+    if tp:
+        row["torch_pruning"] = attempt(run_tp, copy.deepcopy(model), x)
+    return row
+
+
+def _child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one model in a child process with a memory cap and a timeout, so that one huge graph (of
+    either pruner) cannot take the shared machine down; a crash is recorded as the row's error."""
+    cmd = [sys.executable, __file__, "--one", name, "--imgsz", str(args.imgsz), "--max-params", str(args.max_params)]
+    cmd += ["--no-tp"] if args.no_tp else []
+    cap = int(args.mem_gb * 2 ** 30)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "error": f"timed out after {args.timeout} s (both pruners together)"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
+        return {"model": name, "error": f"child exited {proc.returncode} (memory cap {args.mem_gb} GB?): {tail}"}
+    return json.loads(lines[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", help="comma-separated names (resnet18 or det:fcos_resnet50_fpn); default: all")
     ap.add_argument("--imgsz", type=int, default=64)
     ap.add_argument("--max-params", type=float, default=100e6, help="skip larger models (this machine's memory)")
+    ap.add_argument("--mem-gb", type=float, default=6.0, help="memory cap of each model's child process")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per model (both pruners)")
     ap.add_argument("--no-tp", action="store_true", help="leave out Torch-Pruning")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="benchmarks/results/prune_zoo.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.one:
+        print(json.dumps(one(args.one, args.imgsz, args.max_params, not args.no_tp)), flush=True)
+        return 0
     names = model_names()
     if args.models:
         wanted = [m if ":" in m else f"cls:{m}" for m in args.models.split(",")]
@@ -146,37 +201,9 @@ def main() -> int:
         names = wanted
     rows = []
     for name in names:
-        row: dict[str, Any] = {"model": name}
-        # the smallest input each family accepts: fixed-size attention windows, SSD's extra layers
-        size = {"maxvit_t": 224, "inception_v3": 96, "ssd300_vgg16": 300}.get(name.split(":")[1], args.imgsz)
-        if name.startswith("cls:swin"):
-            size = 224
-        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2))
-        row["imgsz"] = size
-        try:
-            model = build(name, size)
-        except Exception as exc:
-            row["skipped"] = f"cannot build: {type(exc).__name__}: {exc}"
-            rows.append(row)
-            continue
-        params = sum(p.numel() for p in model.parameters())
-        row["params"] = params
-        if params > args.max_params:
-            row["skipped"] = f"{params / 1e6:.0f}M parameters > --max-params"
-        else:
-            row["has_bn_or_conv"] = any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Conv2d))
-                                        for m in model.modules())
-            row["edgeprune"] = attempt(run_edgeprune, copy.deepcopy(model), x, False)
-            if not row["edgeprune"]["ok"]:
-                row["edgeprune_skip_unsupported"] = attempt(run_edgeprune, copy.deepcopy(model), x, True)
-            if not args.no_tp:
-                row["torch_pruning"] = attempt(run_tp, copy.deepcopy(model), x)
-        rows.append(row)
-        print(_line(row), flush=True)
-        del model
-        gc.collect()
+        rows.append(_child(name, args))
+        print(_line(rows[-1]), flush=True)
         atomic_write_json(args.out, _doc(args, rows))
-    atomic_write_json(args.out, _doc(args, rows))
     return 0
 
 
@@ -186,8 +213,8 @@ def _ours(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _line(row: dict[str, Any]) -> str:
-    if "skipped" in row:
-        return f"{row['model']:<40} skipped: {row['skipped']}"
+    if "skipped" in row or "error" in row:
+        return f"{row['model']:<40} {row.get('skipped') or row['error']}"
     e, t = _ours(row), row.get("torch_pruning", {})
     ours = (f"ok exact={e['exact']} cut={e['flops_cut']:.0%} err={e['rel_err']:.1e} {e['seconds']}s"
             if e.get("ok") else e.get("error", "")[:90])
@@ -196,12 +223,12 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def _doc(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    ran = [r for r in rows if "skipped" not in r]
+    ran = [r for r in rows if "skipped" not in r and "error" not in r]
     good = [r for r in ran if _ours(r).get("ok") and _ours(r).get("exact") and _ours(r)["flops_cut"] >= 0.3]
     return {"command": " ".join(sys.argv), "imgsz": args.imgsz, "ratio": 0.5,
             "machine": f"{platform.machine()} {platform.processor() or ''} shared 2-core CPU, 1 thread",
             "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "summary": {"models": len(rows), "ran": len(ran),
+            "summary": {"models": len(rows), "ran": len(ran), "crashed": [r["model"] for r in rows if "error" in r],
                         "edgeprune_strict_ok": sum(bool(r.get("edgeprune", {}).get("ok")) for r in ran),
                         "edgeprune_ok": sum(bool(_ours(r).get("ok")) for r in ran),
                         "edgeprune_exact_cut30": len(good),

@@ -428,9 +428,15 @@ class _Builder:
         raise _Unsupported(f"module type {type(mod).__name__} is not supported by the channel graph")
 
     def get_attr_ids(self, dotted: str, value: torch.Tensor) -> np.ndarray | None:
-        owner = self.gm.get_submodule(dotted.rpartition(".")[0]) if "." in dotted else self.gm
-        if isinstance(owner, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase)):
-            return None  # sliced with its module (conv/linear/BN tables), not as a loose tensor
+        path, _, attr = dotted.rpartition(".")
+        try:
+            owner = self.model.get_submodule(path)
+        except AttributeError:
+            return None
+        if not hasattr(owner, attr) or isinstance(owner, (nn.modules.conv._ConvNd, nn.Linear,
+                                                          nn.modules.batchnorm._NormBase)):
+            # a constant fx made up (not the model's own), or a tensor sliced with its module
+            return None
         if dotted not in self.params:
             self.params[dotted] = self.new_ids(f"param:{dotted}", value.numel()).reshape(value.shape)
         return self.params[dotted]
