@@ -843,91 +843,92 @@ _MISSING = object()
 
 
 class _Proxy(fx.Proxy):
-    """A proxy that also carries the op's concrete value on the example input, so that the tensor rank
-    (`x.ndim`, `x.dim()`, which pruning never changes) is a plain int in forward(), and that lets
-    `list(t.chunk(2, 1))` / `a, *b = t.split([..])` trace (the piece count is known statically)."""
+    """A proxy that can get the op's concrete value on the example input (computed on demand, see
+    _Tracer.value), so that the tensor rank (`x.ndim`, `x.dim()`, which pruning never changes) is a
+    plain int in forward(), and that lets `list(t.chunk(2, 1))` / `a, *b = t.split([..])` trace."""
 
     def __getattr__(self, k: str) -> Any:
-        value = self.__dict__.get("value", _MISSING)
-        if isinstance(value, torch.Tensor) and k in ("ndim", "dim"):
-            return value.dim() if k == "ndim" else value.dim
+        if k in ("ndim", "dim"):
+            value = self.tracer.value(self.node)
+            if isinstance(value, torch.Tensor):
+                return value.dim() if k == "ndim" else value.dim
         return super().__getattr__(k)
 
     def _pieces(self) -> int | None:
         n = self.node
-        value = self.__dict__.get("value", _MISSING)
-        if isinstance(value, (tuple, list)):
-            return len(value)
         if n.target in ("chunk", torch.chunk) and isinstance(_arg(n, 1, "chunks"), int):
             return _arg(n, 1, "chunks")
         if n.target in ("split", torch.split) and isinstance(_arg(n, 1, "split_size_or_sections"), (list, tuple)):
             return len(_arg(n, 1, "split_size_or_sections"))
-        return None
+        value = self.tracer.value(n)
+        return len(value) if isinstance(value, (tuple, list)) else None
 
     def __len__(self) -> int:
         count = self._pieces()
         return super().__len__() if count is None else count
 
     def __iter__(self):
-        count = self._pieces()
+        # fx's own rule first (it reads the caller's bytecode): `a, b = proxy` unpacks
+        caller = inspect.currentframe().f_back
+        insts = list(dis.get_instructions(caller.f_code))
+        inst = next((i for i in insts if i.offset == caller.f_lasti), None) if sys.version_info >= (3, 11) \
+            else insts[caller.f_lasti // 2]
+        count = inst.argval if inst is not None and inst.opname == "UNPACK_SEQUENCE" else self._pieces()
         if count is None:
-            # fx's own rule (it reads the caller's bytecode): `a, b = proxy` unpacks, anything else fails
-            caller = inspect.currentframe().f_back
-            insts = list(dis.get_instructions(caller.f_code))
-            inst = next((i for i in insts if i.offset == caller.f_lasti), None) if sys.version_info >= (3, 11) \
-                else insts[caller.f_lasti // 2]
-            if inst is None or inst.opname != "UNPACK_SEQUENCE":
-                return self.tracer.iter(self)
-            count = inst.argval
+            return self.tracer.iter(self)
         return iter([self[i] for i in range(count)])
 
 
 class _Tracer(fx.Tracer):
-    """fx tracer that runs each op on the example input as it records it (see _Proxy)."""
+    """fx tracer that can run the recorded ops on the example input when forward() asks for a rank or
+    a piece count (models that never ask pay nothing)."""
 
     def __init__(self, example: torch.Tensor | None) -> None:
         super().__init__()
         self.example = example
+        self.values: dict[fx.Node, Any] = {}
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
 
-    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
-        p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-        if isinstance(p, _Proxy):
-            p.value = self.evaluate(kind, target, args, kwargs)
-        return p
+    def value(self, node: fx.Node) -> Any:
+        """The concrete value of `node`: every node recorded so far is run once, in order."""
+        if self.example is None:
+            return _MISSING
+        for n in self.graph.nodes:
+            if n not in self.values:
+                self.values[n] = self.evaluate(n)
+            if n is node:
+                break
+        return self.values.get(node, _MISSING)
 
-    def evaluate(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+    def evaluate(self, n: fx.Node) -> Any:
+        if n.op == "placeholder":
+            return self.example if n is next(iter(self.graph.nodes)) else _MISSING
         missing = []
 
         def value(a: Any) -> Any:
-            if isinstance(a, fx.Proxy):
-                v = a.__dict__.get("value", _MISSING)
-                if v is _MISSING:
-                    missing.append(a)
-                return v
-            return a
+            v = self.values.get(a, _MISSING)
+            if v is _MISSING:
+                missing.append(a)
+            return v
 
-        if kind == "placeholder":
-            first = not any(n.op == "placeholder" for n in list(self.graph.nodes)[:-1])
-            return self.example if first and self.example is not None else _MISSING
-        a = fx.node.map_aggregate(args, value)
-        k = fx.node.map_aggregate(kwargs, value)
+        a = fx.node.map_arg(n.args, value)
+        k = fx.node.map_arg(n.kwargs, value)
         if missing:
             return _MISSING
         try:
             # fx patches Module.__call__/__getattr__ while tracing; the concrete run must not be recorded
             with _maybe_revert_all_patches(), torch.no_grad():
-                if kind == "call_function":
-                    return target(*a, **k)
-                if kind == "call_method":
-                    return getattr(a[0], target)(*a[1:], **k)
-                if kind == "call_module":
-                    return self.root.get_submodule(target)(*a, **k)
-                if kind == "get_attr":
+                if n.op == "call_function":
+                    return n.target(*a, **k)
+                if n.op == "call_method":
+                    return getattr(a[0], n.target)(*a[1:], **k)
+                if n.op == "call_module":
+                    return self.root.get_submodule(n.target)(*a, **k)
+                if n.op == "get_attr":
                     v = self.root
-                    for part in target.split("."):
+                    for part in n.target.split("."):
                         v = getattr(v, part)
                     return v
         except Exception:  # the value only helps tracing; the op itself is judged later
