@@ -57,7 +57,7 @@ _PASS_FUNCTIONS = {F.relu, torch.relu, F.relu_, F.relu6, F.silu, F.hardswish, F.
                    F.gelu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.mish, F.elu, F.selu, F.celu,
                    F.hardtanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
                    torch.clone, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.rsqrt, torch.clamp,
-                   torch.clip, operator.neg, torch.nn.functional.hardtanh}
+                   torch.clip, operator.neg, operator.pow, torch.pow, torch.square, F.hardtanh}
 try:  # fx-wrapped (a leaf call in traces): scales whole samples, so it keeps every channel dim
     from torchvision.ops import stochastic_depth as _stochastic_depth
     _PASS_FUNCTIONS.add(_stochastic_depth)
@@ -126,6 +126,7 @@ class ChannelGraph:
     consumers: dict[str, np.ndarray]         # conv/linear path -> ids of its input channels (columns)
     depthwise: dict[str, np.ndarray]         # depthwise conv path -> ids (in == out)
     grouped: dict[str, tuple[np.ndarray, np.ndarray]]   # grouped conv path -> (input ids, output ids)
+    out_shapes: dict[str, tuple[int, ...]]   # conv/linear path -> output shape on the example input
     params: dict[str, np.ndarray]            # dotted tensor path -> ids per element (tensors read directly)
     gates: dict[str, Gate]
     junctions: list[Junction]
@@ -258,6 +259,7 @@ class _Builder:
         self.consumers: dict[str, np.ndarray] = {}
         self.depthwise: dict[str, np.ndarray] = {}
         self.grouped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.out_shapes: dict[str, tuple[int, ...]] = {}
         self.params: dict[str, np.ndarray] = {}
         self.add_layouts: list[tuple[str, np.ndarray]] = []
         self.frozen: list[dict[str, Any]] = []
@@ -398,6 +400,7 @@ class _Builder:
             return self.conv(node, path, mod, lay)
         if isinstance(mod, nn.Linear):
             cols = self.channel_vector(node, lay, -1, mod.in_features, "linear")
+            self.out_shapes.setdefault(path, _shape(node))
             self.merge_repeat(self.consumers, path, cols)
             out = self.produce(path, mod.out_features)
             return out.reshape((1,) * (len(_shape(node)) - 1) + (-1,))
@@ -449,6 +452,7 @@ class _Builder:
     def conv(self, node: fx.Node, path: str, mod: nn.Module, lay: Any) -> Any:
         vec = self.channel_vector(node, lay, 1, mod.in_channels, "conv")
         tail = (1,) * (len(_shape(node)) - 2)
+        self.out_shapes.setdefault(path, _shape(node))
         if mod.groups == 1:
             self.merge_repeat(self.consumers, path, vec)
             return self.produce(path, mod.out_channels).reshape((1, -1) + tail)
@@ -796,7 +800,8 @@ class _Builder:
                                    f"{path}.bias" if getattr(mod, "bias", None) is not None else None, path)
         graph = ChannelGraph(modules=modules, origin=self.origin, root=root, fixed=fixed, producers=self.producers,
                              owner_bn=self.owner_bn, bn_layouts=self.bn_layouts, consumers=self.consumers,
-                             depthwise=self.depthwise, grouped=self.grouped, params=self.params, gates=gates,
+                             depthwise=self.depthwise, grouped=self.grouped, out_shapes=self.out_shapes,
+                             params=self.params, gates=gates,
                              junctions=[], frozen=frozen)
         graph.junctions = _junctions(graph, self.add_layouts)
         return graph
