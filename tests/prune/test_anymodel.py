@@ -92,3 +92,23 @@ def test_bad_factories_and_folders_say_what_is_wrong(user_module, tmp_path):
     (out / "model.json").write_text(json.dumps(doc))
     with pytest.raises(PruneError, match=r"modules \['nothere'\] are not in the model"):
         anymodel.load(out)
+
+
+def test_cli_prunes_a_user_model_by_factory(user_module, tmp_path):
+    import edgeprune
+    model = anymodel.build("user_cnn_pkg.net:build")
+    torch.save(model.state_dict(), tmp_path / "net.pt")
+    env = {"PYTHONPATH": f"{user_module}:{edgeprune.__path__[0].rsplit('/', 1)[0]}", "OMP_NUM_THREADS": "1",
+           "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "edgeprune", "prune", "--model", "user_cnn_pkg.net:build", "--weights",
+           str(tmp_path / "net.pt"), "--global-ratio", "0.5", "--round-to", "1", "--min-channels", "1",
+           "--imgsz", "16", "--out", str(tmp_path / "pruned"), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert stats["params_after"] < stats["params_before"]
+    rebuilt, doc = anymodel.load(tmp_path / "pruned")
+    assert sum(p.numel() for p in rebuilt.parameters()) == stats["params_after"] and doc["imgsz"] == 16
+    bad = subprocess.run(cmd[:4] + ["--model", "user_cnn_pkg.net:nope", "--global-ratio", "0.5", "--out",
+                                    str(tmp_path / "x")], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 1 and "has no callable 'nope'" in bad.stderr
