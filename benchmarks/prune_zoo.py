@@ -185,10 +185,15 @@ def main() -> int:
     ap.add_argument("--mem-gb", type=float, default=6.0, help="memory cap of each model's child process")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model (both pruners)")
     ap.add_argument("--no-tp", action="store_true", help="leave out Torch-Pruning")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the others")
+    ap.add_argument("--table", action="store_true", help="print --out as a markdown table and exit")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="benchmarks/results/prune_zoo.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return 0
     if args.one:
         print(json.dumps(one(args.one, args.imgsz, args.max_params, not args.no_tp)), flush=True)
         return 0
@@ -199,12 +204,35 @@ def main() -> int:
         if unknown:
             raise PruneError(f"unknown models {unknown}; names look like resnet18, det:fcos_resnet50_fpn")
         names = wanted
-    rows = []
-    for name in names:
+    rows = json.loads(Path(args.out).read_text())["rows"] if args.resume and Path(args.out).exists() else []
+    done = {r["model"] for r in rows}
+    for name in [n for n in names if n not in done]:
         rows.append(_child(name, args))
         print(_line(rows[-1]), flush=True)
         atomic_write_json(args.out, _doc(args, rows))
     return 0
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The BENCHMARKS.md table of a result file."""
+    def cell(r: dict[str, Any], key: str) -> str:
+        if not r:
+            return "-"
+        if not r.get("ok"):
+            return "fails: " + r.get("error", "?").split(":")[0]
+        err = r.get("rel_err", r.get("rel_err_vs_dense"))
+        exact = {True: "exact", False: "NOT exact"}.get(r.get("exact"), "")
+        return f"{r['flops_cut']:.0%} cut, {exact + ', ' if exact else ''}err {err:.0e}, {r['seconds']:.1f} s"
+
+    lines = ["| model | input | edgeprune (strict) | edgeprune (skip_unsupported) | Torch-Pruning |",
+             "|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        if "skipped" in r or "error" in r:
+            lines.append(f"| {r['model']} | | {r.get('skipped') or r['error']} | | |")
+            continue
+        lines.append(f"| {r['model']} | {r['imgsz']} | {cell(r.get('edgeprune', {}), 'e')} | "
+                     f"{cell(r.get('edgeprune_skip_unsupported', {}), 's')} | {cell(r.get('torch_pruning', {}), 't')} |")
+    return "\n".join(lines)
 
 
 def _ours(row: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +254,7 @@ def _doc(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]
     ran = [r for r in rows if "skipped" not in r and "error" not in r]
     good = [r for r in ran if _ours(r).get("ok") and _ours(r).get("exact") and _ours(r)["flops_cut"] >= 0.3]
     return {"command": " ".join(sys.argv), "imgsz": args.imgsz, "ratio": 0.5,
+            "note": "rows of every run of this command with --resume are kept (one file, several sittings)",
             "machine": f"{platform.machine()} {platform.processor() or ''} shared 2-core CPU, 1 thread",
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "summary": {"models": len(rows), "ran": len(ran), "crashed": [r["model"] for r in rows if "error" in r],
