@@ -43,20 +43,34 @@ def complexity(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     return count(model, tuple(example_input.shape[-2:]))
 
 
+def _tensor(mods: dict[str, nn.Module], dotted: str) -> torch.Tensor:
+    mod, _, attr = dotted.rpartition(".")
+    return getattr(mods[mod], attr)
+
+
 def masked_model(model: nn.Module, plan: Plan, zero_beta: bool = True) -> nn.Module:
-    """A dense copy whose removed channels are masked: gamma and beta of every BN over them set to 0
-    (zero_beta=True, the fold=False reference), or only the owner BNs' gamma (the fold=True reference)."""
+    """A dense copy whose removed channels are masked. zero_beta=True (the fold=False reference): every
+    gate's scale and shift (BN gamma/beta, or a BN-less producer's weight rows and bias), every BN's
+    gamma/beta and every tied parameter (layer scale, position embedding ...) are zeroed on removed
+    channels, so those channels are 0. zero_beta=False (the fold=True reference): only the gates' scale."""
     out = copy.deepcopy(model)
     mods = dict(out.named_modules())
     g = plan.graph
     with torch.no_grad():
-        for bn, ids in g.bn_layouts.items():
-            if not zero_beta and bn not in g.owner_bn:
-                continue
-            removed = torch.from_numpy(~plan.kept(ids))
-            mods[bn].weight[removed] = 0
-            if zero_beta:
-                mods[bn].bias[removed] = 0
+        for gate in g.gates.values():
+            removed = torch.from_numpy(~plan.kept(gate.ids))
+            _tensor(mods, gate.scale)[removed] = 0
+            if zero_beta and gate.shift is not None:
+                _tensor(mods, gate.shift)[removed] = 0
+        if zero_beta:
+            for bn, ids in g.bn_layouts.items():
+                removed = torch.from_numpy(~plan.kept(ids))
+                for name in ("weight", "bias"):
+                    t = getattr(mods[bn], name, None)
+                    if isinstance(t, torch.Tensor):
+                        t[removed] = 0
+            for dotted, ids in g.params.items():
+                _tensor(mods, dotted)[torch.from_numpy(~plan.kept(ids))] = 0
     return out
 
 
@@ -83,15 +97,15 @@ def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            for bn, prod in g.owner_bn.items():
-                w = g.modules[bn].weight
-                saved[bn] = w.detach().clone()
-                w[torch.from_numpy(~plan.kept(g.producers[prod]))] = 0
+            for gate in g.gates.values():
+                w = g.tensor(gate.scale)
+                saved[gate.scale] = w.detach().clone()
+                w[torch.from_numpy(~plan.kept(gate.ids))] = 0
             model(example_input)
     finally:
         with torch.no_grad():
-            for bn, w in saved.items():
-                g.modules[bn].weight.copy_(w)
+            for dotted, w in saved.items():
+                g.tensor(dotted).copy_(w)
         for h in handles:
             h.remove()
         model.train(was_training)
@@ -152,11 +166,34 @@ def _slice(plan: Plan) -> None:
         _set_param(mod, "weight", _take(mod.weight, 0, k))
         _set_param(mod, "bias", _take(mod.bias, 0, k))
         mod.in_channels = mod.out_channels = mod.groups = len(k)
+    for path, (ins, outs) in g.grouped.items():
+        # whole groups: the kept output rows keep their (unchanged) in-group columns
+        mod, k = g.modules[path], idx(outs)
+        per_group = mod.in_channels // mod.groups
+        _set_param(mod, "weight", _take(mod.weight, 0, k))
+        _set_param(mod, "bias", _take(mod.bias, 0, k))
+        mod.in_channels, mod.out_channels = int(plan.kept(ins).sum()), len(k)
+        mod.groups = mod.in_channels // per_group
     for path, ids in g.bn_layouts.items():
         mod, k = g.modules[path], idx(ids)
         for name in ("weight", "bias", "running_mean", "running_var"):
-            _set_param(mod, name, _take(getattr(mod, name), 0, k))
-        mod.num_features = len(k)
+            if f"{path}.{name}" not in g.params and isinstance(getattr(mod, name, None), torch.Tensor):
+                _set_param(mod, name, _take(getattr(mod, name), 0, k))
+        if hasattr(mod, "num_features"):
+            mod.num_features = len(k)
+    for dotted, ids in g.params.items():
+        keep = plan.kept(ids)
+        if keep.all():
+            continue
+        dims = [d for d in range(keep.ndim) if keep.shape[d] > 1 and not np.array_equal(
+            keep, np.broadcast_to(keep.take([0], axis=d), keep.shape))]
+        if len(dims) != 1:
+            raise PruneError(f"parameter {dotted}: its removed channels do not lie along one dim; please report "
+                             "the model")
+        d = dims[0]
+        line = keep[tuple(slice(None) if i == d else 0 for i in range(keep.ndim))]
+        mod, _, attr = dotted.rpartition(".")
+        _set_param(g.modules[mod], attr, _take(getattr(g.modules[mod], attr), d, torch.from_numpy(np.flatnonzero(line))))
 
 
 def _table(model: nn.Module, plan: Plan, before: dict[str, int]) -> list[dict[str, Any]]:
@@ -165,10 +202,11 @@ def _table(model: nn.Module, plan: Plan, before: dict[str, int]) -> list[dict[st
     junction_of = {p: j.id for j in g.junctions for p in j.producers}
     rows = []
     for name, mod in model.named_modules():
-        if name in g.producers or name in g.depthwise:
-            ids = g.producers.get(name, g.depthwise.get(name))
+        ids = g.producers.get(name, g.depthwise.get(name, g.grouped.get(name, (None, None))[1]))
+        if ids is not None:
             rows.append({"layer": name, "bn": bn_of.get(name), "type": type(mod).__name__ + (
-                         "(dw)" if name in g.depthwise else ""), "before": before[name],
+                         "(dw)" if name in g.depthwise else "(grouped)" if name in g.grouped else ""),
+                         "before": before[name],
                          "after": int(plan.kept(ids).sum()), "junction": junction_of.get(name),
                          "fixed": bool(g.fixed[ids].all())})
     return rows
@@ -200,7 +238,8 @@ def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[s
     x = example_input if example_input is not None else torch.zeros(1, 3, 64, 64)
     graph = build_graph(model, x, skip_unsupported=skip_unsupported)
     plan = decide(graph, keep, importance, rule=rule, round_to=round_to, min_channels=min_channels)
-    widths_before = {p: len(ids) for p, ids in {**graph.producers, **graph.depthwise}.items()}
+    widths_before = {p: len(ids) for p, ids in {**graph.producers, **graph.depthwise,
+                                                   **{p: o for p, (_, o) in graph.grouped.items()}}.items()}
     cost_before = complexity(model, x)
     if fold:
         _fold(model, plan, x)

@@ -8,9 +8,12 @@ EPILOG = """examples:
   edgeprune prune runs/default/sparse/sparse.pt --ratios runs/default/sparse/ratios.json --out runs/pruned
   edgeprune prune runs/default/sparse/sparse.pt --threshold 0.01 --rule topk --round-to 8 --out runs/pruned_t --json
   edgeprune prune runs/default/sparse/sparse.pt --global-ratio 0.5 --rule intersection --min-channels 16 --out runs/pruned_g
+  edgeprune prune --model mypkg.nets:build --weights path/to/net.pt --global-ratio 0.5 --out runs/pruned_m
 
 The output folder holds arch.json (spec with widths), weights.pt (state_dict), recombination.json
-and prune_table.json/.txt; load it with edgeprune.prune.io.load_pruned or `edgeprune export`."""
+and prune_table.json/.txt; load it with edgeprune.prune.io.load_pruned or `edgeprune export`.
+With --model (any nn.Module built by a factory) it holds model.json (the factory and every module's
+widths) instead of arch.json; load it with edgeprune.prune.anymodel.load."""
 
 
 def register(subparsers):
@@ -18,7 +21,10 @@ def register(subparsers):
                               description="Physically prune the BN channels chosen by ratios.json, a |gamma| "
                                           "threshold or a global ratio, keeping residual adds consistent.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", metavar="CKPT", help="edgeprune checkpoint (.pt with spec + state_dict)")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="edgeprune checkpoint (.pt with spec + state_dict)")
+    p.add_argument("--model", metavar="PKG.MOD:FN", help="instead of CKPT: a callable that builds your (unpruned) "
+                                                         "nn.Module; its package must be on PYTHONPATH")
+    p.add_argument("--weights", metavar="PT", help="with --model: its state_dict (.pt, loaded weights_only)")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratios", metavar="JSON", help="ratios.json from `edgeprune sparse` (per-layer keep_idx)")
     how.add_argument("--threshold", type=float, metavar="T", help="keep channels with |gamma| > T (slimming)")
@@ -40,12 +46,21 @@ def _run(args):
     from ..errors import UsageError
     if args.round_to < 1 or args.min_channels < 0:
         raise UsageError("--round-to must be >= 1 and --min-channels >= 0")
-    from .run import prune_checkpoint
+    if (args.checkpoint is None) == (args.model is None):
+        raise UsageError("give a checkpoint or --model PKG.MOD:FN (one of them)")
+    if args.weights and not args.model:
+        raise UsageError("--weights goes with --model")
+    from .run import prune_checkpoint, prune_factory
 
-    result = prune_checkpoint(args.checkpoint, out_dir=args.out, ratios=args.ratios, threshold=args.threshold,
-                              global_ratio=args.global_ratio, rule=args.rule, round_to=args.round_to,
-                              min_channels=args.min_channels, fold=not args.no_fold, imgsz=args.imgsz,
-                              skip_unsupported=args.skip_unsupported)
+    common = dict(out_dir=args.out, threshold=args.threshold, global_ratio=args.global_ratio, rule=args.rule,
+                  round_to=args.round_to, min_channels=args.min_channels, fold=not args.no_fold, imgsz=args.imgsz,
+                  skip_unsupported=args.skip_unsupported)
+    if args.model:
+        if args.ratios:
+            raise UsageError("--ratios is for edgeprune checkpoints; with --model use --threshold or --global-ratio")
+        result = prune_factory(args.model, args.weights, **common)
+    else:
+        result = prune_checkpoint(args.checkpoint, ratios=args.ratios, **common)
     if args.json:
         json.dump(result["stats"], sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -47,21 +47,22 @@ def _as_array(value: Any) -> np.ndarray:
 
 
 def normalize_keep(graph: ChannelGraph, keep: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """`keep` maps owner-BN paths to a bool mask or a list of kept indices -> {bn: bool mask}."""
+    """`keep` maps gate keys (owner-BN paths; a BN-less producer's own path) to a bool mask or a list of
+    kept indices -> {key: bool mask}."""
     if not isinstance(keep, Mapping):
         raise PruneError(f"keep must map BatchNorm paths to masks or index lists, got {type(keep).__name__}")
-    unknown = sorted(k for k in keep if k not in graph.bn_layouts)
+    unknown = sorted(k for k in keep if k not in graph.bn_layouts and k not in graph.gates)
     if unknown:
         sample = sorted(graph.owner_bn)[:3]
-        raise PruneError(f"keep names BatchNorm layers this model does not have: {unknown[:5]} (this model's BN "
+        raise PruneError(f"keep names layers this model does not have: {unknown[:5]} (this model's BN "
                          f"paths look like {sample}); are the ratios for another architecture?")
     out: dict[str, np.ndarray] = {}
     for bn, value in keep.items():
-        if bn not in graph.owner_bn:
+        if bn not in graph.gates:
             raise PruneError(f"keep[{bn!r}]: this BatchNorm does not directly follow a prunable conv (it sits after "
                              "a concat, add or depthwise conv); its channels follow the producers' decisions, "
                              "so drop it from keep")
-        n = len(graph.bn_layouts[bn])
+        n = len(graph.gates[bn].ids)
         arr = _as_array(value)
         if arr.dtype == bool:
             if arr.shape != (n,):
@@ -84,20 +85,58 @@ def normalize_keep(graph: ChannelGraph, keep: Mapping[str, Any]) -> dict[str, np
 
 
 def default_importance(graph: ChannelGraph) -> dict[str, np.ndarray]:
-    """|gamma| of each owner BN: the network-slimming channel score."""
-    return {bn: graph.modules[bn].weight.detach().abs().cpu().numpy().astype(np.float64) for bn in graph.owner_bn}
+    """Per gate: |gamma| of a BN (the network-slimming score); for a producer without BN the L2 norm of
+    its weight rows."""
+    out = {}
+    for key, gate in graph.gates.items():
+        w = graph.tensor(gate.scale).detach().float()
+        score = w.abs() if gate.kind == "bn" else w.reshape(w.shape[0], -1).norm(dim=1)
+        out[key] = score.cpu().numpy().astype(np.float64)
+    return out
 
 
 def _check_importance(graph: ChannelGraph, importance: Mapping[str, Any]) -> dict[str, np.ndarray]:
     out = default_importance(graph)
     for bn, value in importance.items():
-        if bn not in graph.owner_bn:
+        if bn not in graph.gates:
             raise PruneError(f"importance[{bn!r}]: not a BatchNorm that follows a prunable conv in this model")
         arr = _as_array(value).astype(np.float64).reshape(-1)
-        if arr.size != len(graph.bn_layouts[bn]):
-            raise PruneError(f"importance[{bn!r}]: {arr.size} scores for {len(graph.bn_layouts[bn])} channels")
+        if arr.size != len(graph.gates[bn].ids):
+            raise PruneError(f"importance[{bn!r}]: {arr.size} scores for {len(graph.gates[bn].ids)} channels")
         out[bn] = arr
     return out
+
+
+def keep_per_gate(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]:
+    """One uniform ratio for any model, BN or not: each voting gate keeps the best (1 - ratio) share of
+    its channel classes. A class is scored by the importance of every gate over it (each gate's scores
+    divided by their mean), so gates tied by a residual add or a grouped conv agree on what to keep."""
+    if not 0.0 <= ratio < 1.0:
+        raise PruneError(f"ratio must lie in [0, 1), got {ratio}")
+    scores = default_importance(graph)
+    voters = voting_gates(graph)
+    total = np.zeros(len(graph.root))
+    for key in voters:
+        s = scores[key]
+        np.add.at(total, graph.root[graph.gates[key].ids], s / max(float(s.mean()), 1e-12))
+    keep = {}
+    for key in voters:
+        cls = graph.root[graph.gates[key].ids]
+        uniq = np.unique(cls)
+        best = uniq[np.argsort(-total[uniq], kind="stable")[:max(1, len(uniq) - int(ratio * len(uniq)))]]
+        keep[key] = np.isin(cls, best)
+    return keep
+
+
+def voting_gates(graph: ChannelGraph) -> list[str]:
+    """Gates whose keep votes count: every BN gate, and a weight gate only where no BN gate covers its
+    classes (an SE block's expand conv is tied to the BN-gated channels it multiplies; the BN decides)."""
+    bn_classes = set()
+    for gate in graph.gates.values():
+        if gate.kind == "bn":
+            bn_classes.update(graph.root[gate.ids].tolist())
+    return sorted(k for k, gate in graph.gates.items()
+                  if gate.kind == "bn" or not bn_classes & set(graph.root[gate.ids].tolist()))
 
 
 def round_count(n: int, total: int, round_to: int, min_channels: int) -> int:
@@ -117,21 +156,17 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
     masks = normalize_keep(graph, keep)
     scores = _check_importance(graph, importance or {})
     n_ids = len(graph.root)
-    bns = sorted(graph.owner_bn)
+    bns = voting_gates(graph)
     bn_index = {b: i for i, b in enumerate(bns)}
+    gate_ids = {b: graph.gates[b].ids for b in bns}
 
-    # classes that cannot be masked through a BN (a conv without BN, the input, a frozen op) stay whole
-    locked = graph.fixed.copy()
-    owned = graph.producer_bn()
-    for path, ids in graph.producers.items():
-        if path not in owned:
-            locked[ids] = True
+    # classes that reach the input, an output or a frozen op stay whole
     locked_class = np.zeros(n_ids, bool)
-    locked_class[graph.root[locked]] = True
+    locked_class[graph.root[graph.fixed]] = True
 
     cls, who, vote, imp = [], [], [], []
     for b in bns:
-        ids = graph.producers[graph.owner_bn[b]]
+        ids = gate_ids[b]
         cls.append(graph.root[ids])
         who.append(np.full(len(ids), bn_index[b]))
         vote.append(masks.get(b, np.ones(len(ids), bool)))
@@ -176,8 +211,7 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
     kept_class = np.ones(n_ids, bool)
     groups, group_classes = [], []
     for gid, (g, group_bns) in enumerate(sorted(members.items())):
-        classes = np.array(sorted({c for b in group_bns for c in graph.root[graph.producers[graph.owner_bn[b]]].tolist()}),
-                           dtype=np.int64)
+        classes = np.array(sorted({c for b in group_bns for c in graph.root[gate_ids[b]].tolist()}), dtype=np.int64)
         classes = classes[~locked_class[classes]]
         group_classes.append(classes)
         total = len(classes)
@@ -194,7 +228,9 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
             k = int(round(n_keep[classes].sum() / n_votes[classes].sum() * total))
             keep_c = np.zeros(total, bool)
             keep_c[np.argsort(-imp_sum[classes], kind="stable")[:k]] = True
-        target = round_count(int(keep_c.sum()), total, round_to, min_channels)
+        # round_to / min_channels count channels; a class of a grouped conv holds a whole group of them
+        per = max(1, max(len(gate_ids[b]) for b in group_bns) // total)
+        target = -(-round_count(int(keep_c.sum()) * per, total * per, round_to, min_channels) // per)
         if target > keep_c.sum():
             dropped = np.flatnonzero(~keep_c)
             best = dropped[np.argsort(-imp_sum[classes[dropped]], kind="stable")]
@@ -203,9 +239,10 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
     # a group that spans concat segments (an add over a concat) can starve one of its layers: every
     # layer keeps at least min(min_channels, width) too, again adding back the most important classes
     for b in bns:
-        free = np.unique(graph.root[graph.producers[graph.owner_bn[b]]])
+        free = np.unique(graph.root[gate_ids[b]])
         free = free[~locked_class[free]]
-        need = min(max(min_channels, 1), len(free)) - int(kept_class[free].sum())
+        per = max(1, len(gate_ids[b]) // max(len(free), 1))
+        need = min(-(-max(min_channels, 1) // per), len(free)) - int(kept_class[free].sum())
         if need > 0:
             dropped = free[~kept_class[free]]
             kept_class[dropped[np.argsort(-imp_sum[dropped], kind="stable")[:need]]] = True

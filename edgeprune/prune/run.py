@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError
+from ..errors import PruneError, UsageError
+from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, model_from_checkpoint
+from . import anymodel
 from .apply import format_table, prune_model
 from .graph import build_graph
 from .io import (keep_from_global_ratio, keep_from_ratios, keep_from_threshold, read_ratios, save_pruned,
@@ -36,3 +38,34 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratios: str | 
     spec = spec_from_pruned(result.model, dense_spec)
     save_pruned(out_dir, result.model, spec, result.recombination_map, result.table, result.stats, imgsz=size)
     return {"stats": result.stats, "text": format_table(result.table, result.stats), "spec": spec}
+
+
+def prune_factory(factory: str, weights: str | Path | None, out_dir: str | Path, threshold: float | None = None,
+                  global_ratio: float | None = None, rule: str = "union", round_to: int = 8, min_channels: int = 8,
+                  fold: bool = True, imgsz: int | None = None, skip_unsupported: bool = False) -> dict[str, Any]:
+    """`edgeprune prune --model pkg.mod:fn [--weights sd.pt]`: any nn.Module -> a pruned folder of
+    model.json + weights.pt (edgeprune.prune.anymodel) + recombination.json + prune_table.json/.txt."""
+    if (threshold is None) == (global_ratio is None):
+        raise UsageError("give exactly one of threshold, global_ratio")
+    model = anymodel.build(factory)
+    if weights is not None:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except FileNotFoundError:
+            raise PruneError(f"{weights}: not found") from None
+        except Exception as exc:  # a bad archive, a pickle the safe loader refuses, or keys of another model
+            raise PruneError(f"{weights}: not a state_dict of {factory} ({str(exc).splitlines()[0][:200]})") from None
+    model.eval()
+    x = torch.zeros(1, 3, imgsz or 256, imgsz or 256)
+    bns = sorted(build_graph(model, x, skip_unsupported=skip_unsupported).owner_bn)
+    keep = keep_from_threshold(model, bns, threshold) if threshold is not None \
+        else keep_from_global_ratio(model, bns, global_ratio)
+    result = prune_model(model, keep, rule=rule, round_to=round_to, min_channels=min_channels, example_input=x,
+                         fold=fold, skip_unsupported=skip_unsupported)
+    out = anymodel.save(out_dir, result.model, factory, {"imgsz": int(x.shape[-1])})
+    atomic_write_json(out / "recombination.json", result.recombination_map)
+    atomic_write_json(out / "prune_table.json", {"layers": result.table, "stats": result.stats})
+    text = format_table(result.table, result.stats)
+    atomic_write_text(out / "prune_table.txt", text + "\n")
+    return {"stats": result.stats, "text": text}

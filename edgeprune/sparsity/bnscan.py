@@ -1,10 +1,12 @@
 """Which BatchNorm layers the sparsity penalty acts on, and which of them are tied by residual adds."""
 from __future__ import annotations
 
+from typing import Any
 
+import torch
 from torch import nn
 
-from ..errors import SparsityError
+from ..errors import PruneError, SparsityError
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -21,26 +23,37 @@ def prunable_bns(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
     return bns
 
 
-def residual_groups(model: nn.Module) -> dict[str, list[str]]:
-    """BNs whose outputs meet in a residual add, by junction id (`<C3 path>.m`).
+def residual_groups(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, list[str]]:
+    """BNs whose outputs meet in a residual add, by junction id (the common path of its producers), from
+    the pruner's channel graph: each junction's producers' own BNs, in path order. In a C3 with shortcut
+    bottlenecks, cv1's output and every bottleneck's cv2 output are summed into one running tensor, so
+    their channels correspond one to one (the junction that residual reconstruction keeps consistent)."""
+    from ..prune.graph import build_graph
 
-    In a C3 with shortcut bottlenecks, cv1's output and every bottleneck's cv2 output are summed into one
-    running tensor, so their channels correspond one to one (the junction that residual reconstruction
-    keeps consistent)."""
-    groups: dict[str, list[str]] = {}
-    for name, m in unwrap(model).named_modules():
-        blocks = getattr(m, "m", None)
-        if not (isinstance(blocks, nn.Sequential) and hasattr(m, "cv1") and len(blocks)):
-            continue
-        members = [f"{name}.m.{i}.cv2.bn" for i, b in enumerate(blocks) if getattr(b, "add", False)]
-        if members:
-            groups[f"{name}.m"] = [f"{name}.cv1.bn"] + members
+    net = unwrap(model)
+    if example is None:
+        example = torch.zeros(1, 3, 64, 64, device=next(net.parameters()).device)
+    try:
+        graph = build_graph(net, example)
+    except PruneError as exc:
+        raise SparsityError(f"residual groups of {type(net).__name__}: {exc}") from None
+    return junction_bns(graph)
+
+
+def junction_bns(graph: Any) -> dict[str, list[str]]:
+    """residual_groups of an already built ChannelGraph."""
+    bn_of = graph.producer_bn()
+    groups = {}
+    for j in graph.junctions:
+        members = [bn_of[p] for p in j.producers if p in bn_of]
+        if len(members) > 1:
+            groups[j.id] = members
     return groups
 
 
 def slimming_excluded(model: nn.Module) -> set[str]:
-    """BNs plain slimming leaves alone (midasklr/yolov5prune): C3.cv1.bn and each shortcut Bottleneck's
-    cv1.bn and cv2.bn."""
+    """BNs plain slimming leaves alone (midasklr/yolov5prune's rule, which goes by the C3/Bottleneck
+    names): C3.cv1.bn and each shortcut Bottleneck's cv1.bn and cv2.bn."""
     out: set[str] = set()
     for gid, members in residual_groups(model).items():
         out.update(members)

@@ -24,7 +24,8 @@ from ..errors import PruneError, SparsityError
 from ..fsio import atomic_write_json
 from .attention import attention_deviation, target_energy
 from ..models.spec import spec_sha
-from .bnscan import prunable_bns, residual_groups, slimming_excluded, unwrap
+from ..prune.recombine import round_count
+from .bnscan import junction_bns, prunable_bns, slimming_excluded, unwrap
 from .graph import conv_flops, trace_channels
 
 Batch = tuple[torch.Tensor, torch.Tensor]   # (imgs [B,3,S,S], targets [M,6])
@@ -36,9 +37,9 @@ def _check_target(value: float, key: str) -> None:
 
 
 def round_keep(k: float, channels: int, prune: PruneConfig) -> int:
-    """Kept count: rounded up to a multiple of round_to, at least min_channels, at most all channels."""
-    k = max(int(math.ceil(k / prune.round_to - 1e-9)) * prune.round_to, prune.min_channels, 1)
-    return min(k, channels)
+    """Kept count as the pruner rounds it (prune.recombine.round_count): at least min_channels, rounded up
+    to a multiple of round_to, at most all channels."""
+    return round_count(int(math.ceil(k - 1e-9)), channels, prune.round_to, prune.min_channels)
 
 
 def channel_importance(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig) -> dict[str, torch.Tensor]:
@@ -87,8 +88,8 @@ class _Unit:
         return {"own": own, "kept": kept}
 
 
-def _units(model: nn.Module, bns: dict[str, nn.BatchNorm2d]) -> list[_Unit]:
-    grouped = residual_groups(model)
+def _units(graph: Any, bns: dict[str, nn.BatchNorm2d]) -> list[_Unit]:
+    grouped = junction_bns(graph)
     in_group = {m for ms in grouped.values() for m in ms}
     units = [_Unit(gid, ms, bns[ms[0]].num_features) for gid, ms in grouped.items()]
     units += [_Unit(n, [n], m.num_features) for n, m in bns.items() if n not in in_group]
@@ -185,7 +186,7 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
         return float(torch.stack(devs).mean())
 
     masker = _Masker(bns, cfg.mask_beta)
-    units = _units(net, bns)
+    units = _units(convs, bns)
     for u in tqdm(units, desc="ratio solver", disable=not progress):
         ks = sorted({round_keep(u.channels * j / cfg.ratio_grid, u.channels, prune)
                      for j in range(1, cfg.ratio_grid + 1)} | {u.channels}, reverse=True)

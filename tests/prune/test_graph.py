@@ -136,11 +136,16 @@ class Grouped(nn.Module):
         return self.head(self.b(self.g(self.a(x))))
 
 
-def test_grouped_conv_is_frozen(helpers):
-    res, _ = prune_and_compare(helpers, Grouped(), seed=0)
-    assert res.model.a[0].out_channels == 8 and res.model.g[0].out_channels == 8
-    assert res.model.b[0].out_channels < 8
-    assert any("grouped" in f["reason"] for f in res.stats["frozen"])
+def test_grouped_conv_is_pruned_in_whole_groups(helpers):
+    half = np.arange(8) < 4
+    res, graph = prune_and_compare(helpers, Grouped(), {"a.1": half, "g.1": half, "b.1": half})
+    g = res.model.g[0]
+    assert (res.model.a[0].out_channels, g.in_channels, g.out_channels, g.groups) == (4, 4, 4, 1)
+    ins, outs = graph.grouped["g.0"]
+    assert len(set(graph.root[np.concatenate([ins[:4], outs[:4]])].tolist())) == 1  # one group, one class
+    for seed in range(3):  # random votes: still exact, groups stay whole
+        res, _ = prune_and_compare(helpers, Grouped(), seed=seed)
+        assert res.model.g[0].in_channels == 4 * res.model.g[0].groups == res.model.a[0].out_channels
 
 
 class FlatLinear(nn.Module):
@@ -176,7 +181,7 @@ class Permuted(nn.Module):
 
 def test_unsupported_op_names_the_node_and_skip_mode_freezes_around_it(helpers):
     model = Permuted()
-    with pytest.raises(PruneError, match=r"fx node 'roll'.*target=roll.*skip_unsupported"):
+    with pytest.raises(PruneError, match=r"module <top-level forward>: op roll \(fx node 'roll'\).*--skip-unsupported"):
         prune_model(model, {}, example_input=X)
     res, _ = prune_and_compare(helpers, Permuted(), seed=0, skip_unsupported=True)
     assert res.model.b[0].out_channels == 8 and res.model.c[0].in_channels == 8

@@ -119,3 +119,15 @@ def test_input_errors(tiny_model, batch, cfg):
     no_bn.spec = tiny_model.spec
     with pytest.raises(SparsityError, match="no BatchNorm2d"):
         solve_ratios(no_bn, [batch], cfg.sparse, cfg.prune)
+
+
+def test_solver_flops_are_the_pruned_models_flops(tiny_model, batch, cfg):
+    """One channel model: the FLOPs the ratio solver predicts are what the pruner's model costs."""
+    import copy
+
+    from edgeprune.prune.apply import prune_from_ratios
+    cfg.sparse.flops_target, cfg.sparse.attention_tol = 0.5, 1e-9
+    doc = solve_ratios(tiny_model, [batch], cfg.sparse, cfg.prune)
+    res = prune_from_ratios(copy.deepcopy(tiny_model), doc, cfg.prune, imgsz=32)
+    assert res.stats["flops_before"] == doc["flops_dense"]
+    assert res.stats["flops_after"] == doc["flops_kept"] < doc["flops_dense"]
