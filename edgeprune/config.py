@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ class DataConfig:
     synth_train: int = 800             # synthetic images in the train split
     synth_val: int = 200               # synthetic images in the val split
     synth_size: int = 320              # synthetic scene side in pixels
+    synth_style: str = "aerial"        # aerial (6 classes, 8 px vehicles to harbors) | simple (3 large-object
+                                       # classes, learnable in minutes: the quick preset and the end-to-end tests)
     seed: int = 0
     skip_bad: bool = False             # skip corrupt samples (and report how many) instead of failing
 
@@ -199,6 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 CHOICES = {
     "data.format": ("auto", "yolo", "coco", "voc", "nwpu"),
+    "data.synth_style": ("aerial", "simple"),
     "model.size": ("n", "s", "m"),
     "train.optimizer": ("sgd", "adamw"),
     "sparse.method": ("l1rr", "slimming"),
@@ -251,6 +255,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is bool:
         if isinstance(value, bool):
@@ -261,6 +268,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            return float(value)         # `1e-6`: a float in YAML 1.2 and to a user, a string to PyYAML (1.1)
     elif typ is str:
         if isinstance(value, str):
             return value

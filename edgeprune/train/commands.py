@@ -26,7 +26,7 @@ def load_data(source: str, cfg: Config, root: str | Path):
     if source == "synthetic":
         from ..data.synth import ensure_synthetic
         d = cfg.data
-        path = ensure_synthetic(Path(root), d.synth_train, d.synth_val, d.synth_size, d.seed)
+        path = ensure_synthetic(Path(root), d.synth_train, d.synth_val, d.synth_size, d.seed, style=d.synth_style)
         return load_dataset(path, "auto", d.skip_bad)
     return load_dataset(source, cfg.data.format, cfg.data.skip_bad)
 
