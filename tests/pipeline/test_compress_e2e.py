@@ -6,6 +6,7 @@ tests/quick_floors.py, so its comparisons (resumed vs uninterrupted, ONNX Runtim
 numbers, and a trainer that learns nothing fails here instead of comparing 0 with 0."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,8 +65,6 @@ def test_quick_compress_writes_every_artefact(reference_run):
 
 
 def test_finetune_distill_reruns_only_the_stages_after_prune(reference_run):
-    import shutil
-
     base, _ = reference_run
     runs = base / "runs"
     shutil.copytree(runs / "ref", runs / "distill")
@@ -82,6 +81,12 @@ def test_kill_during_sparse_then_resume(reference_run):
     base, _ = reference_run
     runs = base / "runs"
     _learned(runs / "ref")
+    # the reference's finished dense stage, everything after it undone: the run below starts at sparse
+    shutil.copytree(runs / "ref", runs / "killed")
+    for stage in ("sparse", "prune", "finetune", "export", "report"):
+        (runs / "killed" / "stages" / f"{stage}.done").unlink()
+    for folder in ("sparse", "prune", "finetune", "bundle"):
+        shutil.rmtree(runs / "killed" / folder)
     proc = _compress(runs, "killed", base / "cache", wait=False)
     sparse_ckpt = runs / "killed" / "sparse" / "train" / "last.pt"
     deadline = time.time() + 600
