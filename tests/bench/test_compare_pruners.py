@@ -68,14 +68,16 @@ def test_tp_regularizer_hook_moves_gammas():
 
 
 @pytest.mark.slow
-def test_quick_run_writes_json_table_and_plot(tmp_path):
+def test_quick_run_writes_json_table_and_plot(tmp_path, quick_dense):
     from compare_pruners import FLOPS_TOL
 
     from tests.quick_floors import check_learned
     out = tmp_path / "bench"
+    # --dense: the quick preset's dense model of this session (tests/conftest.py), trained on the same scenes
     cmd = [sys.executable, str(ROOT / "benchmarks" / "compare_pruners.py"), "--quick", "--out", str(out),
-           "--synth-root", str(tmp_path / "synth"), "--latency-iters", "20", "--control"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+           "--synth-root", str(tmp_path / "synth"), "--latency-iters", "20", "--control",
+           "--dense", str(quick_dense[0] / "best.pt")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
     dense = doc["dense"]
@@ -103,7 +105,7 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
     assert control["params"] == dense["params"] and control["epochs"] == 2 and 0.0 <= control["map50"] <= 1.0
     # a second invocation resumes from the cache: nothing is retrained, the numbers are identical
     proc2 = subprocess.run(cmd + ["--no-latency", "--cached-only", "--targets", "0.5,0.6"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=600)
     assert proc2.returncode == 0, proc2.stderr[-3000:]
     assert "training" not in proc2.stdout and "fine-tuning" not in proc2.stdout and "control:" not in proc2.stdout
     assert "@ -60%: not run yet, left out" in proc2.stdout      # --cached-only skips what is not finished
@@ -114,7 +116,7 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "heldout_eval.py"), "--run", str(out), "--out", str(ho),
            "--holdout", "6", "--bootstrap", "4", "--synth-root", str(tmp_path / "synth"),
            "--pair", "l1rr@50,slimming@50", "--models", "l1rr@50"]      # + the pair's, dense, control
-    proc3 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc3 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc3.returncode == 0, proc3.stderr[-3000:]
     held = json.loads((ho / "heldout.json").read_text())
     assert held["heldout"]["images"] == 6 and "-s1-" in held["heldout"]["name"]
@@ -131,7 +133,7 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
     pair = held["pairs"][0]
     assert pair["delta_map50"] == pytest.approx(models["l1rr@50"]["map50"] - models["slimming@50"]["map50"])
     # again: detections and bootstrap vectors come from the cache, the numbers are the same
-    proc4 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc4 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc4.returncode == 0 and "bootstrap" not in proc4.stdout, proc4.stderr[-3000:]
     assert json.loads((ho / "heldout.json").read_text())["models"] == held["models"]
     assert len(list((ho / "dets").rglob("*.npz"))) == 4 and "| l1rr@50 − slimming@50 |" in (ho / "heldout.md").read_text()

@@ -26,7 +26,7 @@ def _compress(runs: Path, name: str, cache: Path, *extra: str, wait: bool = True
            "--runs-dir", str(runs), *extra]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)   # a loaded machine
 
 
 def _final_metrics(run: Path) -> dict:
