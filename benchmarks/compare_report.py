@@ -40,7 +40,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
         ms, sp = lat(r)
         delta = 100 * (r["map50"] - d["map50"])
         vs_control = f" {100 * (r['map50'] - c['map50']):+.1f} |" if c else ""
-        lines.append(f"| {r['arm']} | −{100 * r['target']:.0f} % | {_pct(r['flops_reduction'])} | "
+        off = " (off-target)" if r.get("off_target") else ""      # not an equal-FLOPs comparison
+        lines.append(f"| {r['arm']} | −{100 * r['target']:.0f} % | {_pct(r['flops_reduction'])}{off} | "
                      f"{_pct(r['params_reduction'])} | {r['flops'] / 1e9:.3f} | {r['params']:,} | "
                      f"{r['map50']:.3f} ({delta:+.1f}) | {_num(r.get('map50_pruned'))} | {r['map']:.3f} | "
                      f"{_num(r.get('ap_small'))} | {ms} | {sp} |" + vs_control)

@@ -117,7 +117,8 @@ def heldout_samples(runs: list[dict[str, Any]], args: argparse.Namespace) -> tup
     data = s["config"]["data"]
     if data["source"] == "synthetic":
         seed = data["seed"] + HOLDOUT_SEED_OFFSET
-        path = ensure_synthetic(Path(args.synth_root), 0, args.holdout, data["synth_size"], seed, progress=False)
+        path = ensure_synthetic(Path(args.synth_root), 0, args.holdout, data["synth_size"], seed, progress=False,
+                                style=data.get("synth_style", "aerial"))
         ds = load_dataset(path, "yolo")
         return ds.splits["val"], ds.names, path.name
     ds = load_dataset(s["dataset"], data.get("format", "auto"), data.get("skip_bad", False))

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ class DataConfig:
     synth_train: int = 800             # synthetic images in the train split
     synth_val: int = 200               # synthetic images in the val split
     synth_size: int = 320              # synthetic scene side in pixels
+    synth_style: str = "aerial"        # aerial (6 classes, 8 px vehicles to harbors) | simple (3 large-object
+                                       # classes, learnable in minutes: the quick preset and the end-to-end tests)
     seed: int = 0
     skip_bad: bool = False             # skip corrupt samples (and report how many) instead of failing
 
@@ -186,12 +189,18 @@ class Config:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
+    # A smoke run that learns something visible: the "simple" synthetic scenes (3 classes, large objects) with
+    # AdamW reach dense mAP50 ~0.96 in 12 epochs of 128 images at 128 px (SGD: ~0.4), and ~0.9 after pruning
+    # -45 % FLOPs (the target binds: attention_tol ~0) and 4 fine-tune epochs; ~75 s of one core in all.
+    # The end-to-end tests run this preset and check mAP50 floors before they compare (tests/quick_floors.py).
     "quick": {
-        "data": {"synth_train": 48, "synth_val": 16, "synth_size": 160},
+        "data": {"synth_style": "simple", "synth_train": 128, "synth_val": 32, "synth_size": 128},
         "model": {"imgsz": 128},
-        "train": {"epochs": 2, "batch": 8, "eval_every": 1, "warmup_epochs": 0.5},
-        "sparse": {"epochs": 3, "refresh_every": 5, "ratio_grid": 4, "ratio_batches": 1},
-        "finetune": {"epochs": 1},
+        "train": {"epochs": 12, "batch": 8, "optimizer": "adamw", "lr0": 0.002, "mosaic": 0.0, "eval_every": 4,
+                  "warmup_epochs": 1.0},
+        "sparse": {"epochs": 3, "lr0": 0.0005, "target": 0.35, "flops_target": 0.45, "attention_tol": 1e-6,
+                   "refresh_every": 5, "ratio_grid": 4, "ratio_batches": 1},
+        "finetune": {"epochs": 4, "lr0": 0.001},
         "export": {"parity_images": 4},
     },
     "benchmark": {
@@ -206,6 +215,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 CHOICES = {
     "data.format": ("auto", "yolo", "coco", "voc", "nwpu"),
     "model.family": ("yolov5", "yolov8", "yolo11"),
+    "data.synth_style": ("aerial", "simple"),
     "model.size": ("n", "s", "m"),
     "train.optimizer": ("sgd", "adamw"),
     "sparse.method": ("l1rr", "slimming"),
@@ -262,6 +272,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is bool:
         if isinstance(value, bool):
@@ -272,6 +285,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            return float(value)         # `1e-6`: a float in YAML 1.2 and to a user, a string to PyYAML (1.1)
     elif typ is str:
         if isinstance(value, str):
             return value

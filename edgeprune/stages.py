@@ -30,7 +30,8 @@ def stage_data(run: RunDir) -> dict[str, Any]:
 
     c = run.cfg.data
     if c.source == "synthetic":
-        path = ensure_synthetic(cache_root() / "synthetic", c.synth_train, c.synth_val, c.synth_size, c.seed)
+        path = ensure_synthetic(cache_root() / "synthetic", c.synth_train, c.synth_val, c.synth_size, c.seed,
+                                style=c.synth_style)
     else:
         path = Path(c.source)
     ds = load_dataset(path, c.format, c.skip_bad, decode=True)   # once, so a truncated image fails now

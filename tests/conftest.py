@@ -34,3 +34,23 @@ try:  # property tests are deterministic like every other test: a fixed example 
     _hypothesis_settings.load_profile("edgeprune")
 except ImportError:  # the Python 3.6 device venv may not have hypothesis
     pass
+
+
+@pytest.fixture(scope="session")
+def quick_dense(tmp_path_factory):
+    """`edgeprune train --preset quick` once per session (the quick preset's dense model, ~30 s of one core):
+    (its output folder, the synthetic data root, its --json result). The slow tests of train/ and sparsity/
+    start from it instead of each training a model that learns nothing."""
+    import contextlib
+    import io
+    import json
+
+    from edgeprune.cli import main
+
+    base = tmp_path_factory.mktemp("quick_dense")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["train", "--preset", "quick", "--data", "synthetic", "--data-root", str(base / "data"),
+                     "--out", str(base / "run"), "--quiet", "--json"])
+    assert code == 0
+    return base / "run", base / "data", json.loads(buf.getvalue())

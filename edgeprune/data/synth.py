@@ -30,6 +30,10 @@ from .yolo import label_text
 
 NAMES = ["airplane", "ship", "storage-tank", "vehicle", "bridge", "harbor"]
 AIRPLANE, SHIP, TANK, VEHICLE, BRIDGE, HARBOR = range(6)
+# Styles: "aerial" (the scenes above, the default) or "simple": 1-3 large airplanes, ships or tanks on plain
+# fields. "simple" is learnable in a few hundred steps at 128 px, so smoke runs and end-to-end tests can demand
+# a real mAP instead of comparing zeros (tests/pipeline/test_compress_e2e.py).
+STYLES = {"aerial": NAMES, "simple": NAMES[:3]}
 # Bump when the drawing changes, so caches made by an older generator are not reused.
 GENERATOR_VERSION = 1
 _SPLITS = {"train": 0, "val": 1}
@@ -41,6 +45,7 @@ class _Shape:
     pts: list                     # polygon points, ellipse bbox [x1, y1, x2, y2], or line points
     fill: tuple
     width: int = 0                # line width
+    owner: int = -1               # index of the labelled object this shape belongs to (-1: ground, distractor)
 
 
 @dataclass
@@ -123,7 +128,7 @@ def _add_object(sc: _Scene, cls: int, polys: list[np.ndarray], colors: list[tupl
         for p in polys:
             sc.shadows.append(p + (dx, dy))
     for p, c in zip(polys, colors):
-        sc.above.append(_Shape("poly", [tuple(q) for q in p], c))
+        sc.above.append(_Shape("poly", [tuple(q) for q in p], c, owner=len(sc.boxes)))
     sc.boxes.append((cls, *box))
     sc.occupied.append(box)
 
@@ -206,13 +211,19 @@ def _place_tanks(sc: _Scene, n: int, region, grid: bool) -> None:
         sh = rr * 0.35
         corners = np.array([[cx - rr, cy - rr], [cx + rr, cy + rr]])
         sc.shadows.append(("ellipse", corners + (sc.sun[0] * sh, sc.sun[1] * sh)))
-        sc.above.append(_Shape("ellipse", list(box), top))
-        ri = rr * 0.62
-        sc.above.append(_Shape("ellipse", [cx - ri, cy - ri, cx + ri, cy + ri], _shade(top, 0.82)))
-        rc = rr * 0.18
-        sc.above.append(_Shape("ellipse", [cx - rc, cy - rc, cx + rc, cy + rc], _shade(top, 0.7)))
+        _tank_shapes(sc, cx, cy, rr, top)
         sc.boxes.append((TANK, *box))
         sc.occupied.append(box)
+
+
+def _tank_shapes(sc: _Scene, cx: float, cy: float, rr: float, top: tuple) -> None:
+    """A storage tank seen from above: a disc with a darker inner ring and centre (owned by the next box)."""
+    k = len(sc.boxes)
+    sc.above.append(_Shape("ellipse", [cx - rr, cy - rr, cx + rr, cy + rr], top, owner=k))
+    ri = rr * 0.62
+    sc.above.append(_Shape("ellipse", [cx - ri, cy - ri, cx + ri, cy + ri], _shade(top, 0.82), owner=k))
+    rc = rr * 0.18
+    sc.above.append(_Shape("ellipse", [cx - rc, cy - rc, cx + rc, cy + rc], _shade(top, 0.7), owner=k))
 
 
 _VEHICLE_COLORS = [(200, 30, 30), (30, 60, 200), (240, 240, 240), (20, 20, 25), (230, 200, 20), (40, 150, 60)]
@@ -369,6 +380,43 @@ def _plan(sc: _Scene) -> list[tuple]:
     return fields
 
 
+def _plan_simple(sc: _Scene) -> list[tuple]:
+    """The "simple" style: two plain fields and 1-3 large, non-overlapping objects of the first three classes."""
+    rng, S = sc.rng, sc.size
+    sun_angle = rng.uniform(0, 2 * math.pi)
+    sc.sun = (math.cos(sun_angle), math.sin(sun_angle))
+    fields = []
+    for _ in range(2):
+        w, h = rng.uniform(0.4, 0.9) * S, rng.uniform(0.4, 0.9) * S
+        pts = _rot(_rect(-w / 2, -h / 2, w / 2, h / 2), rng.uniform(0, math.pi), rng.uniform(0, S), rng.uniform(0, S))
+        fields.append(([tuple(p) for p in pts], _FIELD_COLORS[int(rng.integers(len(_FIELD_COLORS)))]))
+    for _ in range(int(rng.integers(1, 4))):
+        cls = int(rng.integers(3))
+        for _try in range(20):
+            cx, cy, ang = rng.uniform(0, S), rng.uniform(0, S), float(rng.uniform(0, 2 * math.pi))
+            if cls == TANK:
+                r = float(rng.uniform(0.12, 0.22) * S)
+                polys = [_rect(cx - r, cy - r, cx + r, cy + r)]
+            elif cls == AIRPLANE:
+                polys = _airplane_polys(float(rng.uniform(0.35, 0.6) * S), ang, cx, cy)
+            else:
+                L = float(rng.uniform(0.4, 0.65) * S)
+                polys = _ship_polys(L, L * 0.28, ang, cx, cy)
+            box = _bbox(polys)
+            if not (_inside(box, S) and _free(sc, box, 3)):
+                continue
+            if cls == TANK:
+                _tank_shapes(sc, cx, cy, r, (240, 240, 230))
+                sc.boxes.append((TANK, *box))
+                sc.occupied.append(box)
+            elif cls == AIRPLANE:
+                _add_object(sc, AIRPLANE, polys, [(225, 225, 230), (215, 215, 220), (240, 240, 245)], S * 0.02)
+            else:
+                _add_object(sc, SHIP, polys, [(200, 60, 45), (245, 245, 245)], S * 0.02)
+            break
+    return fields
+
+
 def _place_distractors(sc: _Scene) -> None:
     """Buildings (rectangles with roofs and shadows) and trees: clutter that is none of the classes."""
     rng, S = sc.rng, sc.size
@@ -410,13 +458,20 @@ def _water_poly(sc: _Scene) -> list[tuple]:
     return left + right[::-1]
 
 
-def render_scene(seed: int, index: int, size: int = 320,
-                 split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One scene → (HxWx3 uint8 RGB, boxes float32 (N,4) xyxy pixels, classes int64 (N,))."""
+def render_scene(seed: int, index: int, size: int = 320, split: str = "train", style: str = "aerial",
+                 hide: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One scene → (HxWx3 uint8 RGB, boxes float32 (N,4) xyxy pixels, classes int64 (N,)).
+
+    `hide=k` leaves object k undrawn (its label and shadow stay; every random draw is the same), so the
+    pixels an object changes can be compared with its label (tests/data/test_synth.py)."""
+    if style not in STYLES:
+        raise DataError(f"synthetic style {style!r}: choose one of {sorted(STYLES)} (data.synth_style)")
     key = [int(seed), _SPLITS.get(split, 2), int(index), GENERATOR_VERSION]
+    if style != "aerial":
+        key.append(sorted(STYLES).index(style) + 1)
     rng = np.random.default_rng(np.random.SeedSequence(key))
     sc = _Scene(size=size, rng=rng)
-    fields = _plan(sc)
+    fields = _plan(sc) if style == "aerial" else _plan_simple(sc)
 
     base = np.array(_FIELD_COLORS[int(rng.integers(len(_FIELD_COLORS)))], dtype=np.float32)
     img = Image.new("RGB", (size, size), tuple(int(v) for v in base))
@@ -458,6 +513,8 @@ def render_scene(seed: int, index: int, size: int = 320,
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for shp in sc.above:
+        if hide is not None and shp.owner == hide:
+            continue
         if shp.kind == "poly":
             draw.polygon(shp.pts, fill=shp.fill)
         elif shp.kind == "ellipse":
@@ -498,7 +555,7 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 
 def write_synthetic(out: str | Path, n_train: int, n_val: int, size: int = 320, seed: int = 0,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, style: str = "aerial") -> Path:
     """Generate a YOLO dataset into `out` (images/{train,val}, labels/{train,val}, data.yaml)."""
     out = Path(out)
     if size < 64:
@@ -509,18 +566,21 @@ def write_synthetic(out: str | Path, n_train: int, n_val: int, size: int = 320, 
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in tqdm(range(n), desc=f"synth {split}", disable=not progress, leave=False):
-            img, boxes, classes = render_scene(seed, i, size, split)
+            img, boxes, classes = render_scene(seed, i, size, split, style)
             stem = f"{split}_{i:06d}"
             (out / "images" / split / f"{stem}.png").write_bytes(png_bytes(img))
             (out / "labels" / split / f"{stem}.txt").write_text(label_text(boxes, classes, size, size))
-    meta = {"path": ".", "train": "images/train", "val": "images/val", "nc": len(NAMES), "names": list(NAMES)}
+    names = STYLES[style]
+    meta = {"path": ".", "train": "images/train", "val": "images/val", "nc": len(names), "names": list(names)}
     atomic_write_text(out / "data.yaml", yaml.safe_dump(meta, sort_keys=False))
     return out
 
 
-def cache_key(n_train: int, n_val: int, size: int, seed: int) -> str:
-    blob = json.dumps({"gen": GENERATOR_VERSION, "train": n_train, "val": n_val, "size": size, "seed": seed},
-                      sort_keys=True)
+def cache_key(n_train: int, n_val: int, size: int, seed: int, style: str = "aerial") -> str:
+    key = {"gen": GENERATOR_VERSION, "train": n_train, "val": n_val, "size": size, "seed": seed}
+    if style != "aerial":       # aerial keys stay what they were, so existing caches remain valid
+        key["style"] = style
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -528,7 +588,7 @@ DONE_MARKER = ".done"
 
 
 def ensure_synthetic(root: str | Path, n_train: int, n_val: int, size: int = 320, seed: int = 0,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, style: str = "aerial") -> Path:
     """Return the folder of a cached synthetic dataset (its data.yaml inside), generating it if needed.
 
     The folder is named by a hash of the parameters. Generation happens in a staging folder that is renamed
@@ -536,7 +596,10 @@ def ensure_synthetic(root: str | Path, n_train: int, n_val: int, size: int = 320
     folder without the marker (from an older, interrupted run) is regenerated.
     """
     root = Path(root)
-    final = root / f"synth-{size}px-{n_train}+{n_val}-s{seed}-{cache_key(n_train, n_val, size, seed)}"
+    if style not in STYLES:
+        raise DataError(f"synthetic style {style!r}: choose one of {sorted(STYLES)} (data.synth_style)")
+    tag = "" if style == "aerial" else f"-{style}"
+    final = root / f"synth{tag}-{size}px-{n_train}+{n_val}-s{seed}-{cache_key(n_train, n_val, size, seed, style)}"
     if final.exists() and not (final / DONE_MARKER).is_file():
         # the marker goes in before the rename, so only an interrupted older run leaves a folder without it
         shutil.rmtree(final)
@@ -546,10 +609,11 @@ def ensure_synthetic(root: str | Path, n_train: int, n_val: int, size: int = 320
     if staging.exists():
         shutil.rmtree(staging)
     try:
-        write_synthetic(staging, n_train, n_val, size, seed, progress)
+        write_synthetic(staging, n_train, n_val, size, seed, progress, style)
         os.sync()  # the images are plain writes: make them durable before the marker says "complete"
         atomic_write_text(staging / DONE_MARKER, json.dumps({"train": n_train, "val": n_val, "size": size,
-                                                             "seed": seed, "generator": GENERATOR_VERSION}) + "\n")
+                                                             "seed": seed, "generator": GENERATOR_VERSION,
+                                                             "style": style}) + "\n")
         try:
             os.rename(staging, final)
         except OSError:

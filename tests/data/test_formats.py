@@ -12,7 +12,7 @@ from edgeprune.errors import DataError
 
 def _same(a, b, tol=1.0):
     assert a.names == b.names
-    assert sorted(a.splits) == sorted(b.splits) or set(a.splits) >= {"train", "val"}
+    assert sorted(a.splits) == sorted(b.splits)
     for split in ("train", "val"):
         sa = sorted(a.splits[split], key=lambda s: s.image.stem)
         sb = sorted(b.splits[split], key=lambda s: s.image.stem)

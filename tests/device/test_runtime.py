@@ -25,7 +25,8 @@ def test_detect_boxes_are_sane(detector):
         assert 0.25 < d["score"] <= 1.0
         assert d["class_name"] == detector.classes[d["class_id"]]
     scores = [d["score"] for d in dets]
-    assert scores == sorted(scores, reverse=True) or len(set(d["class_id"] for d in dets)) > 1
+    # class-aware NMS still keeps (and max_det cuts) in one descending score order across classes
+    assert scores == sorted(scores, reverse=True)
     assert set(detector.last_timing) >= {"preprocess", "infer", "postprocess", "total"}
 
 

@@ -37,6 +37,57 @@ def two(tiny_bundle):
     b.close()
 
 
+class _Timed(object):
+    """The real detector, each of its phases followed by a scripted cost (ms) on a clock that moves only then:
+    the bench's statistics and speed-ups can be checked against numbers worked out by hand."""
+
+    def __init__(self, det, clock, pre, infer, post):
+        self.det, self.clock, self.costs = det, clock, {"pre": list(pre), "infer": list(infer), "post": list(post)}
+
+    def __getattr__(self, name):
+        return getattr(self.det, name)
+
+    def _spend(self, phase):
+        self.clock.t += self.costs[phase].pop(0) / 1e3
+
+    def preprocess(self, img):
+        out = self.det.preprocess(img)
+        self._spend("pre")
+        return out
+
+    def infer(self, x):
+        out = self.det.infer(x)
+        self._spend("infer")
+        return out
+
+    def postprocess(self, out, metas):
+        res = self.det.postprocess(out, metas)
+        self._spend("post")
+        return res
+
+
+def test_bench_speedups_against_hand_computed_latencies(two, monkeypatch):
+    import types
+
+    import jetson.bench as bench
+
+    clock = types.SimpleNamespace(t=0.0)
+    tick = lambda: clock.t      # noqa: E731
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=tick))
+    # one warm-up call, then 5 measured: dense infer 8,8,8,20,8 ms (mean 10.4, median 8), pruned 4 ms
+    dense = _Timed(two[0], clock, [2] * 6, [1, 8, 8, 8, 20, 8], [1] * 6)
+    pruned = _Timed(two[1], clock, [2] * 6, [1, 4, 4, 4, 4, 4], [1] * 6)
+    rep = run_bench([("dense", dense), ("pruned", pruned)], image=np.full((64, 80, 3), 90, np.uint8),
+                    iterations=5, warmup_s=0.0, clock=tick)
+    d, p = rep["models"]
+    assert d["infer"]["mean"] == pytest.approx(10.4) and d["infer"]["median"] == pytest.approx(8.0)
+    assert d["end_to_end"]["mean"] == pytest.approx(13.4) and p["end_to_end"]["median"] == pytest.approx(7.0)
+    c = rep["compare"]
+    assert c["speedup_infer_mean"] == pytest.approx(2.6) and c["speedup_infer_median"] == pytest.approx(2.0)
+    assert c["speedup_end_to_end_mean"] == pytest.approx(13.4 / 7) and c["speedup_end_to_end_median"] == pytest.approx(11 / 7)
+    assert d["throughput_ips"] == pytest.approx(1000 / 13.4)
+
+
 def test_bench_iterations_and_compare(two):
     a, b = two
     img = np.full((64, 80, 3), 90, np.uint8)

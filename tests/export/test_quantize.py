@@ -50,7 +50,10 @@ def test_qdq_model_runs_in_ort_and_lands_in_the_bundle(tmp_path, dense_model, de
     out8 = ort_run.run(ort_run.session(q), x)
     out32 = ort_run.run(ort_run.session(dense_export.model), x)
     assert out8.shape == out32.shape and np.isfinite(out8).all()
-    assert np.abs(out8[..., 4:] - out32[..., 4:]).max() < 0.2  # probabilities stay close at 8 bits
+    # Measured on this model and input: probabilities (0.001-0.245 in FP32) move by at most 3.0e-4 and box
+    # coordinates by at most 0.39 px at 8 bits; the bounds leave ~6x / ~2.5x room, a wrong scale breaks them.
+    assert np.abs(out8[..., 4:] - out32[..., 4:]).max() < 2e-3
+    assert np.abs(out8[..., :4] - out32[..., :4]).max() < 1.0
     m = write_bundle(tmp_path / "b", dense_model.spec, dense_export, dense_export.model, int8_graph=q, calib_dir=calib)
     assert m["extra_files"]["int8_model"] == "model.int8.onnx" and m["extra_files"]["calib"] == "calib/manifest.json"
     assert "model.int8.onnx" in m["extra_sha256"]

@@ -212,7 +212,7 @@ def test_micro_batch_gives_each_client_its_own_answer(start_server, reference_de
         assert out["batch_size"] == 3
         assert same_detections(out["detections"], _reference(reference_detector, body, conf=0.1))
         answers[seed] = [d["box"] for d in out["detections"]]
-    assert answers[11] != answers[12] != answers[13]
+    assert len({repr(a) for a in answers.values()}) == 3      # three different answers, not only neighbours
 
 
 def test_concurrent_clients_each_get_their_own_answer(server, reference_detector):

@@ -1,6 +1,7 @@
 """Run by tests/train/test_ddp.py, plainly and under `torch.distributed.run --nproc-per-node 2`: for each
-RUN = name:accumulate:batch, trains a tiny detector on the images listed in INDEX (JSON) into OUT/name and
-saves each rank's final raw weights as OUT/name/rank<r>.pt."""
+RUN = name:accumulate:batch[:index], trains a tiny detector on the images listed in INDEX (JSON; or the RUN's
+own index) into OUT/name and saves each rank's final raw weights as OUT/name/rank<r>.pt, and the training
+sample indices it loaded, in order, as OUT/name/reads<r>.json."""
 import json
 import os
 import sys
@@ -14,14 +15,25 @@ import torch
 def main(index: str, out: str, *runs: str) -> None:
     torch.set_num_threads(1)
     from edgeprune.config import TrainConfig
+    from edgeprune.data.torchdata import DetectionDataset
     from edgeprune.train.trainer import fit, new_model
 
-    items = json.loads(Path(index).read_text())
-    samples = [SimpleNamespace(image=Path(it["image"]), boxes=np.asarray(it["boxes"], np.float32).reshape(-1, 4),
-                               classes=np.asarray(it["classes"], np.int64)) for it in items]
-    data = SimpleNamespace(names=["a", "b"], splits={"train": samples, "val": samples[:2]})
+    reads = []
+    load = DetectionDataset.__getitem__
+
+    def logged(self, i):        # which shard this rank trains on (the training set is the augmenting one)
+        if self.augment:
+            reads.append(int(i))
+        return load(self, i)
+
+    DetectionDataset.__getitem__ = logged
     for run in runs:
-        name, accumulate, batch = run.split(":")
+        name, accumulate, batch, *own = run.split(":", 3)
+        items = json.loads(Path(own[0] if own else index).read_text())
+        samples = [SimpleNamespace(image=Path(it["image"]), boxes=np.asarray(it["boxes"], np.float32).reshape(-1, 4),
+                                   classes=np.asarray(it["classes"], np.int64)) for it in items]
+        data = SimpleNamespace(names=["a", "b"], splits={"train": samples, "val": samples[:2]})
+        del reads[:]
         cfg = TrainConfig(epochs=2, batch=int(batch), accumulate=int(accumulate), eval_every=100,
                           warmup_epochs=0.5, mosaic=0.0, flip=0.0, rot90=0.0, hsv=0.0, lr0=0.02)
         model, _ = new_model(data, "n", 64, seed=0, autoanchor=False)
@@ -29,6 +41,7 @@ def main(index: str, out: str, *runs: str) -> None:
         rank = int(os.environ.get("RANK", "0"))
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
                    Path(out) / name / f"rank{rank}.pt")
+        (Path(out) / name / f"reads{rank}.json").write_text(json.dumps(reads))
 
 
 if __name__ == "__main__":

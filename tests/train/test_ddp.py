@@ -1,5 +1,7 @@
-"""DDP with 2 gloo processes on CPU (torch.distributed.run): identical weights on both ranks, and the same
-weights as one process with the same global batch (SyncBatchNorm on, so batch statistics agree too)."""
+"""DDP with 2 gloo processes on CPU (torch.distributed.run): each rank trains on its own half of every global
+batch (the shards are logged and checked disjoint), the ranks' weights stay identical although they see
+different images, and on identical images 2 ranks give the same weights as one process with the same global
+batch. SyncBatchNorm is CUDA-only: train.sync_bn on CPU is refused (below), so BN statistics stay per rank."""
 import json
 import os
 import subprocess
@@ -18,11 +20,12 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _images(tmp_path, n=8):
-    """n copies of one labelled image. BatchNorm couples the images of a micro-batch (forward statistics
-    and backward), and SyncBatchNorm is CUDA-only, so only identical samples make a 2-rank split of a
-    global batch exactly equivalent to one process. What this still checks exactly: gradient averaging
-    and the world-size loss scale, steps per epoch, the lr/warm-up schedule, EMA and accumulation."""
+def _images(tmp_path, n=8, distinct=False):
+    """n labelled images: copies of one (default) or each its own (distinct=True). BatchNorm couples the
+    images of a micro-batch (forward statistics and backward), and SyncBatchNorm is CUDA-only, so only
+    identical samples make a 2-rank split of a global batch exactly equivalent to one process. What that
+    checks exactly: gradient averaging and the world-size loss scale, steps per epoch, the lr/warm-up
+    schedule, EMA and accumulation. Distinct images check that the ranks train on different data."""
     rng = np.random.default_rng(0)
     boxes = [[8, 10, 24, 30], [36, 30, 60, 50]]
     img = rng.integers(60, 120, (64, 64, 3)).astype(np.uint8)
@@ -30,10 +33,16 @@ def _images(tmp_path, n=8):
         img[y1:y2, x1:x2] = (200, 60, 60)
     items = []
     for i in range(n):
-        path = tmp_path / f"{i}.png"
+        if distinct:    # its own ground, box places and colour
+            x, y = int(rng.integers(2, 21)), int(rng.integers(2, 26))
+            boxes = [[x, y, x + 16, y + 20], [x + 28, y + 20, x + 34 + i, y + 36]]
+            img = rng.integers(60, 120, (64, 64, 3)).astype(np.uint8)
+            for x1, y1, x2, y2 in boxes:
+                img[y1:y2, x1:x2] = rng.integers(120, 255, 3)
+        path = tmp_path / (f"d{i}.png" if distinct else f"{i}.png")
         Image.fromarray(img).save(path)
         items.append({"image": str(path), "boxes": boxes, "classes": [0, 1]})
-    index = tmp_path / "index.json"
+    index = tmp_path / ("distinct.json" if distinct else "index.json")
     index.write_text(json.dumps(items))
     return index
 
@@ -48,18 +57,35 @@ def _run(index, out, runs, nproc=None):
     cmd += [str(WORKER), str(index), str(out), *runs]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {run.split(":")[0]: {p.name: torch.load(p, weights_only=True)
-                                for p in sorted((Path(out) / run.split(":")[0]).glob("rank*.pt"))} for run in runs}
+    res = {}
+    for run in runs:
+        d = Path(out) / run.split(":")[0]
+        res[d.name] = {p.name: torch.load(p, weights_only=True) for p in sorted(d.glob("rank*.pt"))}
+        res[d.name].update({p.name: json.loads(p.read_text()) for p in sorted(d.glob("reads*.json"))})
+    return res
+
+
+def _disjoint_shards(reads, n, epochs=2):
+    """Per epoch, rank 0 and rank 1 loaded disjoint halves of the n training samples."""
+    r0, r1 = reads["reads0.json"], reads["reads1.json"]
+    assert len(r0) == len(r1) == epochs * n // 2, (r0, r1)
+    for e in range(epochs):
+        a, b = set(r0[e * n // 2:(e + 1) * n // 2]), set(r1[e * n // 2:(e + 1) * n // 2])
+        assert not a & b and a | b == set(range(n)), (e, sorted(a), sorted(b))
 
 
 @pytest.mark.slow
 def test_ddp_two_ranks_match_single_process(tmp_path):
     index = _images(tmp_path)
-    ddp = _run(index, tmp_path, ["two:1:4"], nproc=2)["two"]
+    mixed = _images(tmp_path, distinct=True)
+    both = _run(index, tmp_path, ["two:1:4", f"mixed:1:4:{mixed}"], nproc=2)
+    ddp = both["two"]
     # one process: the same global batch 4; 2 accumulated micro-batches of 2; a control with batch 2
     one = _run(index, tmp_path, ["one:1:4", "acc:2:4", "b2:1:2"])
     single = one["one"]["rank0.pt"]
-    assert set(ddp) == {"rank0.pt", "rank1.pt"}
+    assert set(ddp) == {"rank0.pt", "rank1.pt", "reads0.json", "reads1.json"}
+    _disjoint_shards(ddp, 8)
+    assert sorted(one["one"]["reads0.json"]) == sorted(list(range(8)) * 2)    # one process reads everything
     for k in ddp["rank0.pt"]:
         assert torch.equal(ddp["rank0.pt"][k], ddp["rank1.pt"][k]), k      # ranks stay bit-identical
     # 4 SGD steps of the same global batch: the weights differ only by fp32 summation order (seen: 2e-5)
@@ -73,6 +99,14 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
     assert _max_diff(single, one["acc"]["rank0.pt"], "param") < 1e-4
     # the comparison can fail: a global batch of 2 moves the weights far beyond the tolerance
     assert _max_diff(single, one["b2"]["rank0.pt"], "param") > 1e-3
+
+    # distinct images: each rank trains on its own shard, so its BN running statistics are its own, while the
+    # averaged gradients keep every learnt parameter bit-identical across the ranks
+    mixed = both["mixed"]
+    _disjoint_shards(mixed, 8)
+    a, b = mixed["rank0.pt"], mixed["rank1.pt"]
+    assert all(torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point() and "running" not in k)
+    assert _max_diff(a, b, "running_mean") > 1e-3
 
 
 def _max_diff(a, b, which):
