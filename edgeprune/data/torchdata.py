@@ -4,7 +4,8 @@ Letterboxing is `jetson.preprocess.letterbox`, the one implementation the device
 on the letterboxed SxS uint8 canvas: mosaic (4 images, random SxS window of a 2Sx2S tiling at native scale so
 small objects stay small), left-right / up-down flips, 90-degree rotations (aerial images have no "up") and HSV
 jitter. Each item's randomness comes from (seed, epoch, index) only, so a run is reproducible whatever the
-worker count or order; call `set_epoch(e)` at the start of every epoch.
+worker count or order; call `set_epoch(e)` at the start of every epoch, or index with (epoch, index) pairs
+(what the trainer's sampler yields, so persistent loader workers need no per-epoch message).
 """
 from __future__ import annotations
 
@@ -118,11 +119,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         keep = (cw >= MIN_SIDE_PX) & (ch >= MIN_SIDE_PX) & (cw * ch >= MOSAIC_MIN_VISIBLE * np.maximum(area, 1e-6))
         return img, clipped[keep], cls[keep]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         img, boxes, cls, meta = self.load(index)
         if self.augment:
             cfg = self.cfg
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, epoch, index])
             if len(self.samples) > 1 and rng.random() < cfg.mosaic:
                 img, boxes, cls = self._mosaic(index, rng)
             if rng.random() < cfg.flip:
