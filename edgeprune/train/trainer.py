@@ -271,7 +271,8 @@ class Trainer:
         self.ema = ModelEMA(self.model, updates=int(st["ema_updates"]))
         self.ema.ema.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(st["optimizer"])
-        self.scaler.load_state_dict(st["scaler"])
+        if st["scaler"]:        # empty when saved without fp16 scaling (CPU, bf16): the new scaler starts fresh
+            self.scaler.load_state_dict(st["scaler"])
         for h, hs in zip(self.hooks, st["hooks"]):
             if hs is not None and hasattr(h, "load_state_dict"):
                 h.load_state_dict(hs)
