@@ -139,6 +139,11 @@ def main() -> int:
     if args.workers is not None and args.workers != "auto":
         args.workers = int(args.workers)
 
+    try:                    # what `compress` does before torch loads (absent from older trees)
+        from edgeprune.train.resources import passive_wait
+        passive_wait()
+    except ImportError:
+        pass
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
