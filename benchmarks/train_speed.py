@@ -62,8 +62,8 @@ class _TimedLoader:
         wall = self.asked[-1] - self.asked[1]
         wait = sum(g - a for a, g in zip(self.asked[1:], self.got[1:]))
         cpu = self.cpu[-1] - self.cpu[1]
-        return {"steps": n, "img_per_s": round(n * batch / max(wall, 1e-9), 2), "step_ms": round(1e3 * wall / max(n, 1), 1),
-                "data_wait_share": round(wait / max(wall, 1e-9), 3),
+        return {"steps": n, "img_per_s": round(n * batch / max(wall, 1e-9), 2),
+                "step_ms": round(1e3 * wall / max(n, 1), 1), "data_wait_share": round(wait / max(wall, 1e-9), 3),
                 "cpu_ms_per_img": round(1e3 * cpu / max(n * batch, 1), 1)}
 
 

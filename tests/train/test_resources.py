@@ -1,5 +1,4 @@
 """Thread and worker counts (train/resources.py) and the trainer's persistent loader."""
-import os
 
 import pytest
 import torch
