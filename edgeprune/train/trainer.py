@@ -183,7 +183,7 @@ class Trainer:
     def _make_dataset(self):
         from ..data.torchdata import DetectionDataset
         return DetectionDataset(self.data.splits["train"], self.imgsz, augment=True, train_cfg=self.cfg,
-                                seed=self.cfg.seed)
+                                seed=self.cfg.seed, shared=self.workers > 0)
 
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """One DataLoader for the whole run (its workers persist across epochs), set to `epoch`."""

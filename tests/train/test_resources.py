@@ -66,3 +66,24 @@ def test_persistent_workers_give_the_in_process_batches(tmp_path):
         for (xa, ya), (xb, yb) in zip(batches[0][e], batches[2][e]):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(batches[0][0][0][0], batches[0][1][0][0])
+
+
+def test_shared_cache_is_filled_by_workers_and_changes_no_item(tmp_path):
+    """Workers load every image once into the shared cache (the main process sees it filled), and cached
+    items equal uncached ones."""
+    from edgeprune.data.torchdata import DetectionDataset, collate
+
+    data = load_dataset(ensure_synthetic(tmp_path / "s", 6, 1, 128, seed=3, progress=False))
+    samples = data.splits["train"]
+    shared = DetectionDataset(samples, 128, augment=True, seed=1, cache=True, shared=True)
+    plain = DetectionDataset(samples, 128, augment=True, seed=1, cache=False)
+    loader = torch.utils.data.DataLoader(shared, 3, num_workers=2, collate_fn=collate)
+    for _ in loader:
+        pass
+    assert bool(shared._filled.all())
+    for epoch in (0, 1):
+        for i in range(len(samples)):
+            a, b = shared[(epoch, i)], plain[(epoch, i)]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    canvas = shared.load(0)[0]
+    assert not canvas.flags.writeable          # augmentation can never write into the cache
