@@ -14,7 +14,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
@@ -54,7 +54,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 2.0
     ema: bool = True
-    workers: int = 0
+    workers: Union[int, str] = "auto"  # data-loader worker processes; auto: from the cores (train/resources.py)
+    threads: Union[int, str] = "auto"  # torch CPU threads; auto: OMP_NUM_THREADS, else the free cores minus workers
     mosaic: float = 0.5                # probability of a mosaic sample
     flip: float = 0.5                  # probability of each flip (lr, ud)
     rot90: float = 0.5                 # probability of a random 90-degree rotation
@@ -254,6 +255,10 @@ def _check_ranges(cfg: Config) -> None:
     for key in ("sparse.refresh_every", "sparse.ratio_batches", "sparse.ratio_grid"):
         if flat[key] < 1:
             raise bad(key, f"must be >= 1, got {flat[key]}")
+    for key in ("train.workers", "train.threads"):
+        v, low = flat[key], 0 if key == "train.workers" else 1
+        if v != "auto" and not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+            raise bad(key, f"must be 'auto' or an integer >= {low}, got {v!r}")
     if cfg.finetune.epochs < 0:
         raise bad("finetune.epochs", "must be >= 0")
     if not 0.0 <= cfg.export.parity_min_match <= 1.0:

@@ -46,6 +46,17 @@ OWN_SECTIONS = {
 TRAINING_STAGES = ("dense", "sparse", "finetune")
 
 
+def stage_weights(cfg: Config) -> dict[str, float]:
+    """Rough cost of each stage in dense-epoch units, for the ETA: the default run on 2 cores took dense 355 s
+    for 12 epochs, sparse 276 s for 8, fine-tune 97 s for 8 (docs/DESIGN.md facts); the rest are seconds."""
+    return {"data": 0.5, "dense": float(cfg.train.epochs), "sparse": 1.2 * cfg.sparse.epochs, "prune": 0.5,
+            "finetune": 0.4 * cfg.finetune.epochs, "export": 0.5, "report": 0.2}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
 def stage_sections(stage: str) -> tuple[str, ...]:
     out: list[str] = []
     for s in STAGES[: STAGES.index(stage) + 1]:
@@ -134,6 +145,8 @@ def build_config(args: Any) -> Config:
 
 def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None = None, restart: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    from .train.resources import passive_wait
+    passive_wait()        # before torch loads its OpenMP runtime (see train/resources.py)
     from . import stages  # heavy imports (torch) only when the pipeline actually runs
     from .train.dist import dist_info, init_process_group, shutdown, wait_for_main
 
@@ -158,7 +171,10 @@ def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None =
                                "--runs-dir (and EDGEPRUNE_CACHE for the synthetic set) must be on storage every node sees")
     last = until or STAGES[-1]
     summary: dict[str, Any] = {"run_dir": str(root), "stages": {}}
-    for stage in STAGES[: STAGES.index(last) + 1]:
+    todo = STAGES[: STAGES.index(last) + 1]
+    weights, ran_w, ran_s = stage_weights(cfg), 0.0, 0.0    # ETA from the stages run in this invocation
+    for k, stage in enumerate(todo, 1):
+        where = f"stage {k} of {len(todo)}"
         if run.is_done(stage):
             run.log(f"[compress] stage {stage}: already finished in {root} (resuming after it)")
             summary["stages"][stage] = {"status": "cached", **run.outputs(stage)}
@@ -167,7 +183,7 @@ def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None =
         if main:
             run.invalidate_from(stage)
             run.log(f"[compress] stage {stage}: running" + (f" on {world} processes" if world > 1 and
-                                                            stage in TRAINING_STAGES else ""))
+                                                            stage in TRAINING_STAGES else "") + f" ({where})")
             if world > 1 and stage in TRAINING_STAGES:
                 stale_stage_dir(run, stage)     # emptied by rank 0 alone, before any rank resumes from it
         wait_for_main()
@@ -176,7 +192,10 @@ def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None =
             outputs = getattr(stages, f"stage_{stage}")(run)
         if main:
             run.finish(stage, outputs, time.time() - t0)
-            run.log(f"[compress] stage {stage}: finished in {time.time() - t0:.1f} s")
+            ran_w, ran_s = ran_w + weights[stage], ran_s + time.time() - t0
+            left = sum(weights[s] for s in todo[k:])
+            eta = f", ETA ~{_minutes(ran_s / ran_w * left)} for the rest" if ran_w >= 1 and left else ""
+            run.log(f"[compress] stage {stage}: finished in {time.time() - t0:.1f} s ({where}{eta})")
             summary["stages"][stage] = {"status": "ran", **outputs}
         wait_for_main()                         # the marker is on disk before any rank looks at the next stage
     if world > 1:

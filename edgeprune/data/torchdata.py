@@ -4,10 +4,12 @@ Letterboxing is `jetson.preprocess.letterbox`, the one implementation the device
 on the letterboxed SxS uint8 canvas: mosaic (4 images, random SxS window of a 2Sx2S tiling at native scale so
 small objects stay small), left-right / up-down flips, 90-degree rotations (aerial images have no "up") and HSV
 jitter. Each item's randomness comes from (seed, epoch, index) only, so a run is reproducible whatever the
-worker count or order; call `set_epoch(e)` at the start of every epoch.
+worker count or order; call `set_epoch(e)` at the start of every epoch, or index with (epoch, index) pairs
+(what the trainer's sampler yields, so persistent loader workers need no per-epoch message).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,8 +25,30 @@ PAD_VALUE = 114
 # Mosaic keeps a clipped box if at least this share of its area and MIN_SIDE_PX per side remain in the window.
 MOSAIC_MIN_VISIBLE = 0.4
 MIN_SIDE_PX = 2.0
-# Letterboxed canvases are kept in RAM when they fit in this budget (decode + resize is ~75% of item time).
+# Letterboxed canvases are kept in RAM (decode + resize is ~75% of item time) when they fit in half of the memory
+# the kernel reports available (shared by torchrun's local ranks); this budget where /proc/meminfo is missing.
 CACHE_BUDGET_BYTES = 1 << 30
+
+
+def cache_budget(shared: bool = False) -> int:
+    """Bytes one DetectionDataset may cache: half of MemAvailable over LOCAL_WORLD_SIZE (each rank caches its
+    own copy); with `shared`, also at most half of the free space of /dev/shm, where the cache then lives."""
+    budget = CACHE_BUDGET_BYTES
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    budget = int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    budget //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    if shared:
+        try:
+            st = os.statvfs("/dev/shm")
+            budget = min(budget, st.f_bavail * st.f_frsize // 2)
+        except OSError:
+            budget = 0
+    return budget
 
 
 def flip_lr(img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,13 +73,13 @@ def rot90(img: np.ndarray, boxes: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 def hsv_jitter(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Random hue shift / saturation and value gains. strength 0.5 = YOLOv5's defaults (h 0.015, s 0.7, v 0.4)."""
     dh, gs, gv = rng.uniform(-1, 1, 3) * np.array([0.03, 1.4, 0.8]) * strength
-    hsv = np.asarray(Image.fromarray(np.ascontiguousarray(img)).convert("HSV"))
     x = np.arange(256, dtype=np.float32)
     lut_h = ((x + dh * 256) % 256).astype(np.uint8)
     lut_s = np.clip(x * max(0.0, 1 + gs), 0, 255).astype(np.uint8)
     lut_v = np.clip(x * max(0.0, 1 + gv), 0, 255).astype(np.uint8)
-    out = np.stack([lut_h[hsv[..., 0]], lut_s[hsv[..., 1]], lut_v[hsv[..., 2]]], -1)
-    return np.asarray(Image.fromarray(out, mode="HSV").convert("RGB"))
+    # the three uint8 LUTs applied by Pillow in C on the HSV image (no numpy round trip in between)
+    hsv = Image.fromarray(np.ascontiguousarray(img)).convert("HSV")
+    return np.asarray(hsv.point(np.concatenate([lut_h, lut_s, lut_v]).tolist()).convert("RGB"))
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -63,16 +87,29 @@ class DetectionDataset(torch.utils.data.Dataset):
     meta {"path", "scale", "pad", "orig_shape"}) — see docs/CONTRACTS.md."""
 
     def __init__(self, samples: Sequence[Sample], imgsz: int, augment: bool = False,
-                 train_cfg: TrainConfig | None = None, seed: int = 0, cache: bool | None = None) -> None:
+                 train_cfg: TrainConfig | None = None, seed: int = 0, cache: bool | None = None,
+                 shared: bool = False) -> None:
+        """cache: keep letterboxed canvases in RAM (None: when they fit `cache_budget`). shared: put that cache
+        in shared memory, so the DataLoader workers fill and read one copy instead of one each."""
         self.samples = list(samples)
         self.imgsz = int(imgsz)
         self.augment = augment
         self.cfg = train_cfg or TrainConfig()
         self.seed = int(seed)
         self.epoch = 0
+        n, side = len(self.samples), self.imgsz
         if cache is None:
-            cache = len(self.samples) * self.imgsz * self.imgsz * 3 <= CACHE_BUDGET_BYTES
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]] | None = {} if cache else None
+            cache = n * side * side * 3 <= cache_budget(shared)
+        # canvases, (scale, pad x, pad y, height, width) and a filled flag per sample; pages are only committed
+        # when an image is first loaded
+        self._canvas = self._geom = self._filled = None
+        if cache:
+            self._canvas = torch.empty((n, side, side, 3), dtype=torch.uint8)
+            self._geom = torch.zeros((n, 5), dtype=torch.float64)
+            self._filled = torch.zeros(n, dtype=torch.bool)
+            if shared:
+                for t in (self._canvas, self._geom, self._filled):
+                    t.share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -82,20 +119,25 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Letterboxed canvas (SxSx3 uint8, read-only when cached), boxes xyxy in canvas pixels, classes, meta."""
-        if self._cache is not None and index in self._cache:
-            canvas, boxes, cls, meta = self._cache[index]
-            return canvas, boxes.copy(), cls.copy(), dict(meta)
         s = self.samples[index]
-        img = read_image(s.image)
-        canvas, scale, pad = letterbox(img, self.imgsz, PAD_VALUE)
-        boxes = s.boxes * np.float32(scale) + np.array([pad[0], pad[1], pad[0], pad[1]], np.float32)
-        meta = {"path": str(s.image), "scale": float(scale), "pad": (int(pad[0]), int(pad[1])),
-                "orig_shape": (int(img.shape[0]), int(img.shape[1]))}
-        boxes = boxes.astype(np.float32)
-        if self._cache is not None:
+        if self._filled is not None and bool(self._filled[index]):
+            canvas = self._canvas[index].numpy()
+            scale, px, py, h, w = self._geom[index].tolist()
+            pad, shape = (int(px), int(py)), (int(h), int(w))
+        else:
+            img = read_image(s.image)
+            canvas, scale, pad = letterbox(img, self.imgsz, PAD_VALUE)
+            pad, shape = (int(pad[0]), int(pad[1])), (int(img.shape[0]), int(img.shape[1]))
+            if self._filled is not None:
+                self._canvas[index] = torch.from_numpy(canvas)
+                self._geom[index] = torch.tensor([float(scale), *pad, *shape], dtype=torch.float64)
+                self._filled[index] = True               # last: a reader never sees a half-written entry
+                canvas = self._canvas[index].numpy()
+        if self._filled is not None:
             canvas.setflags(write=False)
-            self._cache[index] = (canvas, boxes.copy(), s.classes.copy(), dict(meta))
-        return canvas, boxes, s.classes.copy(), meta
+        boxes = s.boxes * np.float32(scale) + np.array([pad[0], pad[1], pad[0], pad[1]], np.float32)
+        meta = {"path": str(s.image), "scale": float(scale), "pad": pad, "orig_shape": shape}
+        return canvas, boxes.astype(np.float32), s.classes.copy(), meta
 
     def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         S = self.imgsz
@@ -118,11 +160,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         keep = (cw >= MIN_SIDE_PX) & (ch >= MIN_SIDE_PX) & (cw * ch >= MOSAIC_MIN_VISIBLE * np.maximum(area, 1e-6))
         return img, clipped[keep], cls[keep]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         img, boxes, cls, meta = self.load(index)
         if self.augment:
             cfg = self.cfg
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, epoch, index])
             if len(self.samples) > 1 and rng.random() < cfg.mosaic:
                 img, boxes, cls = self._mosaic(index, rng)
             if rng.random() < cfg.flip:

@@ -1,7 +1,8 @@
 """Detection metrics: `evaluate` (COCO mAP of a model on samples) and `complexity` (params, FLOPs, latency).
 
-`evaluate` pre- and post-processes exactly as the device does (jetson.preprocess / jetson.postprocess), so
-the host's mAP is the mAP of the deployed pipeline up to the backend's numerics.
+`evaluate` pre- and post-processes exactly as the device does (jetson.preprocess, and metrics/postprocess.py:
+jetson.postprocess's steps on the model's device with torchvision's NMS, tested to give the same detections),
+so the host's mAP is the mAP of the deployed pipeline up to the backend's numerics.
 """
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jetson.postprocess import postprocess, scale_boxes
+from jetson.postprocess import scale_boxes
 from jetson.preprocess import preprocess
 
 from ..errors import DataError
 from .coco import coco_map
+from .postprocess import postprocess
 
 __all__ = ["evaluate", "coco_map", "predict"]
 
@@ -48,7 +50,7 @@ def predict(model: torch.nn.Module, images: Sequence[Path], imgsz: int, conf: fl
                 xs.append(x)
                 metas.append(meta)
                 shapes.append(meta["orig_shape"])
-            pred = model(torch.from_numpy(np.concatenate(xs)).to(device)).float().cpu().numpy()
+            pred = model(torch.from_numpy(np.concatenate(xs)).to(device))
             layout = getattr(model, "output_layout", "yolov5_decoded")
             for (boxes, scores, classes), meta in zip(postprocess(pred, conf, iou, max_det, layout=layout), metas):
                 dets.append((scale_boxes(boxes, meta), scores, classes))

@@ -54,7 +54,9 @@ def _freeze(teacher: torch.nn.Module) -> None:
 def teacher_attention(cfg: SparseConfig, trainer: Any, imgs: torch.Tensor, targets: torch.Tensor,
                       feats: list[torch.Tensor]) -> torch.Tensor:
     """The feature attention loss of the student's neck features `feats` against `trainer.teacher`'s on the
-    same images. Attention maps average over channels, so a pruned student compares with its dense teacher."""
+    same images. Attention maps average over channels, so a pruned student compares with its dense teacher.
+    The trainer calls this inside its autocast region: the teacher runs without autograd in the student's
+    precision (bf16/fp16 under AMP on CUDA)."""
     with torch.no_grad():
         teacher_feats = trainer.teacher.forward_features(imgs)
     return attention_loss(feats, teacher_feats, targets, **_attention_kw(cfg))
@@ -75,7 +77,7 @@ class DistillHook:
 
     def extra_loss(self, trainer: Any, imgs: torch.Tensor, targets: torch.Tensor, feats: list[torch.Tensor]):
         loss = teacher_attention(self.cfg, trainer, imgs, targets, feats)
-        return self.cfg.attention_weight * loss, {"att": float(loss.detach())}
+        return self.cfg.attention_weight * loss, {"att": loss.detach()}
 
 
 def distill_args(cfg: Config, dense_checkpoint: str | Path) -> dict[str, Any]:
@@ -92,7 +94,7 @@ class SparsityHook:
         self.reg: L1RRRegularizer | None = None
         self.steps: list[list[float]] = []     # [step, s(t), share, attention loss]
         self.epochs: list[dict[str, Any]] = []
-        self._last_att = 0.0
+        self._last_att: torch.Tensor | float = 0.0   # a device tensor during an epoch (no per-step host read)
         self._pending: dict[str, Any] | None = None
 
     @property
@@ -122,7 +124,7 @@ class SparsityHook:
         if not (self.use_attention and trainer.teacher is not None):
             return None
         loss = teacher_attention(self.cfg, trainer, imgs, targets, feats)
-        self._last_att = float(loss.detach())
+        self._last_att = loss.detach()
         return self.cfg.attention_weight * loss, {"att": self._last_att}
 
     def _observe_taylor(self, targets: torch.Tensor, feats: list[torch.Tensor]) -> None:
@@ -141,7 +143,7 @@ class SparsityHook:
         if step % self.cfg.refresh_every == 0:
             self.reg.refresh()
         s = self.reg.apply(step, bn_lr(trainer, self.reg))
-        self.steps.append([int(step), float(s), self.reg.zero_share(), self._last_att])
+        self.steps.append([int(step), float(s), self.reg.last_share, self._last_att])
 
     def _snapshot(self, epoch: int) -> dict[str, Any]:
         reg = self.reg
@@ -151,6 +153,10 @@ class SparsityHook:
                 "lams": {n: round(v, 4) for n, v in reg.lams.items()}}
 
     def on_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float]:
+        for row in self.steps:                 # this epoch's attention losses, read from the device once
+            if isinstance(row[3], torch.Tensor):
+                row[3] = float(row[3])
+        self._last_att = float(self._last_att)
         snap = self._snapshot(epoch)
         self.epochs.append(snap)
         return {"zero_share": snap["zero_share"], "sparse_s": snap["strength"], "att": self._last_att}

@@ -29,7 +29,8 @@ def load_data(source: str, cfg: Config, root: str | Path, split: str | None = No
     if source == "synthetic":
         from ..data.synth import ensure_synthetic
         d = cfg.data
-        source, fmt = str(ensure_synthetic(Path(root), d.synth_train, d.synth_val, d.synth_size, d.seed, style=d.synth_style)), "auto"
+        source, fmt = str(ensure_synthetic(Path(root), d.synth_train, d.synth_val, d.synth_size, d.seed,
+                                           style=d.synth_style)), "auto"
     if split is None or cfg.data.skip_bad:
         return load_dataset(source, fmt, cfg.data.skip_bad)
     return require_clean_split(load_dataset(source, fmt, skip_bad=True, decode=False), split)

@@ -43,7 +43,9 @@ def bbox_ciou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tens
 
 
 class DetectionLoss(nn.Module):
-    """Callable as `loss(raw_maps, targets)` -> (total scaled by batch size, {"box","obj","cls"} floats).
+    """Callable as `loss(raw_maps, targets)` -> (total scaled by batch size, {"box","obj","cls"} detached
+    0-d tensors on the loss's device: reading them is the caller's choice, so a training step never waits for
+    the device).
 
     raw_maps: the model's train-mode output, 3 tensors [B, na*(5+nc), H, W].
     targets: [M, 6] = (image index in batch, class, cx, cy, w, h) normalised to the input side.
@@ -62,8 +64,9 @@ class DetectionLoss(nn.Module):
         self.obj_gain = obj * (imgsz / 640.0) ** 2 * scale
         # anchors in grid units of each level
         self.register_buffer("anchors", det.anchors.detach().clone() / det.stride.detach().view(-1, 1, 1))
+        self.register_buffer("offsets", _OFFSETS.clone(), persistent=False)
 
-    def forward(self, raw: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, raw: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         dev = raw[0].device
         targets = targets.to(dev, torch.float32)
         bs = raw[0].shape[0]
@@ -74,58 +77,69 @@ class DetectionLoss(nn.Module):
             _, _, ny, nx = r.shape
             p = r.view(bs, self.na, 5 + self.nc, ny, nx).permute(0, 1, 3, 4, 2).float()
             tobj = torch.zeros(p.shape[:4], device=dev)
-            b, a, gj, gi, tbox, tcls = self._assign(targets, self.anchors[i].to(dev), nx, ny)
-            if b.numel():
-                ps = p[b, a, gj, gi]
-                pxy = ps[:, :2].sigmoid() * 2 - 0.5
-                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * self.anchors[i].to(dev)[a]
-                iou = bbox_ciou(torch.cat((pxy, pwh), 1), tbox)
-                lbox = lbox + (1.0 - iou).mean()
-                # Several targets can land on one (anchor, cell): keep the best IoU deterministically.
-                flat = ((b * self.na + a) * ny + gj) * nx + gi
-                tobj.view(-1).scatter_reduce_(0, flat, iou.detach().clamp(0).to(tobj.dtype), reduce="amax")
-                if self.nc > 1:
-                    t = torch.zeros_like(ps[:, 5:])
-                    t[torch.arange(t.shape[0], device=dev), tcls] = 1.0
-                    lcls = lcls + F.binary_cross_entropy_with_logits(ps[:, 5:], t)
+            anchors = self.anchors[i].to(dev)
+            b, a, gj, gi, tbox, tcls, valid = self._assign(targets, anchors, nx, ny)
+            # Fixed-size candidate lists with a validity mask: no data-dependent shapes, so no host sync.
+            n = valid.sum().clamp(min=1)
+            ps = p[b, a, gj, gi]
+            pxy = ps[:, :2].sigmoid() * 2 - 0.5
+            pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anchors[a]
+            iou = bbox_ciou(torch.cat((pxy, pwh), 1), tbox)
+            lbox = lbox + torch.where(valid, 1.0 - iou, 0.0).sum() / n
+            # Several targets can land on one (anchor, cell): keep the best IoU deterministically; invalid
+            # candidates contribute 0, which never beats the zero-initialised map.
+            flat = ((b * self.na + a) * ny + gj) * nx + gi
+            src = torch.where(valid, iou.detach().clamp(0), 0.0).to(tobj.dtype)
+            tobj.view(-1).scatter_reduce_(0, flat, src, reduce="amax")
+            if self.nc > 1:
+                t = F.one_hot(tcls, self.nc).to(ps.dtype)
+                bce = F.binary_cross_entropy_with_logits(ps[:, 5:], t, reduction="none")
+                lcls = lcls + torch.where(valid[:, None], bce, 0.0).sum() / (n * self.nc)
             lobj = lobj + F.binary_cross_entropy_with_logits(p[..., 4], tobj) * self.balance[i]
         lbox = lbox * self.box_gain
         lobj = lobj * self.obj_gain
         lcls = lcls * self.cls_gain
         total = (lbox + lobj + lcls) * bs
-        return total, {"box": float(lbox.detach()), "obj": float(lobj.detach()), "cls": float(lcls.detach())}
+        return total, {"box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach()}
 
     def _assign(self, targets: torch.Tensor, anchors: torch.Tensor, nx: int, ny: int):
-        """Match targets to (image, anchor, cell) on one level; returns indices and cell-relative box targets."""
+        """Match targets to (image, anchor, cell) on one level.
+
+        Every (offset k of 5, anchor, target) triple is a candidate, in that (k, anchor, target) order; returns
+        flat [5*na*M] image / anchor / row / column indices, cell-relative box targets [5*na*M, 4], classes and
+        `valid` (the anchor's shape matches and the neighbour cell is used). Indices of invalid candidates
+        are clamped into the grid so they can be gathered and then ignored."""
         dev = targets.device
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
-        if targets.shape[0] == 0:
-            return empty, empty, empty, empty, torch.zeros(0, 4, device=dev), empty
-        scale = torch.tensor([nx, ny, nx, ny], device=dev, dtype=torch.float32)
-        txywh = targets[:, 2:6] * scale                                  # grid units
+        na, m = anchors.shape[0], targets.shape[0]
+        txywh = targets[:, 2:6].clone()                                  # grid units (python scalars: no copy)
+        txywh[:, 0::2] *= nx
+        txywh[:, 1::2] *= ny
         # shape match: max over (w, h) of max(r, 1/r) < anchor_t, for every (anchor, target) pair
         r = txywh[None, :, 2:4] / anchors[:, None, :]                    # [na, M, 2]
         ok = torch.max(r, 1.0 / r).max(2).values < self.anchor_t         # [na, M]
-        a_idx, t_idx = ok.nonzero(as_tuple=True)
-        if a_idx.numel() == 0:
-            return empty, empty, empty, empty, torch.zeros(0, 4, device=dev), empty
-        gxy = txywh[t_idx, :2]
-        gxy_inv = torch.tensor([nx, ny], device=dev, dtype=torch.float32) - gxy
+        gxy = txywh[:, :2]
+        gxy_inv = torch.stack((nx - gxy[:, 0], ny - gxy[:, 1]), 1)
         g = 0.5
         left_up = (gxy % 1 < g) & (gxy > 1)                              # neighbour at -x / -y
         right_down = (gxy_inv % 1 < g) & (gxy_inv > 1)                   # neighbour at +x / +y
         use = torch.stack((torch.ones_like(left_up[:, 0]), left_up[:, 0], left_up[:, 1],
-                           right_down[:, 0], right_down[:, 1]))          # [5, P]
-        off = _OFFSETS.to(dev) * g
-        k, j = use.nonzero(as_tuple=True)
-        a_sel, t_sel = a_idx[j], t_idx[j]
-        gxy_sel = gxy[j]
-        gij = (gxy_sel - off[k]).long()
-        gi = gij[:, 0].clamp(0, nx - 1)
-        gj = gij[:, 1].clamp(0, ny - 1)
-        cell = torch.stack((gi, gj), 1).float()
-        tbox = torch.cat((gxy_sel - cell, txywh[t_sel, 2:4]), 1)
-        return targets[t_sel, 0].long(), a_sel, gj, gi, tbox, targets[t_sel, 1].long()
+                           right_down[:, 0], right_down[:, 1]))          # [5, M]
+        valid = (use[:, None, :] & ok[None]).reshape(-1)                 # [5*na*M]
+        off = self.offsets.to(dev) * g
+        gxy_sel = gxy[None].expand(5, m, 2)                              # [5, M, 2]
+        gij = (gxy_sel - off[:, None, :]).long()
+        gi = gij[..., 0].clamp(0, nx - 1)
+        gj = gij[..., 1].clamp(0, ny - 1)
+        cell = torch.stack((gi, gj), -1).to(gxy.dtype)
+        tbox = torch.cat((gxy_sel - cell, txywh[None, :, 2:4].expand(5, m, 2)), -1)   # [5, M, 4]
+
+        def per_anchor(x: torch.Tensor) -> torch.Tensor:                 # [5, M, ...] -> [5*na*M, ...]
+            return x[:, None].expand(5, na, *x.shape[1:]).reshape(5 * na * m, *x.shape[2:])
+
+        a = torch.arange(na, device=dev)[None, :, None].expand(5, na, m).reshape(-1)
+        b = per_anchor(targets[:, 0].long()[None].expand(5, m))
+        tcls = per_anchor(targets[:, 1].long()[None].expand(5, m))
+        return b, a, per_anchor(gj), per_anchor(gi), per_anchor(tbox), tcls, valid
 
 
 def build_loss(model: nn.Module, imgsz: int, cfg) -> nn.Module:

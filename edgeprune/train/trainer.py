@@ -2,7 +2,10 @@
 
 SGD (nesterov; BN weights / conv weights with decay / biases as three groups) or AdamW; linear warm-up
 (bias lr falls from warmup_bias_lr, momentum rises from warmup_momentum), then cosine from lr0 to lr0*lrf,
-evaluated per iteration; EMA weights are evaluated and saved; AMP on CUDA only; gradient clipping.
+evaluated per iteration; EMA weights are evaluated and saved; gradient clipping.
+On CUDA: AMP (bf16 where the GPU supports it, else fp16 with a GradScaler), channels_last, pinned batches copied
+without blocking. The step never waits for the device: losses are summed on it and read every LOG_EVERY steps
+(and at the epoch's end), where a non-finite loss is caught. Threads and data workers: train/resources.py.
 Every epoch writes last.pt (everything needed for an exact resume: raw + EMA weights, optimizer, epoch,
 RNG states, hooks' state, history) and best.pt (by mAP50), log.csv, log.json and curves.png.
 
@@ -40,8 +43,12 @@ from ..models.io import load_checkpoint, save_checkpoint
 from .dist import check_global_batch, default_device, dist_info, init_process_group
 from .ema import ModelEMA
 from .loss import build_loss
+from .resources import resolve_threads, resolve_workers
 
 log = logging.getLogger(__name__)
+
+# Steps between reads of the device-side loss sums (progress bar, non-finite check).
+LOG_EVERY = 20
 
 
 class _TrainStep(nn.Module):
@@ -54,6 +61,25 @@ class _TrainStep(nn.Module):
     def forward(self, x: torch.Tensor):
         feats = self.model.forward_features(x)
         return feats, self.model.detect(feats)
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """DistributedSampler order, yielding (epoch, index) so that persistent workers (whose dataset copies never
+    see `set_epoch`) still draw each item's augmentation from (seed, epoch, index)."""
+
+    def __init__(self, sampler: torch.utils.data.DistributedSampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def seed_everything(seed: int) -> None:
@@ -117,15 +143,22 @@ class Trainer:
         if device is None:
             device = default_device()
         self.device = torch.device(device)
-        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        cuda = self.device.type == "cuda"
+        self.use_amp = bool(cfg.amp and cuda)
+        # bf16 needs no loss scaling; fp16 (GPUs without bf16) does
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        self.workers = resolve_workers(cfg.workers, self.device.type)
+        self.threads = resolve_threads(cfg.threads, self.workers)
+        torch.set_num_threads(self.threads)
         if cfg.sync_bn and self.world_size > 1 and self.device.type != "cuda":
             raise ConfigError("config key train.sync_bn: SyncBatchNorm runs on CUDA only; set "
                               "train.sync_bn=false for CPU (gloo) training")
         self.hooks = list(hooks)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.teacher = None
         if teacher is not None:
-            self.teacher = teacher.to(self.device).eval()
+            self.teacher = teacher.to(self.device, memory_format=self.memory_format).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.epochs = cfg.epochs
@@ -133,12 +166,13 @@ class Trainer:
         self.step = 0
         self.best_map50 = -1.0
         self.history: list[dict[str, Any]] = []
-        self.loss_fn = build_loss(self.model, imgsz, cfg)
+        self.loss_fn = build_loss(self.model, imgsz, cfg).to(self.device)
         self.micro_batch = cfg.batch // (self.world_size * cfg.accumulate)
         self.dataset = self._make_dataset()
         self.nb = math.ceil(math.ceil(len(self.dataset) / self.world_size) / self.micro_batch)
         self.optimizer = self._make_optimizer()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self._data_loader: torch.utils.data.DataLoader | None = None
         self.ema: ModelEMA | None = None
         self.step_module: nn.Module = _TrainStep(self.model)
         if self.world_size > 1:
@@ -148,20 +182,22 @@ class Trainer:
     def _make_dataset(self):
         from ..data.torchdata import DetectionDataset
         return DetectionDataset(self.data.splits["train"], self.imgsz, augment=True, train_cfg=self.cfg,
-                                seed=self.cfg.seed)
+                                seed=self.cfg.seed, shared=self.workers > 0)
 
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        """One DataLoader for the whole run (its workers persist across epochs), set to `epoch`."""
         from ..data.torchdata import collate
 
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        # permutation = randperm(seed + epoch) for any world size; rank r takes every world_size-th index
-        sampler = torch.utils.data.DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=True,
-                                                      seed=self.cfg.seed, drop_last=False)
-        sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)   # worker seeds
-        return torch.utils.data.DataLoader(self.dataset, self.micro_batch, sampler=sampler, generator=gen,
-                                           num_workers=self.cfg.workers, collate_fn=collate)
+        if self._data_loader is None:
+            # permutation = randperm(seed + epoch) for any world size; rank r takes every world_size-th index
+            sampler = _EpochSampler(torch.utils.data.DistributedSampler(
+                self.dataset, self.world_size, self.rank, shuffle=True, seed=self.cfg.seed, drop_last=False))
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1000003)   # worker seeds (items do not use them)
+            self._data_loader = torch.utils.data.DataLoader(
+                self.dataset, self.micro_batch, sampler=sampler, generator=gen, num_workers=self.workers,
+                collate_fn=collate, pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
+        self._data_loader.sampler.set_epoch(epoch)
+        return self._data_loader
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -234,7 +270,8 @@ class Trainer:
         self.ema = ModelEMA(self.model, updates=int(st["ema_updates"]))
         self.ema.ema.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(st["optimizer"])
-        self.scaler.load_state_dict(st["scaler"])
+        if st["scaler"]:        # empty when saved without fp16 scaling (CPU, bf16): the new scaler starts fresh
+            self.scaler.load_state_dict(st["scaler"])
         for h, hs in zip(self.hooks, st["hooks"]):
             if hs is not None and hasattr(h, "load_state_dict"):
                 h.load_state_dict(hs)
@@ -302,22 +339,30 @@ class Trainer:
         cfg = self.cfg
         self.step_module.train()
         loader = self._loader(self.epoch)
-        sums: dict[str, float] = {}
-        seen, t0, cpu0 = 0, time.perf_counter(), time.process_time()
-        bar = tqdm(loader, total=self.nb, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+        sums: dict[str, Any] = {}               # device tensors (and hooks' floats); read every LOG_EVERY steps
+        seen, wait, t0, cpu0 = 0, 0.0, time.perf_counter(), time.process_time()
+        bar = tqdm(total=self.nb, desc=f"epoch {self.epoch + 1}/{self.epochs}",
                    disable=not (self.progress and self.is_main), leave=False)
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (imgs, targets, _metas) in enumerate(bar):
+        batches = iter(loader)
+        i = 0
+        while True:
+            tw = time.perf_counter()
+            try:
+                imgs, targets, _metas = next(batches)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - tw
             self._set_lr(self.step - i % cfg.accumulate)   # one lr per optimizer step (its first micro-batch)
-            imgs = imgs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device)
+            imgs = imgs.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            targets = targets.to(self.device, non_blocking=True)
             last_of_epoch = i + 1 == self.nb
             stepping = (i + 1) % cfg.accumulate == 0 or last_of_epoch
             sync = contextlib.nullcontext()
             if self.world_size > 1 and not stepping:
                 sync = self.step_module.no_sync()        # all-reduce once per optimizer step
             with sync:
-                with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                     feats, raw = self.step_module(imgs)
                     loss, items = self.loss_fn(raw, targets)
                     # The detection loss is a sum over images (mean x batch): summing micro-batches keeps the
@@ -328,9 +373,6 @@ class Trainer:
                         if extra is not None:
                             loss = loss + extra[0]
                             items.update(extra[1])
-                if not math.isfinite(float(loss.detach())):
-                    raise DataError(f"training loss became {float(loss.detach())} at epoch {self.epoch + 1}, "
-                                    f"batch {i}; lower train.lr0 or check the labels")
                 self.scaler.scale(loss).backward()
             if stepping:
                 self.scaler.unscale_(self.optimizer)
@@ -343,19 +385,33 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.ema.update(self.model)
-            items["loss"] = float(loss.detach())
+            items["loss"] = loss.detach()
             for k, v in items.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums[k] + v if k in sums else v
             seen += imgs.shape[0]
             self.step += 1
-            bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.3f}")
+            i += 1
+            if i % LOG_EVERY == 0 or last_of_epoch:
+                self._check_finite(float(sums["loss"]), i)
+                dt = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{float(sums['loss']) / i:.3f}", img_s=f"{seen * self.world_size / dt:.1f}",
+                                data=f"{100 * wait / dt:.0f}%")
+            bar.update(1)
+        bar.close()
         dt = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[1]["lr"]}
-        row.update({k: v / max(self.nb, 1) for k, v in sums.items()})
+        row.update({k: float(v) / max(self.nb, 1) for k, v in sums.items()})
         # cpu_s (this process's CPU time) lets a run on a shared machine be extrapolated to free cores
         row.update(time_s=round(dt, 3), cpu_s=round(time.process_time() - cpu0, 3),
-                   img_per_s=round(seen * self.world_size / max(dt, 1e-9), 2))
+                   img_per_s=round(seen * self.world_size / max(dt, 1e-9), 2),
+                   data_wait=round(wait / max(dt, 1e-9), 3), threads=self.threads, workers=self.workers)
         return row
+
+    def _check_finite(self, loss_sum: float, i: int) -> None:
+        if not math.isfinite(loss_sum):
+            first = (i - 1) // LOG_EVERY * LOG_EVERY
+            raise DataError(f"training loss became {loss_sum} at epoch {self.epoch + 1}, batches {first}-{i - 1}; "
+                            "lower train.lr0 or check the labels")
 
     def _write_logs(self, plot: bool) -> None:
         keys: list[str] = []

@@ -52,3 +52,23 @@ def test_config_file_errors_name_the_key(tmp_path: Path):
         load_config(p)
     with pytest.raises(ConfigError, match="missing.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_progress_names_stage_k_of_n_and_an_eta(tmp_path: Path, monkeypatch):
+    """The stage bodies replaced by instant fakes: every stage line says where the run is, and once a
+    training stage has run, how long the rest should take (from its measured time and the stage weights)."""
+    import edgeprune.stages as stages
+    from edgeprune.pipeline import run_pipeline, stage_weights
+
+    for name in ("data", "dense", "sparse", "prune", "finetune", "export", "report"):
+        monkeypatch.setattr(stages, f"stage_{name}", lambda run: {})
+    lines: list[str] = []
+    cfg = make_config("quick")
+    run_pipeline(cfg, tmp_path, log=lines.append)
+    running = [ln for ln in lines if ": running" in ln]
+    assert running[1] == "[compress] stage dense: running (stage 2 of 7)"
+    finished = [ln for ln in lines if ": finished in" in ln]
+    assert "ETA" not in finished[0]                   # after data alone: no basis for an estimate
+    assert "(stage 2 of 7, ETA ~" in finished[1] and "ETA" not in finished[-1]
+    w = stage_weights(cfg)
+    assert w["dense"] == cfg.train.epochs and w["sparse"] > cfg.sparse.epochs

@@ -155,3 +155,49 @@ def test_cpu_latency_reports_median():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     r = cpu_latency(model, 32, warmup=1, iters=5)
     assert 0 < r["min_ms"] <= r["median_ms"] and r["iters"] == 5
+
+
+def _nms_fixture():
+    """Decoded predictions [2, N, 5+3]: clusters of overlapping boxes of several classes, exact score ties,
+    IoUs near 0.6, scores at the confidence threshold, one image with nothing above it; plus the raw output
+    of an untrained detector (thousands of candidates, the regime of an early evaluation)."""
+    gen = np.random.default_rng(0)
+    n = 400
+    centres = gen.uniform(20, 230, (8, 2))
+    p = np.zeros((2, n, 8), np.float32)
+    k = gen.integers(0, 8, n)
+    p[0, :, :2] = centres[k] + gen.normal(0, 4, (n, 2))
+    p[0, :, 2:4] = gen.uniform(10, 40, (n, 2))
+    p[0, :, 4] = gen.uniform(0, 1, n)
+    p[0, :, 5:] = gen.dirichlet(np.ones(3), n)
+    p[0, ::7, 4] = 0.5                                     # exact ties in score
+    p[0, ::7, 5:] = [0.2, 0.6, 0.2]
+    p[0, 1, :4] = p[0, 0, :4] + [1.0, 0, 0, 0]            # a near-duplicate pair
+    p[0, 2, 4] = 0.001                                     # exactly at the threshold: dropped
+    p[1, :, 4] = 0.0005
+    torch.manual_seed(0)
+    model = build_model(new_spec(3, size="n")).eval()
+    with torch.no_grad():
+        raw = model(torch.rand(1, 3, 256, 256)).numpy()
+    return [p, raw]
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_torch_postprocess_equals_the_device_reference(agnostic):
+    """metrics.postprocess (torchvision NMS) keeps exactly the detections of jetson.postprocess (numpy)."""
+    from jetson.postprocess import postprocess as reference
+    from edgeprune.metrics.postprocess import postprocess
+
+    total = 0
+    for pred in _nms_fixture():
+        for conf, iou, max_det, max_cand in ((0.001, 0.6, 300, 30000), (0.25, 0.45, 50, 100)):
+            ref = reference(pred, conf, iou, max_det, agnostic, max_cand)
+            mine = postprocess(torch.from_numpy(pred), conf, iou, max_det, agnostic, max_cand)
+            assert len(ref) == len(mine)
+            for (rb, rs, rc), (b, s, c) in zip(ref, mine):
+                assert b.dtype == rb.dtype and s.dtype == rs.dtype and c.dtype == rc.dtype
+                np.testing.assert_array_equal(b, rb)
+                np.testing.assert_array_equal(s, rs)
+                np.testing.assert_array_equal(c, rc)
+                total += len(rb)
+    assert total > 400                                     # NMS kept and dropped something in every setting

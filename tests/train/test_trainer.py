@@ -108,7 +108,7 @@ def test_resume_matches_uninterrupted_run(tiny, tmp_path):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key                          # EMA
         assert torch.equal(a["train"]["model_raw"][key], b["train"]["model_raw"][key]), key
-    timing = ("time_s", "cpu_s", "img_per_s")
+    timing = ("time_s", "cpu_s", "img_per_s", "data_wait")
     strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
     assert strip(a["train"]["history"]) == strip(b["train"]["history"])
     # and the EMA weights in best.pt load as a plain model
