@@ -118,10 +118,10 @@ def test_pruned_equals_masked(family, seed):
 
 
 def test_yolo11_attention_needs_skip_unsupported():
-    """Without skip_unsupported the graph names the op it cannot follow (the reshape into heads)."""
+    """Without skip_unsupported the graph names the module and the op it cannot follow (the attention's matmul)."""
     from edgeprune.errors import PruneError
     model = build_model(new_spec(3, size="n", family="yolo11"))
-    with pytest.raises(PruneError, match="view"):
+    with pytest.raises(PruneError, match=r"layers\.10\.m\.0\.attn .*op matmul.*--skip-unsupported"):
         build_graph(model, X)
 
 

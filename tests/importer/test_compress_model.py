@@ -13,7 +13,8 @@ from edgeprune.data.synth import NAMES
 def _compress(tmp_path: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, EDGEPRUNE_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "edgeprune", "compress", "--preset", "quick", "--name", "byo",
-           "--runs-dir", str(tmp_path / "runs"), "--model", str(model), *extra]
+           "--runs-dir", str(tmp_path / "runs"), "--model", str(model),
+           "--set", "data.synth_style=aerial", *extra]   # the aerial scenes' classes (NAMES), not the quick preset's 3
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
 
 

@@ -6,7 +6,14 @@ import sys
 import pytest
 
 from edgeprune.cli import main
+from edgeprune.data.synth import ensure_synthetic
 from tests.quick_floors import check_learned
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A few aerial scenes: enough to run a training command, not to learn (the quick_dense fixture learns)."""
+    return ensure_synthetic(tmp_path_factory.mktemp("synth"), 4, 2, 96, seed=2, progress=False)
 
 
 @pytest.mark.slow
