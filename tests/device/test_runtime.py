@@ -56,16 +56,14 @@ def test_bad_inputs(detector):
         load_detector(detector.manifest, precision="int4")
 
 
-def test_onnxruntime_matches_torch_model():
+def test_onnxruntime_matches_torch_model(tmp_path):
     """The device pipeline (ORT + numpy pre/post) gives the torch model's detections."""
     torch = pytest.importorskip("torch")
-    import tempfile
-
     from device_helpers import make_bundle
     from jetson import postprocess as post
     from jetson.preprocess import preprocess_from_manifest
 
-    root, model = make_bundle(tempfile.mkdtemp(prefix="jt-parity-"), seed=3)
+    root, model = make_bundle(str(tmp_path), seed=3)
     det = load_detector(root, backend="onnxruntime", threads=1)
     img = scene(100, 140, seed=3)
     x, meta = preprocess_from_manifest(img, det.manifest)
