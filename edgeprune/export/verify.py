@@ -181,6 +181,7 @@ class _Checker:
     def junction(self, j: dict[str, Any], conv_nodes: dict[str, str]) -> dict[str, Any]:
         jid, kept = j.get("id", "?"), len(j.get("kept", []))
         producers: dict[str, str] = {}
+        partial = set(j.get("partial_producers", []))  # emit the junction's channels among others
         for path in j.get("producers", []):
             name = conv_nodes.get(path)
             node = self.node(name, path) if name else None
@@ -206,9 +207,9 @@ class _Checker:
                 if width is not None and width != kept:
                     self.issues.append(f"ONNX node {concat.name} (Concat of producer {path} of junction {jid}): "
                                        f"{width} channels, the recombination map keeps {kept}")
-            elif io[1] != kept:
+            elif io[1] < kept if path in partial else io[1] != kept:
                 self.issues.append(f"ONNX node {name} (producer {path} of junction {jid}): emits {io[1]} channels, "
-                                   f"the recombination map keeps {kept}")
+                                   f"the recombination map keeps {kept}" + (" of them" if path in partial else ""))
         for path in j.get("consumers", []):
             name = conv_nodes.get(path)
             node = self.node(name, path) if name else None

@@ -252,10 +252,16 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
 
 
 def recombination_map(plan: Plan) -> dict[str, Any]:
-    """The CONTRACTS.md `recombination.json`: per junction its producers, consumers and kept positions."""
+    """The CONTRACTS.md `recombination.json`: per junction its producers, consumers and kept positions.
+    `partial_producers`: producers only some of whose output channels are the junction's (e.g. the value part
+    of an attention's qkv conv, added to its positional branch): they emit more than the junction keeps."""
+    g = plan.graph
     junctions = []
-    for j in plan.graph.junctions:
+    for j in g.junctions:
         kept = plan.kept_class[j.classes]
+        own = set(j.classes.tolist())
+        partial = [p for p in j.producers if not set(g.root[g.producers[p]].tolist()) <= own]
         junctions.append({"id": j.id, "producers": j.producers, "consumers": j.consumers,
-                          "channels_before": int(len(j.classes)), "kept": np.flatnonzero(kept).tolist()})
+                          "channels_before": int(len(j.classes)), "kept": np.flatnonzero(kept).tolist(),
+                          **({"partial_producers": partial} if partial else {})})
     return {"version": 1, "rule": plan.rule, "junctions": junctions}
