@@ -61,7 +61,27 @@ class Detect(nn.Module):
         return torch.cat(out, 1)
 
 
-class Detector(nn.Module):
+class DetectorBase(nn.Module):
+    """What the detectors of every family share: `spec`, its class names and the BN / head-bias init."""
+    spec: dict[str, Any]
+    detect: nn.Module
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps, m.momentum = 1e-3, 0.03
+        self.detect.init_biases()
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec["num_classes"]
+
+    @property
+    def names(self) -> list[str]:
+        return self.spec["names"]
+
+
+class Detector(DetectorBase):
     output_layout = "yolov5_decoded"   # the manifest's model.output_layout of its eval-mode output
 
     def __init__(self, spec: dict[str, Any]):
@@ -119,20 +139,6 @@ class Detector(nn.Module):
         self.layers = nn.ModuleList(L)
         self.detect = Detect(spec["num_classes"], spec["anchors"], spec["strides"], [c17, c20, c23])
         self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eps, m.momentum = 1e-3, 0.03
-        self.detect.init_biases()
-
-    @property
-    def num_classes(self) -> int:
-        return self.spec["num_classes"]
-
-    @property
-    def names(self) -> list[str]:
-        return self.spec["names"]
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         L = self.layers

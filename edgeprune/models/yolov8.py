@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import ModelError
 from .blocks import C2PSA, C3, SPPF, C2f, C3k2, Concat, Conv, WidthTable, fixed_width
 from .spec import make_divisible
+from .yolo import DetectorBase
 
 OUTPUT_LAYOUT = "anchor_free_decoded"
 
@@ -249,7 +250,7 @@ class DFLDetect(nn.Module):
 _BLOCKS = {"C2f": C2f, "C3k2": C3k2, "C3": C3}
 
 
-class DetectorV8(nn.Module):
+class DetectorV8(DetectorBase):
     output_layout = OUTPUT_LAYOUT
 
     def __init__(self, spec: dict[str, Any]):
@@ -294,20 +295,6 @@ class DetectorV8(nn.Module):
         used = {j for f in self.froms for j in (f if isinstance(f, list) else [f])} | set(self.head_from)
         self._keep = sorted(used)
         self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eps, m.momentum = 1e-3, 0.03
-        self.detect.init_biases()
-
-    @property
-    def num_classes(self) -> int:
-        return self.spec["num_classes"]
-
-    @property
-    def names(self) -> list[str]:
-        return self.spec["names"]
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         saved: dict[int, torch.Tensor] = {}
