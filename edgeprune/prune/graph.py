@@ -844,6 +844,14 @@ def _junctions(graph: ChannelGraph, adds: list[tuple[str, np.ndarray]]) -> list[
     return out
 
 
+
+def partial_producers(graph: ChannelGraph, j: Junction) -> list[str]:
+    """Producers of `j` only some of whose output channels are the junction's (a C2f's cv1, whose second
+    chunk half alone feeds the residual adds; an attention's qkv conv): they are not 1:1 with its channels."""
+    own = set(j.classes.tolist())
+    return [p for p in j.producers if not set(graph.root[graph.producers[p]].tolist()) <= own]
+
+
 _MISSING = object()
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import PruneError
-from .graph import ChannelGraph
+from .graph import ChannelGraph, partial_producers
 
 RULES = ("union", "intersection", "topk")
 
@@ -259,8 +259,7 @@ def recombination_map(plan: Plan) -> dict[str, Any]:
     junctions = []
     for j in g.junctions:
         kept = plan.kept_class[j.classes]
-        own = set(j.classes.tolist())
-        partial = [p for p in j.producers if not set(g.root[g.producers[p]].tolist()) <= own]
+        partial = partial_producers(g, j)
         junctions.append({"id": j.id, "producers": j.producers, "consumers": j.consumers,
                           "channels_before": int(len(j.classes)), "kept": np.flatnonzero(kept).tolist(),
                           **({"partial_producers": partial} if partial else {})})

@@ -41,11 +41,14 @@ def residual_groups(model: nn.Module, example: torch.Tensor | None = None) -> di
 
 
 def junction_bns(graph: Any) -> dict[str, list[str]]:
-    """residual_groups of an already built ChannelGraph."""
+    """residual_groups of an already built ChannelGraph: the BNs of producers whose channels are the junction's
+    one to one (a partial producer's BN is solved on its own; the pruner ties its part at the junction)."""
+    from ..prune.graph import partial_producers
     bn_of = graph.producer_bn()
     groups = {}
     for j in graph.junctions:
-        members = [bn_of[p] for p in j.producers if p in bn_of]
+        partial = set(partial_producers(graph, j))
+        members = [bn_of[p] for p in j.producers if p in bn_of and p not in partial]
         if len(members) > 1:
             groups[j.id] = members
     return groups

@@ -11,13 +11,19 @@ import torch
 
 
 def _yolov5():
+    stub = False
     try:  # yolov5 7.0.x imports pkg_resources for parse_version, which setuptools >= 81 no longer ships
         import pkg_resources  # noqa: F401
     except ImportError:
         from packaging.version import parse
 
         sys.modules["pkg_resources"] = types.SimpleNamespace(parse_version=parse)
-    return pytest.importorskip("yolov5.models.yolo", reason="the yolov5 package (extra test-import) is not installed")
+        stub = True
+    try:
+        return pytest.importorskip("yolov5.models.yolo", reason="the yolov5 package (extra test-import) is not installed")
+    finally:  # yolov5 keeps its reference; other code (pytest's syspath_prepend) must not find the stub
+        if stub:
+            sys.modules.pop("pkg_resources", None)
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,8 @@ def main(index: str, out: str, *runs: str) -> None:
     load = DetectionDataset.__getitem__
 
     def logged(self, i):        # which shard this rank trains on (the training set is the augmenting one)
-        if self.augment:
-            reads.append(int(i))
+        if self.augment:        # the sampler hands (epoch, index) pairs (data/torchdata.py)
+            reads.append(int(i[1] if isinstance(i, tuple) else i))
         return load(self, i)
 
     DetectionDataset.__getitem__ = logged
