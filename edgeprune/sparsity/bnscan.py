@@ -42,13 +42,12 @@ def residual_groups(model: nn.Module, example: torch.Tensor | None = None) -> di
 
 def junction_bns(graph: Any) -> dict[str, list[str]]:
     """residual_groups of an already built ChannelGraph: the BNs of producers whose channels are the junction's
-    one to one (a partial producer's BN is solved on its own; the pruner ties its part at the junction)."""
-    from ..prune.graph import partial_producers
+    one to one. Others (a C2f's cv1, whose two chunk halves share the junction's classes; an attention's qkv conv,
+    only part of which is the junction's) are solved on their own; the pruner ties them at the junction."""
     bn_of = graph.producer_bn()
     groups = {}
     for j in graph.junctions:
-        partial = set(partial_producers(graph, j))
-        members = [bn_of[p] for p in j.producers if p in bn_of and p not in partial]
+        members = [bn_of[p] for p in j.producers if p in bn_of and len(graph.producers[p]) == len(j.classes)]
         if len(members) > 1:
             groups[j.id] = members
     return groups
