@@ -47,11 +47,11 @@ def annotate(rgb, dets):
         x1, y1, x2, y2 = d["box"]
         draw.rectangle([x1, y1, x2, y2], outline=color, width=width)
         label = "{} {:.2f}".format(d["class_name"], d["score"])
-        if hasattr(draw, "textbbox"):                   # Pillow >= 8
+        try:                                            # Pillow >= 9.2; 8.x supports TrueType fonts only
             left, top, right, bottom = draw.textbbox((0, 0), label)
             tw, th = right - left + 2, bottom - top + 2
-        else:
-            tw, th = 6 * len(label) + 2, 11
+        except (AttributeError, ValueError):
+            tw, th = 6 * len(label) + 2, 11             # the default bitmap font's cell
         lx, ly = label_origin(x1, y1, tw, th, im.size[0], im.size[1])
         draw.rectangle([lx, ly, lx + tw, ly + th], fill=color)
         draw.text((lx + 1, ly), label, fill=(0, 0, 0))
