@@ -35,7 +35,7 @@ from edgeprune.models.spec import new_spec, with_widths  # noqa: E402
 from edgeprune.models.yolo import build_model  # noqa: E402
 from edgeprune.prune.apply import prune_model  # noqa: E402
 from edgeprune.prune.graph import build_graph  # noqa: E402
-from edgeprune.prune.io import keep_from_global_ratio  # noqa: E402
+from edgeprune.prune.recombine import keep_from_global_ratio  # noqa: E402
 from jetson.bench import run_bench  # noqa: E402
 from jetson.layerprof import (STATISTICS, OrtLayerTimer, add_predictions, machine_note, profile_bundle,  # noqa: E402
                               whole_model_sampler)
@@ -81,12 +81,12 @@ def main() -> int:
     dense, spec = _dense(args.size, 0)
     x = torch.zeros(1, 3, args.imgsz, args.imgsz)
     bundles = {"dense": _bundle(dense, spec, args.imgsz, os.path.join(work, "dense"))}
-    bns = sorted(build_graph(dense, x).owner_bn)
+    graph = build_graph(dense, x)
     flops = {}
     for v in args.variants.split(","):
         ratio, round_to = float(v.split(":")[0]), int(v.split(":")[1])
         model = copy.deepcopy(dense)
-        res = prune_model(model, keep_from_global_ratio(dense, bns, ratio), rule="union", round_to=round_to,
+        res = prune_model(model, keep_from_global_ratio(graph, ratio), rule="union", round_to=round_to,
                           example_input=x)
         name = f"ratio{ratio}_round{round_to}"
         flops[name] = round(res.stats["flops_after"] / res.stats["flops_before"], 4)

@@ -24,7 +24,7 @@ from edgeprune.models.spec import new_spec  # noqa: E402
 from edgeprune.models.yolo import build_model  # noqa: E402
 from edgeprune.prune.apply import prune_model  # noqa: E402
 from edgeprune.prune.graph import build_graph  # noqa: E402
-from edgeprune.prune.io import keep_from_global_ratio  # noqa: E402
+from edgeprune.prune.recombine import keep_from_global_ratio  # noqa: E402
 
 
 def _model(size: str, seed: int) -> torch.nn.Module:
@@ -50,8 +50,7 @@ def main() -> int:
     x = torch.zeros(1, 3, args.imgsz, args.imgsz)
     base = _model(args.size, 0)
     graph = build_graph(base, x)
-    bns = sorted(graph.owner_bn)
-    keep = keep_from_global_ratio(base, bns, args.ratio)
+    keep = keep_from_global_ratio(graph, args.ratio)
     residual = {graph.producer_bn()[p] for j in graph.junctions for p in j.producers}
     slim_keep = {bn: m for bn, m in keep.items() if bn not in residual}  # slimming: residual BNs untouched
 

@@ -24,6 +24,15 @@ MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 
 
+def description_file(spec: dict[str, Any]) -> tuple[str, str, str]:
+    """(extra_files key, file name, output layout) of the model description a bundle carries: an edgeprune
+    arch spec (arch.json), or a factory-built model's model.json (edgeprune.prune.anymodel: the factory and
+    its modules' widths, plus the detection head export.source.detection_head declared)."""
+    if "factory" in spec:
+        return "model", "model.json", spec["output_layout"]
+    return "arch", "arch.json", output_layout(spec)
+
+
 def recombination_summary(recombination: dict[str, Any] | None) -> dict[str, Any]:
     if not recombination:
         return {"rule": None, "junctions": 0, "channels_removed": 0}
@@ -45,7 +54,8 @@ def build_manifest(spec: dict[str, Any], export: ExportResult, model_sha: str, *
         "model": {"file": MODEL_FILE, "sha256": model_sha, "opset": export.opset, "input_name": INPUT_NAME,
                   "input_shape": input_shape, "dynamic_batch": export.dynamic_batch,
                   "output_names": list(NMS_OUTPUTS) if nms == "efficient_nms" else [OUTPUT_NAME],
-                  "output_layout": "efficient_nms" if nms == "efficient_nms" else output_layout(spec), "nms": nms},
+                  "output_layout": "efficient_nms" if nms == "efficient_nms" else description_file(spec)[2],
+                  "nms": nms},
         "classes": list(spec["names"]),
         "preprocess": {"size": [h, w], "pad_value": 114, "color": "RGB", "scale": 1.0 / 255.0,
                        "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "layout": "NCHW"},
@@ -71,7 +81,8 @@ def write_bundle(out_dir: str | Path, spec: dict[str, Any], export: ExportResult
                  metrics: dict[str, Any] | None = None, recombination: dict[str, Any] | None = None,
                  reports: dict[str, dict[str, Any]] | None = None, int8_graph: onnx.ModelProto | None = None,
                  calib_dir: str | Path | None = None) -> dict[str, Any]:
-    """Write the bundle folder; returns the manifest. `graph` is what goes to model.onnx (with or without NMS)."""
+    """Write the bundle folder; returns the manifest. `graph` is what goes to model.onnx (with or without NMS);
+    `spec` is the model's description (`description_file`)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BundleError(f"{out}: exists and is not a folder; choose another --out")
@@ -79,8 +90,9 @@ def write_bundle(out_dir: str | Path, spec: dict[str, Any], export: ExportResult
     if stale.exists():
         stale.unlink()  # the bundle is incomplete until the new manifest lands
     save_onnx(graph, out / MODEL_FILE)
-    extra: dict[str, str] = {"arch": "arch.json", "onnx_map": "onnx_map.json"}
-    atomic_write_json(out / "arch.json", spec)
+    key, name, _ = description_file(spec)
+    extra: dict[str, str] = {key: name, "onnx_map": "onnx_map.json"}
+    atomic_write_json(out / name, spec)
     atomic_write_json(out / "onnx_map.json", {"version": 1, "conv_nodes": export.conv_nodes})
     if export.layers is not None:
         atomic_write_json(out / "layers.json", export.layers)

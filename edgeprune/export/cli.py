@@ -9,9 +9,15 @@ EXPORT_EPILOG = """example:
   edgeprune export runs/default/dense/best.pt --out runs/dense_bundle --json
   edgeprune export runs/default/finetune/model --out runs/bundle_int8 --nms-plugin --int8 --calib runs/default/bundle/calib
   (the last one after `edgeprune calib build`, which writes runs/default/bundle/calib)
+  edgeprune export runs/pruned_m --out runs/bundle_m --names car,truck    (after `edgeprune prune --model ...`)
+  edgeprune export --model mypkg.nets:build --weights net.pt --out runs/bundle_dense_m --output-layout anchor_free_decoded
 
-MODEL_DIR_OR_CKPT is a pruned model folder (arch.json + weights.pt [+ recombination.json, metrics.json])
-or an edgeprune checkpoint. The graph is simplified (onnxsim), checked, verified against the arch spec
+MODEL_DIR_OR_CKPT is a pruned model folder (arch.json + weights.pt [+ recombination.json, metrics.json]),
+a folder of `edgeprune prune --model` (model.json + weights.pt) or an edgeprune checkpoint; --model PKG.MOD:FN
+with --weights instead exports your dense model. A --model detector's eval forward must return one decoded
+tensor: [B, N, 4+nc] (anchor_free_decoded: cx, cy, w, h in input pixels, class probabilities) or [B, N, 5+nc]
+(yolov5_decoded: an objectness before the classes); declare its classes/layout/strides with the flags, in
+model.json (keys names, output_layout, strides) or as model attributes of those names. The graph is simplified (onnxsim), checked, verified against the arch spec
 and recombination map, and compared with PyTorch through ONNX Runtime before the bundle is written."""
 
 VERIFY_EPILOG = """example:
@@ -24,7 +30,15 @@ against the bundle's arch.json / onnx_map.json / recombination.json and an ONNX 
 def register(subparsers):
     p = subparsers.add_parser("export", help="export a model to a verified ONNX deploy bundle",
                               epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", metavar="MODEL_DIR_OR_CKPT", help="pruned model folder or .pt checkpoint")
+    p.add_argument("source", metavar="MODEL_DIR_OR_CKPT", nargs="?", help="pruned model folder or .pt checkpoint")
+    p.add_argument("--model", metavar="PKG.MOD:FN", help="a callable that builds your (dense) detector; alone with "
+                                                         "--weights, or with a model.json folder to rebuild it")
+    p.add_argument("--weights", metavar="PT", help="with --model and no folder: its state_dict (weights_only)")
+    p.add_argument("--names", metavar="A,B,..|FILE", help="--model: class names (comma list or one per line)")
+    p.add_argument("--output-layout", choices=("anchor_free_decoded", "yolov5_decoded"), default=None,
+                   help="--model: its output layout (default: from --names and the output's width)")
+    p.add_argument("--strides", metavar="S,S,..", default=None,
+                   help="--model: its head's strides (input sides must be multiples of the largest)")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--imgsz", type=int, default=None, help="input side (default: the checkpoint's, else 256)")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (13: TensorRT 8.0/8.2 on JetPack 4.6)")
@@ -54,9 +68,17 @@ def register(subparsers):
 
 
 def _export(args):
+    from ..errors import UsageError
     from .pipeline import export_bundle
 
-    res = export_bundle(args.source, args.out, imgsz=args.imgsz, opset=args.opset, dynamic_batch=args.dynamic_batch,
+    try:
+        strides = [int(v) for v in args.strides.split(",")] if args.strides else None
+    except ValueError:
+        raise UsageError("--strides: comma-separated integers, e.g. 8,16,32") from None
+    if args.source is None and args.model is None:
+        raise UsageError("give MODEL_DIR_OR_CKPT or --model PKG.MOD:FN")
+    res = export_bundle(args.source, args.out, model_factory=args.model, weights=args.weights, names=args.names,
+                        output_layout=args.output_layout, strides=strides, imgsz=args.imgsz, opset=args.opset, dynamic_batch=args.dynamic_batch,
                         simplify=not args.no_simplify, nms_plugin=args.nms_plugin, int8=args.int8, calib=args.calib,
                         images=args.images, parity_images=args.parity_images, conf=args.conf, iou=args.iou,
                         max_det=args.max_det, parity_atol=args.parity_atol,

@@ -24,8 +24,6 @@ import torch
 
 from ..errors import ExportError
 from ..fsio import AtomicFile
-from ..models.yolo import Detector
-from ..models.yolov8 import DetectorV8
 from ..prune.latency import conv_layers
 
 INPUT_NAME = "images"
@@ -45,7 +43,7 @@ class ExportResult:
     layers: dict[str, Any] | None = None   # layers.json: conv geometry for the device's latency tables
 
 
-def _torch_export(model: Detector, dummy: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+def _torch_export(model: torch.nn.Module, dummy: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
     buf = io.BytesIO()
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:
@@ -61,7 +59,7 @@ def _torch_export(model: Detector, dummy: torch.Tensor, opset: int, dynamic_batc
     return onnx.load_from_string(buf.getvalue())
 
 
-def conv_node_map(model: Detector, graph: onnx.ModelProto) -> dict[str, str]:
+def conv_node_map(model: torch.nn.Module, graph: onnx.ModelProto) -> dict[str, str]:
     """torch Conv module path -> ONNX node name, read from the un-folded graph's weight initializer names."""
     by_weight = {n.input[1]: n.name for n in graph.graph.node if n.op_type == "Conv" and len(n.input) > 1}
     out: dict[str, str] = {}
@@ -138,15 +136,17 @@ def simplify(graph: onnx.ModelProto, check_n: int = 1) -> onnx.ModelProto:
     return simplified
 
 
-def export_onnx(model: Detector, imgsz: int | tuple[int, int], opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False, batch: int = 1, do_simplify: bool = True) -> ExportResult:
-    """Export `model` (eval mode, decoded `[B, N, 5+nc]` output, or `[B, N, 4+nc]` for the anchor-free
-    family) and return the checked ONNX graph in memory."""
-    if not isinstance(model, (Detector, DetectorV8)):
-        raise ExportError(f"export expects an edgeprune Detector, got {type(model).__name__}")
+def export_onnx(model: torch.nn.Module, imgsz: int | tuple[int, int], opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = False, batch: int = 1, do_simplify: bool = True,
+                stride: int = 32) -> ExportResult:
+    """Export a detector (eval mode, one decoded output: `[B, N, 5+nc]`, or `[B, N, 4+nc]` anchor-free;
+    edgeprune's own or a factory-built one that export.source.detection_head checked) and return the
+    checked ONNX graph in memory. Both input sides must be multiples of `stride` (its largest)."""
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError(f"export expects a detector (a torch nn.Module), got {type(model).__name__}")
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
-    if h % 32 or w % 32:
-        raise ExportError(f"input size {h}x{w}: both sides must be multiples of 32 (the largest stride)")
+    if h % stride or w % stride:
+        raise ExportError(f"input size {h}x{w}: both sides must be multiples of {stride} (the largest stride)")
     if not 7 <= opset <= 21:
         raise ExportError(f"--opset {opset}: choose 11..21 (13 for TensorRT 8.0/8.2 on JetPack 4.6)")
     was_training = model.training
@@ -154,6 +154,11 @@ def export_onnx(model: Detector, imgsz: int | tuple[int, int], opset: int = DEFA
     try:
         dummy = torch.zeros(batch, 3, h, w)
         raw = _torch_export(model, dummy, opset, dynamic_batch)
+        outs = raw.graph.output
+        if len(outs) != 1 or len(outs[0].type.tensor_type.shape.dim) != 3:
+            raise ExportError(f"export expects a detector whose eval output is one decoded tensor [B, N, C]; "
+                              f"{type(model).__name__} gives {len(outs)} output(s) of rank "
+                              f"{[len(o.type.tensor_type.shape.dim) for o in outs]}")
         node_map = conv_node_map(model, raw)
         layers = conv_layers(model, (h, w), batch)
     finally:

@@ -153,9 +153,10 @@ def compare_detections(ref: Detections, test: Detections, conf: float, iou: floa
 def run_parity(model: Detector, graph: onnx.ModelProto | str | Path, images: list[np.ndarray],
                imgsz: int, truth: Truth | None = None, conf: float = 0.001, iou: float = 0.6,
                atol: float = 1e-3, map_tol: float = 0.001, min_match: float = 0.99,
-               raise_on_fail: bool = True) -> dict[str, Any]:
+               raise_on_fail: bool = True, layout: str | None = None) -> dict[str, Any]:
     """Compare ORT and torch on `images`; raise ExportError when outside the tolerances (or report `ok: false`).
-    The error says what differed and where, and which export option relaxes it."""
+    The error says what differed and where, and which export option relaxes it. `layout`: the output layout
+    (default: the model's `output_layout`)."""
     if not images:
         raise ExportError("parity needs at least one image")
     sess = ort_run.session(graph)
@@ -163,7 +164,7 @@ def run_parity(model: Detector, graph: onnx.ModelProto | str | Path, images: lis
     raw: tuple[list[Any], list[Any]] = ([], [])       # per image, in network-input pixels: NMS's own view
     scaled: tuple[list[Any], list[Any]] = ([], [])    # in source-image pixels, for mAP
     max_diff, where = 0.0, ""
-    layout = getattr(model, "output_layout", "yolov5_decoded")
+    layout = layout or getattr(model, "output_layout", "yolov5_decoded")
     for k, img in enumerate(tqdm(images, desc="parity", leave=False, disable=len(images) < 8)):
         x, meta = preprocess(img, imgsz)
         with torch.no_grad():

@@ -16,7 +16,7 @@ from .bundle import read_bundle, write_bundle
 from .nms_plugin import append_efficient_nms
 from .onnx_export import export_onnx, graph_summary, load_onnx
 from .parity import load_images, match_detections, run_parity, synthetic_images
-from .source import load_source
+from .source import DECODED_LAYOUTS, detection_head, load_source
 from .verify import conv_flops, verify_graph
 
 
@@ -38,10 +38,14 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
                   int8: bool = False, calib: str | Path | None = None, images: str | Path | None = None,
                   parity_images: int | None = None, conf: float = 0.25, iou: float = 0.45,
                   max_det: int = 300, parity_atol: float | None = None,
-                  parity_min_match: float | None = None) -> dict[str, Any]:
+                  parity_min_match: float | None = None, model_factory: str | None = None,
+                  weights: str | Path | None = None, names: Any = None, output_layout: str | None = None,
+                  strides: list[int] | None = None) -> dict[str, Any]:
     """Model folder/checkpoint -> verified, parity-checked bundle. `cfg` (a Config) supplies the export section
     and imgsz for arguments left None; `dataset` (a Dataset) supplies val images with truth for the parity
-    check (then mAP through ORT must match mAP through torch); `metrics` overrides the source's metrics."""
+    check (then mAP through ORT must match mAP through torch); `metrics` overrides the source's metrics.
+    `model_factory` (+ `weights`, or a `source` folder of model.json) exports a factory-built detector;
+    `names` / `output_layout` / `strides` declare its head (export.source.detection_head)."""
     ec = cfg.export if cfg is not None else ExportConfig()
     opset = ec.opset if opset is None else opset
     dynamic_batch = ec.dynamic_batch if dynamic_batch is None else dynamic_batch
@@ -52,10 +56,12 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
     parity_min_match = ec.parity_min_match if parity_min_match is None else parity_min_match
     if int8 and calib is None:
         raise ExportError("--int8 needs --calib DIR (a folder of .npy calibration batches; see `edgeprune calib build`)")
-    src = load_source(source)
+    src = load_source(source, model_factory, weights)
     size = imgsz or (cfg.model.imgsz if cfg is not None else None) or src.imgsz or 256
-    model, spec = src.model, src.model.spec
-    exp = export_onnx(model, size, opset=opset, dynamic_batch=dynamic_batch, do_simplify=simplify)
+    head = detection_head(src, size, names, output_layout, strides)
+    model, spec, layout, nc = src.model, src.spec, head["output_layout"], len(head["names"])
+    exp = export_onnx(model, size, opset=opset, dynamic_batch=dynamic_batch, do_simplify=simplify,
+                      stride=max(head["strides"], default=1))
     verify_report = verify_graph(exp.model, spec, exp.conv_nodes, src.recombination)
     truth = None
     if images:
@@ -64,22 +70,23 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
         (imgs, truth), image_source = _val_images(dataset, parity_images), "dataset val split"
     else:
         imgs, image_source = synthetic_images(parity_images, size), "synthetic (no images given)"
-    parity = run_parity(model, exp.model, imgs, size, truth=truth, atol=parity_atol, min_match=parity_min_match)
+    parity = run_parity(model, exp.model, imgs, size, truth=truth, atol=parity_atol, min_match=parity_min_match,
+                        layout=layout)
     parity["image_source"] = image_source
     reports: dict[str, dict[str, Any]] = {"verify": verify_report, "parity": parity}
     int8_graph = None
     if int8:
         from .quantize import head_nodes, quantize_int8
 
-        int8_graph, info = quantize_int8(exp.model, calib, float_nodes=head_nodes(exp.conv_nodes))
-        info.update(int8_fidelity(exp.model, int8_graph, imgs, size, layout=model.output_layout))
+        int8_graph, info = quantize_int8(exp.model, calib, float_nodes=head_nodes(exp.conv_nodes, exp.model))
+        info.update(int8_fidelity(exp.model, int8_graph, imgs, size, layout=layout))
         reports["int8"] = info
     graph = exp.model
     nms = "none"
     if nms_plugin:
-        anchor_free = model.output_layout == "anchor_free_decoded"
-        graph = append_efficient_nms(graph, model.num_classes, conf, iou, max_det, anchor_free)
-        int8_graph = (append_efficient_nms(int8_graph, model.num_classes, conf, iou, max_det, anchor_free)
+        anchor_free = layout == "anchor_free_decoded"
+        graph = append_efficient_nms(graph, nc, conf, iou, max_det, anchor_free)
+        int8_graph = (append_efficient_nms(int8_graph, nc, conf, iou, max_det, anchor_free)
                       if int8_graph else None)
         nms = "efficient_nms"
     known = {**src.metrics, **(metrics or {})}
@@ -134,22 +141,28 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     extra = manifest["extra_files"]
     graph = load_onnx(root / manifest["model"]["file"])
     spec = conv_nodes = rec = None
-    if "arch" in extra and "onnx_map" in extra:
+    described = "arch" if "arch" in extra else "model" if "model" in extra else None
+    if described and "onnx_map" in extra:
         try:
-            spec = validate_spec(json.loads((root / extra["arch"]).read_text()), str(root / extra["arch"]))
+            spec = json.loads((root / extra[described]).read_text())
+            if described == "arch":
+                spec = validate_spec(spec, str(root / extra["arch"]))
+            elif not isinstance(spec.get("factory"), str) or not isinstance(spec.get("modules"), dict):
+                raise ValueError("model.json lacks 'factory' or 'modules'")
             conv_nodes = json.loads((root / extra["onnx_map"]).read_text())["conv_nodes"]
             rec = json.loads((root / extra["recombination"]).read_text()) if "recombination" in extra else None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BundleError(f"{root}: arch.json / onnx_map.json / recombination.json unreadable ({exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BundleError(f"{root}: {extra[described]} / onnx_map.json / recombination.json unreadable "
+                              f"({exc})") from None
     report = verify_graph(graph, spec, conv_nodes, rec)
     smoke: dict[str, Any] = {"skipped": "EfficientNMS_TRT runs in TensorRT only"}
     if manifest["model"]["nms"] == "none":
         shape = [max(int(d), 1) for d in manifest["model"]["input_shape"]]
         out = ort_run.run(ort_run.session(graph), np.random.default_rng(0).random(shape, dtype=np.float32))
-        nc = len(manifest["classes"])
-        if out.ndim != 3 or out.shape[2] != 5 + nc or not np.isfinite(out).all():
+        cols = DECODED_LAYOUTS[manifest["model"]["output_layout"]] + len(manifest["classes"])
+        if out.ndim != 3 or out.shape[2] != cols or not np.isfinite(out).all():
             raise BundleError(f"{root}: ORT smoke run gave output {list(out.shape)} (finite: {bool(np.isfinite(out).all())}), "
-                              f"expected [B, N, {5 + nc}]")
+                              f"expected [B, N, {cols}] ({manifest['model']['output_layout']})")
         smoke = {"output_shape": list(out.shape)}
     return {"bundle": str(root), "sha256": "ok", "verify": report["checked"], "smoke": smoke,
             "model": manifest["model"]["file"], "nms": manifest["model"]["nms"]}

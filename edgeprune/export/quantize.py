@@ -99,9 +99,24 @@ class NpyCalibrationReader:
         return None if batch is None else {self.input_name: batch}
 
 
-def head_nodes(conv_nodes: dict[str, str]) -> list[str]:
-    """ONNX names of the detect head's Convs (torch paths `detect.m.*`), which we keep in float."""
-    return [node for path, node in conv_nodes.items() if path.startswith("detect.")]
+def head_nodes(conv_nodes: dict[str, str], graph: onnx.ModelProto | None = None) -> list[str]:
+    """ONNX names of the detect head's Convs, which we keep in float: those of our detectors' head (torch
+    paths `detect.*`) and, in any detector (`graph` given), every Conv whose output reaches the graph
+    output through no other Conv (a factory-built model's head, wherever its module path)."""
+    names = {node for path, node in conv_nodes.items() if path.startswith("detect.")}
+    if graph is not None:
+        producer = {o: n for n in graph.graph.node for o in n.output}
+        todo, seen = [o.name for o in graph.graph.output], set()
+        while todo:
+            node = producer.get(todo.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type == "Conv":
+                names.add(node.name)
+            else:
+                todo.extend(node.input)
+    return sorted(names)
 
 
 def quantize_int8(fp32: onnx.ModelProto, calib_dir: str | Path, max_images: int | None = 256,

@@ -46,8 +46,14 @@ def _import(graph: onnx.ModelProto) -> gs.Graph:
     return gs.import_onnx(inferred)
 
 
-def _expected_convs(spec: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """torch Conv2d path -> (in_channels, out_channels) that the spec builds."""
+def _expected_convs(spec: dict[str, Any], conv_nodes: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """torch Conv2d path -> (in_channels, out_channels) that the description builds: an arch spec's detector,
+    or the widths a factory-built model's model.json records (it names no module types: its Conv2d are the
+    modules the torch->ONNX Conv map names; a mapped path it lacks is still an issue)."""
+    if "factory" in spec:
+        mods = spec["modules"]
+        return {p: (int(mods[p]["in_channels"]), int(mods[p]["out_channels"])) for p in conv_nodes
+                if "in_channels" in mods.get(p, {}) and "out_channels" in mods.get(p, {})}
     model = build_model(spec)
     return {p: (m.in_channels, m.out_channels) for p, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
 
@@ -60,6 +66,7 @@ class _Checker:
         self.unknown: list[str] = []
         self.counts = {"conv": 0, "add": 0, "concat": 0, "layers": 0, "junctions": 0}
         self._ch: dict[str, int | None] = {}
+        self.described = "arch spec"
 
     def ch(self, t: gs.Tensor) -> int | None:
         """Channels of a rank-4 tensor: inferred shape, else derived from its producer."""
@@ -154,7 +161,7 @@ class _Checker:
             self.issues.append(f"torch layer {path}: no ONNX Conv node mapped to it")
         for path, name in conv_nodes.items():
             if path not in expected:
-                self.issues.append(f"ONNX node {name}: mapped to torch layer {path}, which the arch spec lacks")
+                self.issues.append(f"ONNX node {name}: mapped to torch layer {path}, which the {self.described} lacks")
                 continue
             node = self.node(name, path)
             io = self.conv_io(node) if node is not None else None
@@ -164,7 +171,7 @@ class _Checker:
             out[path] = {"node": name, "in": io[0], "out": io[1]}
             if io != expected[path]:
                 self.issues.append(f"ONNX node {name} (torch layer {path}): in/out channels {io[0]}/{io[1]}, "
-                                   f"the arch spec says {expected[path][0]}/{expected[path][1]}")
+                                   f"the {self.described} says {expected[path][0]}/{expected[path][1]}")
         return out
 
     def _ancestors(self, tensor: gs.Tensor) -> set[str]:
@@ -306,14 +313,17 @@ class _Checker:
 def verify_graph(graph: onnx.ModelProto, spec: dict[str, Any] | None = None,
                  conv_nodes: dict[str, str] | None = None, recombination: dict[str, Any] | None = None,
                  report_path: str | Path | None = None) -> dict[str, Any]:
-    """Run the checks; write the JSON report (if asked) and raise ExportError on any mismatch."""
+    """Run the checks; write the JSON report (if asked) and raise ExportError on any mismatch. `spec` is an
+    arch spec or a factory-built model's model.json (edgeprune.prune.anymodel)."""
     if spec is not None and conv_nodes is None:
         raise ExportError("verification against the arch spec needs the torch->ONNX Conv map too")
     if recombination is not None and conv_nodes is None:
         raise ExportError("verification of the recombination map needs the torch->ONNX Conv map")
     chk = _Checker(_import(graph))
     chk.generic()
-    layers = chk.layers(_expected_convs(spec), conv_nodes) if spec is not None else {}
+    if spec is not None and "factory" in spec:
+        chk.described = f"model.json of {spec['factory']}"
+    layers = chk.layers(_expected_convs(spec, conv_nodes), conv_nodes) if spec is not None else {}
     junctions = [chk.junction(j, conv_nodes) for j in (recombination or {}).get("junctions", [])]
     report = {"ok": not chk.issues and not chk.unknown, "checked": chk.counts, "issues": chk.issues,
               "unknown": chk.unknown, "layers": layers, "junctions": junctions}

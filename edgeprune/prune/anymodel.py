@@ -43,6 +43,19 @@ def build(spec: str) -> nn.Module:
     return model
 
 
+def build_with_weights(spec: str, weights: str | Path | None) -> nn.Module:
+    """The dense model of `spec` with the state_dict in `weights` (loaded weights_only) when given."""
+    model = build(spec)
+    if weights is not None:
+        try:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except FileNotFoundError:
+            raise PruneError(f"{weights}: not found") from None
+        except Exception as exc:  # a bad archive, a pickle the safe loader refuses, or keys of another model
+            raise PruneError(f"{weights}: not a state_dict of {spec} ({str(exc).splitlines()[0][:200]})") from None
+    return model
+
+
 def module_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Every module's width attributes (the ones pruning changes), by module path."""
     out = {}
@@ -93,8 +106,9 @@ def save(out_dir: str | Path, model: nn.Module, factory: str, extra: dict[str, A
     return out
 
 
-def load(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A pruned folder written by `save` -> (model, model.json document)."""
+def load(path: str | Path, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A pruned folder written by `save` -> (model, model.json document). `factory` replaces the one
+    model.json names (the same model, importable under another name)."""
     path = Path(path)
     doc_path = path / "model.json"
     try:
@@ -112,4 +126,6 @@ def load(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise PruneError(f"{path / 'weights.pt'}: not found") from None
     except Exception as exc:  # torch raises many types for a bad archive; the safe loader refuses pickles
         raise PruneError(f"{path / 'weights.pt'}: not a plain state_dict ({str(exc).splitlines()[0][:160]})") from None
+    if factory is not None:
+        doc = {**doc, "factory": factory}
     return apply_widths(build(doc["factory"]), doc["modules"], state, str(doc_path)), doc

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import PruneError
 from ..metrics.complexity import count
-from .graph import build_graph
+from .graph import ChannelGraph, build_graph
 # the folder I/O is re-exported here for the compress stages (io imports apply lazily, no cycle)
 from .io import keep_from_ratios, load_pruned, read_ratios, save_pruned, save_pruned_model, spec_from_pruned  # noqa: F401
 from .recombine import Plan, decide, recombination_map
@@ -231,12 +231,15 @@ def format_table(table: list[dict[str, Any]], stats: dict[str, Any] | None = Non
 def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[str, Any] | None = None,
                 rule: str = "union", round_to: int = 8, min_channels: int = 8,
                 example_input: torch.Tensor | None = None, fold: bool = True,
-                skip_unsupported: bool = False) -> PruneResult:
+                skip_unsupported: bool = False, graph: ChannelGraph | None = None) -> PruneResult:
     """Prune `model` in place (new, smaller weight tensors) and return it with its recombination map,
-    per-layer table and stats. `keep` maps owner-BN paths to bool masks or kept-index lists; BNs left
-    out keep every channel. `example_input` defaults to a 1x3x64x64 image."""
+    per-layer table and stats. `keep` maps gate keys (owner-BN paths; a BN-less producer's own path) to
+    bool masks or kept-index lists; gates left out keep every channel. `example_input` defaults to a
+    1x3x64x64 image; `graph` is `build_graph(model, example_input, skip_unsupported)` when the caller
+    already has it (it must describe `model` as it is now)."""
     x = example_input if example_input is not None else torch.zeros(1, 3, 64, 64)
-    graph = build_graph(model, x, skip_unsupported=skip_unsupported)
+    if graph is None:
+        graph = build_graph(model, x, skip_unsupported=skip_unsupported)
     plan = decide(graph, keep, importance, rule=rule, round_to=round_to, min_channels=min_channels)
     widths_before = {p: len(ids) for p, ids in {**graph.producers, **graph.depthwise,
                                                    **{p: o for p, (_, o) in graph.grouped.items()}}.items()}

@@ -27,8 +27,10 @@ def register(subparsers):
     p.add_argument("--weights", metavar="PT", help="with --model: its state_dict (.pt, loaded weights_only)")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratios", metavar="JSON", help="ratios.json from `edgeprune sparse` (per-layer keep_idx)")
-    how.add_argument("--threshold", type=float, metavar="T", help="keep channels with |gamma| > T (slimming)")
-    how.add_argument("--global-ratio", type=float, metavar="R", help="remove the R share of smallest |gamma|")
+    how.add_argument("--threshold", type=float, metavar="T", help="keep channels with |gamma| > T (slimming; BN-less "
+                                                                     "layers keep all)")
+    how.add_argument("--global-ratio", type=float, metavar="R", help="remove the R share of least important channels in one ranking: "
+                                                              "|gamma| for BN layers, weight-row norm for BN-less ones")
     p.add_argument("--rule", choices=("union", "intersection", "topk"), default="union",
                    help="retained set at residual adds (default: union)")
     p.add_argument("--round-to", type=int, default=8, help="round kept channels up to a multiple (default: 8)")

@@ -201,20 +201,3 @@ def keep_from_threshold(model: torch.nn.Module, bns: list[str], threshold: float
     """Network-slimming masks: keep channels whose |gamma| exceeds `threshold`."""
     mods = dict(model.named_modules())
     return {bn: mods[bn].weight.detach().abs() > threshold for bn in bns}
-
-
-def keep_from_global_ratio(model: torch.nn.Module, bns: list[str], ratio: float) -> dict[str, Any]:
-    """Remove the `ratio` share of channels with the smallest |gamma| over all `bns` (one percentile)."""
-    if not 0.0 <= ratio < 1.0:
-        raise PruneError(f"--global-ratio must lie in [0, 1), got {ratio}")
-    mods = dict(model.named_modules())
-    gammas = [mods[b].weight.detach().abs() for b in bns]
-    if not gammas:
-        return {}
-    flat = torch.cat(gammas)
-    # rank instead of a percentile value, so ties (e.g. an untrained model's gamma == 1) cannot
-    # remove more than the asked share
-    order = torch.argsort(flat, stable=True)
-    keep_flat = torch.ones(flat.numel(), dtype=torch.bool)
-    keep_flat[order[:int(ratio * flat.numel())]] = False
-    return dict(zip(bns, keep_flat.split([g.numel() for g in gammas])))

@@ -128,6 +128,32 @@ def keep_per_gate(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]:
     return keep
 
 
+def keep_from_global_ratio(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]:
+    """Network slimming's one global ranking on the channel model: remove the `ratio` share of the voting
+    gates' prunable channels with the smallest importance. BN gates are ranked together by |gamma|
+    (comparable across layers: slimming's assumption); gates of BN-less producers by the L2 norm of their
+    weight rows divided by the layer's mean norm (raw norms scale with fan-in), in a ranking of their own.
+    Channels the graph locks (input, outputs, frozen ops) are kept and not counted."""
+    if not 0.0 <= ratio < 1.0:
+        raise PruneError(f"--global-ratio must lie in [0, 1), got {ratio}")
+    scores = default_importance(graph)
+    keep: dict[str, np.ndarray] = {}
+    for kind in ("bn", "weight"):
+        keys = [k for k in voting_gates(graph) if graph.gates[k].kind == kind]
+        free = [~graph.fixed[graph.gates[k].ids] for k in keys]
+        parts = [(scores[k] if kind == "bn" else scores[k] / max(float(scores[k].mean()), 1e-12))[f]
+                 for k, f in zip(keys, free)]
+        flat = np.concatenate(parts) if parts else np.zeros(0)
+        # rank, not a percentile value: ties (an untrained model's gamma == 1) cannot remove more than asked
+        drop = np.zeros(flat.size, bool)
+        drop[np.argsort(flat, kind="stable")[:int(ratio * flat.size)]] = True
+        for key, f, d in zip(keys, free, np.split(drop, np.cumsum([p.size for p in parts])[:-1])):
+            mask = np.ones(f.size, bool)
+            mask[np.flatnonzero(f)[d]] = False
+            keep[key] = mask
+    return keep
+
+
 def voting_gates(graph: ChannelGraph) -> list[str]:
     """Gates whose keep votes count: every BN gate, and a weight gate only where no BN gate covers its
     classes (an SE block's expand conv is tied to the BN-gated channels it multiplies; the BN decides)."""

@@ -6,14 +6,23 @@ from typing import Any
 
 import torch
 
-from ..errors import PruneError, UsageError
+from ..errors import UsageError
 from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, model_from_checkpoint
 from . import anymodel
 from .apply import format_table, prune_model
-from .graph import build_graph
-from .io import (keep_from_global_ratio, keep_from_ratios, keep_from_threshold, read_ratios, save_pruned,
-                 spec_from_pruned)
+from .graph import ChannelGraph, build_graph
+from .io import keep_from_ratios, keep_from_threshold, read_ratios, save_pruned, spec_from_pruned
+from .recombine import keep_from_global_ratio
+
+
+def _keep(graph: ChannelGraph, model: torch.nn.Module, threshold: float | None,
+          global_ratio: float | None) -> dict[str, Any]:
+    """--threshold: slimming's |gamma| > T on every BN gate (BN-less producers keep all: a weight norm has
+    no such scale); --global-ratio: one ranking over every gate of the channel model (recombine)."""
+    if threshold is not None:
+        return keep_from_threshold(model, sorted(k for k, g in graph.gates.items() if g.kind == "bn"), threshold)
+    return keep_from_global_ratio(graph, global_ratio)
 
 
 def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratios: str | Path | None = None,
@@ -27,14 +36,11 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratios: str | 
     dense_spec = {**model.spec, "widths": {}}
     size = imgsz or (ckpt.get("imgsz") if isinstance(ckpt.get("imgsz"), int) else 256)
     x = torch.zeros(1, 3, size, size)
-    if ratios is not None:
-        keep: dict[str, Any] = keep_from_ratios(read_ratios(ratios), model, str(ratios))
-    else:
-        bns = sorted(build_graph(model, x, skip_unsupported=skip_unsupported).owner_bn)
-        keep = keep_from_threshold(model, bns, threshold) if threshold is not None \
-            else keep_from_global_ratio(model, bns, global_ratio)
+    graph = build_graph(model, x, skip_unsupported=skip_unsupported)
+    keep = keep_from_ratios(read_ratios(ratios), model, str(ratios)) if ratios is not None \
+        else _keep(graph, model, threshold, global_ratio)
     result = prune_model(model, keep, rule=rule, round_to=round_to, min_channels=min_channels, example_input=x,
-                         fold=fold, skip_unsupported=skip_unsupported)
+                         fold=fold, skip_unsupported=skip_unsupported, graph=graph)
     spec = spec_from_pruned(result.model, dense_spec)
     save_pruned(out_dir, result.model, spec, result.recombination_map, result.table, result.stats, imgsz=size)
     return {"stats": result.stats, "text": format_table(result.table, result.stats), "spec": spec}
@@ -47,22 +53,12 @@ def prune_factory(factory: str, weights: str | Path | None, out_dir: str | Path,
     model.json + weights.pt (edgeprune.prune.anymodel) + recombination.json + prune_table.json/.txt."""
     if (threshold is None) == (global_ratio is None):
         raise UsageError("give exactly one of threshold, global_ratio")
-    model = anymodel.build(factory)
-    if weights is not None:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except FileNotFoundError:
-            raise PruneError(f"{weights}: not found") from None
-        except Exception as exc:  # a bad archive, a pickle the safe loader refuses, or keys of another model
-            raise PruneError(f"{weights}: not a state_dict of {factory} ({str(exc).splitlines()[0][:200]})") from None
-    model.eval()
+    model = anymodel.build_with_weights(factory, weights).eval()
     x = torch.zeros(1, 3, imgsz or 256, imgsz or 256)
-    bns = sorted(build_graph(model, x, skip_unsupported=skip_unsupported).owner_bn)
-    keep = keep_from_threshold(model, bns, threshold) if threshold is not None \
-        else keep_from_global_ratio(model, bns, global_ratio)
-    result = prune_model(model, keep, rule=rule, round_to=round_to, min_channels=min_channels, example_input=x,
-                         fold=fold, skip_unsupported=skip_unsupported)
+    graph = build_graph(model, x, skip_unsupported=skip_unsupported)
+    result = prune_model(model, _keep(graph, model, threshold, global_ratio), rule=rule, round_to=round_to,
+                         min_channels=min_channels, example_input=x, fold=fold, skip_unsupported=skip_unsupported,
+                         graph=graph)
     out = anymodel.save(out_dir, result.model, factory, {"imgsz": int(x.shape[-1])})
     atomic_write_json(out / "recombination.json", result.recombination_map)
     atomic_write_json(out / "prune_table.json", {"layers": result.table, "stats": result.stats})

@@ -109,6 +109,7 @@ def test_cli_prunes_a_user_model_by_factory(user_module, tmp_path):
     assert stats["params_after"] < stats["params_before"]
     rebuilt, doc = anymodel.load(tmp_path / "pruned")
     assert sum(p.numel() for p in rebuilt.parameters()) == stats["params_after"] and doc["imgsz"] == 16
+    assert doc["modules"]["block.0"]["out_channels"] < 16     # BN-less: ranked by its weight rows' norm
     bad = subprocess.run(cmd[:4] + ["--model", "user_cnn_pkg.net:nope", "--global-ratio", "0.5", "--out",
                                     str(tmp_path / "x")], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 1 and "has no callable 'nope'" in bad.stderr

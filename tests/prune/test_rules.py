@@ -131,13 +131,35 @@ def test_ratios_for_another_architecture_are_refused():
 
 
 def test_threshold_and_global_ratio_masks():
-    from edgeprune.prune.io import keep_from_global_ratio, keep_from_threshold
+    from edgeprune.prune.io import keep_from_threshold
+    from edgeprune.prune.recombine import keep_from_global_ratio
     model = build_model(new_spec(2, size="n"))  # untrained: every gamma is 1 (ties)
-    bns = sorted(build_graph(model, torch.zeros(1, 3, 64, 64)).owner_bn)
+    graph = build_graph(model, torch.zeros(1, 3, 64, 64))
+    bns = sorted(graph.owner_bn)
     total = sum(len(m) for m in keep_from_threshold(model, bns, 0.5).values())
-    masks = keep_from_global_ratio(model, bns, 0.25)
-    assert sum(int(m.sum()) for m in masks.values()) == total - int(0.25 * total)
+    masks = keep_from_global_ratio(graph, 0.25)
+    # the detector's BN-less producers are its head convs, whose outputs are locked: they keep every channel
+    assert all(masks[k].all() for k, g in graph.gates.items() if g.kind == "weight")
+    assert sum(int(masks[b].sum()) for b in bns) == total - int(0.25 * total)
     assert all(m.all() for m in keep_from_threshold(model, bns, 0.5).values())
     assert not any(m.any() for m in keep_from_threshold(model, bns, 1.0).values())
     with pytest.raises(PruneError, match="global-ratio"):
-        keep_from_global_ratio(model, bns, 1.0)
+        keep_from_global_ratio(graph, 1.0)
+
+
+def test_global_ratio_ranks_bn_less_producers_by_weight_norm():
+    """A producer without BN is ranked by its weight rows' norm (relative to its layer's mean), in one
+    ranking with the other BN-less producers; the BN layers keep their own |gamma| ranking."""
+    from edgeprune.prune.recombine import keep_from_global_ratio
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3),
+                              torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.arange(1, 9).float().view(8, 1, 1, 1).expand(8, 3, 3, 3))  # norms grow with index
+        net[3].weight.copy_(torch.arange(16).float() + 1)
+    graph = build_graph(net, torch.zeros(1, 3, 16, 16))
+    keep = keep_from_global_ratio(graph, 0.5)
+    assert sorted(keep) == ["0", "3", "5"] and keep["5"].all()   # conv 5 feeds the output: locked
+    assert keep["0"].tolist() == [False] * 4 + [True] * 4 and keep["3"].tolist() == [False] * 8 + [True] * 8
+    res = prune_model(net, keep, round_to=1, min_channels=1, example_input=torch.zeros(1, 3, 16, 16))
+    assert net[0].out_channels == 4 and net[2].out_channels == 8 and res.stats["flops_after"] < res.stats["flops_before"]
