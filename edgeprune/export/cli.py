@@ -10,7 +10,7 @@ EXPORT_EPILOG = """example:
   edgeprune export runs/default/finetune/model --out runs/bundle_int8 --nms-plugin --int8 --calib runs/default/bundle/calib
   (the last one after `edgeprune calib build`, which writes runs/default/bundle/calib)
   edgeprune export runs/pruned_m --out runs/bundle_m --names car,truck    (after `edgeprune prune --model ...`)
-  edgeprune export --model mypkg.nets:build --weights net.pt --out runs/bundle_dense_m --output-layout anchor_free_decoded
+  edgeprune export --model mypkg.nets:build --weights path/to/net.pt --out runs/bundle_dense_m --names car,truck
 
 MODEL_DIR_OR_CKPT is a pruned model folder (arch.json + weights.pt [+ recombination.json, metrics.json]),
 a folder of `edgeprune prune --model` (model.json + weights.pt) or an edgeprune checkpoint; --model PKG.MOD:FN
