@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 
-def count(model: nn.Module, imgsz: int | tuple[int, int], batch: int = 1) -> dict[str, int]:
-    """{"params", "flops"} for one forward pass at `imgsz` (int or (h, w)) in eval mode."""
+def count(model: nn.Module, imgsz: int | tuple[int, int], batch: int = 1,
+          inputs: torch.Tensor | None = None) -> dict[str, int]:
+    """{"params", "flops"} for one forward pass at `imgsz` (int or (h, w)) in eval mode, of zeros or of
+    `inputs` (its hooks see that forward: a caller can observe it too)."""
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     macs = [0]
 
@@ -33,7 +35,7 @@ def count(model: nn.Module, imgsz: int | tuple[int, int], batch: int = 1) -> dic
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(batch, 3, h, w, device=device))
+            model(torch.zeros(batch, 3, h, w, device=device) if inputs is None else inputs)
     finally:
         for hd in handles:
             hd.remove()

@@ -39,8 +39,8 @@ class PruneResult:
 
 
 def complexity(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
-    """Parameters and FLOPs (2*MACs) of one eval-mode forward at the example input's size."""
-    return count(model, tuple(example_input.shape[-2:]))
+    """Parameters and FLOPs (2*MACs) of one eval-mode forward of the example input's first sample."""
+    return count(model, tuple(example_input.shape[-2:]), inputs=example_input[:1])
 
 
 def _tensor(mods: dict[str, nn.Module], dotted: str) -> torch.Tensor:
@@ -74,13 +74,14 @@ def masked_model(model: nn.Module, plan: Plan, zero_beta: bool = True) -> nn.Mod
     return out
 
 
-def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
-    """Fold each removed channel's constant output (owner gamma = 0, beta kept) into its consumers."""
+def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> dict[str, int] | None:
+    """Fold each removed channel's constant output (owner gamma = 0, beta kept) into its consumers. Its
+    forward also counts the dense model's complexity (returned; None when nothing is removed)."""
     g = plan.graph
     removed_in = {c: np.flatnonzero(~plan.kept(ids)) for c, ids in g.consumers.items()}
     removed_in = {c: r for c, r in removed_in.items() if r.size}
     if not removed_in:
-        return
+        return None
     captured: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -101,7 +102,7 @@ def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
                 w = g.tensor(gate.scale)
                 saved[gate.scale] = w.detach().clone()
                 w[torch.from_numpy(~plan.kept(gate.ids))] = 0
-            model(example_input)
+            cost = complexity(model, example_input)   # zeroed gates change no shape: the dense count
     finally:
         with torch.no_grad():
             for dotted, w in saved.items():
@@ -125,6 +126,7 @@ def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
                 mod.bias += delta
             else:
                 mod.bias = nn.Parameter(delta.clone())
+    return cost
 
 
 def _take(t: torch.Tensor | None, dim: int, idx: torch.Tensor) -> torch.Tensor | None:
@@ -243,9 +245,7 @@ def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[s
     plan = decide(graph, keep, importance, rule=rule, round_to=round_to, min_channels=min_channels)
     widths_before = {p: len(ids) for p, ids in {**graph.producers, **graph.depthwise,
                                                    **{p: o for p, (_, o) in graph.grouped.items()}}.items()}
-    cost_before = complexity(model, x)
-    if fold:
-        _fold(model, plan, x)
+    cost_before = (_fold(model, plan, x) if fold else None) or complexity(model, x)
     _slice(plan)
     try:
         cost_after = complexity(model, x)
