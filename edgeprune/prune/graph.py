@@ -696,10 +696,11 @@ class _Builder:
             out = out.take([0], axis=d) if keepdim else out.take(0, axis=d)
         return out if out.ndim >= 1 else None
 
-    def softmax(self, node: fx.Node, src: Any, dim: Any) -> Any:
+    def softmax(self, node: fx.Node, src: Any, dim: Any, what: str = "softmax") -> Any:
+        """An op that keeps the shape but mixes the values along `dim` (softmax, an L2 normalisation)."""
         lay = self.lay(src)
         if isinstance(lay, np.ndarray) and dim is not None and lay.shape[dim % lay.ndim] > 1:
-            self.freeze(node, "softmax across channels; those channels are kept whole", [lay])
+            self.freeze(node, f"{what} across channels; those channels are kept whole", [lay])
         return self.same_dims(node, src)
 
     def op(self, node: fx.Node, fn: Any) -> Any:
@@ -749,6 +750,8 @@ class _Builder:
             return self.reduce(node, a0, _arg(node, 1, "dim"), bool(_arg(node, 2, "keepdim", False)))
         if fn in _SOFTMAX:
             return self.softmax(node, a0, _arg(node, 1, "dim"))
+        if fn is F.normalize:
+            return self.softmax(node, a0, _arg(node, 2, "dim", 1), "L2 normalisation (F.normalize)")
         if fn in _PASS_FUNCTIONS or fn in _PASS_METHODS:
             return self.same_dims(node, a0)
         if fn in _SPATIAL_FUNCTIONS:

@@ -121,6 +121,26 @@ def test_channels_last_mlp_is_pruned_and_the_normalised_stream_kept(helpers):
     assert any("normalises across channels" in f["reason"] for f in res.stats["frozen"])
 
 
+class L2Normed(nn.Module):
+    """SSD300-style: an L2 normalisation over channels with a learned per-channel scale feeds a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 16), cbr(16, 32)
+        self.scale = nn.Parameter(torch.rand(32) + 0.5)
+        self.head = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        y = self.b(self.a(x))
+        return self.head(self.scale.view(1, -1, 1, 1) * nn.functional.normalize(y))
+
+
+def test_an_l2_normalisation_over_channels_keeps_its_input_whole(helpers):
+    res = exact(helpers, L2Normed())
+    assert res.model.b[0].out_channels == 32 and res.model.a[0].out_channels < 16
+    assert any("L2 normalisation" in f["reason"] and f["layers"] == ["b.0"] for f in res.stats["frozen"])
+
+
 TORCHVISION = {
     "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), False),
     "efficientnet_b0_train": (lambda: torchvision.models.efficientnet_b0(num_classes=10), True),
