@@ -147,6 +147,12 @@ class PruneConfig:
     skip_unsupported: bool = False
     fold: bool = True                  # fold removed channels' constant act(beta) into consumers (prune/apply.py)
     latency_table: str = ""            # a latency_table.json (bench --profile-layers): report.md predicts latency from it
+    target: str = "flops"              # what the ratio solver meets: flops (sparse.flops_target, a floor on the FLOPs
+                                       # cut) | latency (prune.latency_budget, a ceiling on the predicted latency)
+    latency_budget: float = 0.6        # target=latency: the pruned model's predicted latency as a fraction of the dense
+                                       # model's, from prune.latency_table or, when empty, a table measured on the spot
+                                       # on this host with ONNX Runtime (1 thread); widths snap to each layer's
+                                       # latency staircase (docs/pruning.md §6)
 
 
 @dataclass
@@ -223,6 +229,7 @@ CHOICES = {
     "sparse.importance": ("gamma", "taylor"),
     "sparse.l1_update": ("proximal", "subgradient"),
     "prune.rule": ("union", "intersection", "topk"),
+    "prune.target": ("flops", "latency"),
 }
 
 
@@ -236,7 +243,7 @@ def _check_ranges(cfg: Config) -> None:
             raise bad(key, f"{flat[key]!r} is not one of {list(allowed)}")
     if cfg.model.imgsz % 32 or cfg.model.imgsz < 64:
         raise bad("model.imgsz", f"must be a multiple of 32 and >= 64, got {cfg.model.imgsz}")
-    for key in ("sparse.target", "sparse.flops_target"):
+    for key in ("sparse.target", "sparse.flops_target", "prune.latency_budget"):
         if not 0.0 < flat[key] < 1.0:
             raise bad(key, f"must lie strictly between 0 and 1, got {flat[key]}")
     for key in ("train.epochs", "train.batch", "sparse.epochs", "prune.round_to", "prune.min_channels",

@@ -6,10 +6,14 @@
    k on a grid of keep fractions rounded up to `round_to`, at least `min_channels` (made monotone in k);
 3. a common tolerance tau: each unit keeps the smallest k with dev_u(k) <= tau. tau = attention_tol, raised
    if needed until the analytic FLOPs reduction reaches `flops_target` (the target is a floor).
+   With prune.target=latency (sparsity/latency.py) tau is raised until the latency predicted from a table is
+   at most `prune.latency_budget` x the dense model's, each k snapped to the fastest width of its unit's
+   latency staircase at or above it, on multiples of the target's alignment.
 The slimming baseline (`mode="threshold"`) uses one global |gamma| percentile instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -27,6 +31,7 @@ from ..models.spec import spec_sha
 from ..prune.recombine import round_count
 from .bnscan import junction_bns, prunable_bns, slimming_excluded, unwrap
 from .graph import conv_flops, trace_channels
+from .latency import GraphLatency, alignment, snap, solver_table
 
 Batch = tuple[torch.Tensor, torch.Tensor]   # (imgs [B,3,S,S], targets [M,6])
 
@@ -75,6 +80,7 @@ class _Unit:
     def __init__(self, uid: str, members: list[str], channels: int):
         self.uid, self.members, self.channels = uid, members, channels
         self.candidates: dict[int, dict[str, Any]] = {}    # k -> {"own": {bn: idx}, "kept": set, "dev": float}
+        self.snapped: dict[int, dict[str, Any]] = {}       # k -> {"own", "kept"}: widths the latency target snapped to
 
     def select(self, k: int, imp: dict[str, torch.Tensor], prune: PruneConfig) -> dict[str, Any]:
         own = {m: set(torch.topk(imp[m], k).indices.tolist()) for m in self.members}
@@ -117,14 +123,24 @@ class _Masker:
 
 
 def solve_ratios(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig, prune: PruneConfig,
-                 mode: str = "attention", progress: bool = False) -> dict[str, Any]:
+                 mode: str = "attention", progress: bool = False,
+                 table: tuple[dict[str, Any], str] | None = None) -> dict[str, Any]:
     """The ratios.json document (CONTRACTS.md) for `model` (a Detector with `spec` and `forward_features`).
 
-    `batches` are a few validation (imgs, targets) pairs. mode: "attention" (L1RR) or "threshold" (slimming)."""
+    `batches` are a few validation (imgs, targets) pairs. mode: "attention" (L1RR) or "threshold" (slimming).
+    With prune.target=latency, `table` is (latency table, its source) from `sparsity.latency.solver_table`
+    (obtained here when None)."""
     _check_target(cfg.flops_target, "sparse.flops_target")
     _check_target(cfg.target, "sparse.target")
     if mode not in ("attention", "threshold"):
         raise SparsityError(f"ratio solver mode {mode!r}: use 'attention' or 'threshold'")
+    if prune.target not in ("flops", "latency"):
+        raise SparsityError(f"config key prune.target: {prune.target!r} is not 'flops' or 'latency'")
+    if prune.target == "latency":
+        _check_target(prune.latency_budget, "prune.latency_budget")
+        if mode == "threshold":
+            raise SparsityError("prune.target=latency needs the L1RR ratio solver (sparse.method=l1rr); the "
+                                "slimming baseline prunes by one global |gamma| threshold")
     if not batches:
         raise SparsityError("ratio solver: no validation batches given (the val split is empty?)")
     net = unwrap(model)
@@ -134,7 +150,10 @@ def solve_ratios(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig, 
     if mode == "threshold":
         layers, extra = _threshold(net, bns, cfg, prune)
     else:
-        layers, extra = _attention(net, bns, batches, cfg, prune, convs, dense_flops, progress)
+        if prune.target == "latency" and table is None:
+            table = solver_table(net, prune, int(batches[0][0].shape[-1]))
+        layers, extra = _attention(net, bns, batches, cfg, prune, convs, dense_flops, progress,
+                                   table if prune.target == "latency" else None)
     layers = {n: layers[n] for n in bns}                 # model order (plots, diffs)
     kept_eff = {n: set(e.get("group_keep_idx", e["keep_idx"])) for n, e in layers.items()}
     flops = sum(conv_flops(convs, kept_eff).values())
@@ -170,7 +189,13 @@ def _threshold(net: nn.Module, bns: dict[str, nn.BatchNorm2d], cfg: SparseConfig
 
 
 def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence[Batch], cfg: SparseConfig,
-               prune: PruneConfig, convs: dict, dense_flops: float, progress: bool):
+               prune: PruneConfig, convs: dict, dense_flops: float, progress: bool,
+               table: tuple[dict[str, Any], str] | None = None):
+    lat = None
+    if table is not None:
+        lat = GraphLatency(convs, table[0], where=table[1])
+        # widths on multiples of the target's alignment (the pruner keeps them: they are its own fixed points)
+        prune = dataclasses.replace(prune, round_to=alignment(table[0], prune.round_to))
     imp = channel_importance(net, batches, cfg)
     kw = {"p": cfg.attention_p, "fg_weight": cfg.fg_weight, "small_area": cfg.small_area,
           "small_boost": cfg.small_boost}
@@ -207,39 +232,78 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
         return 1.0 - sum(conv_flops(convs, kept).values()) / dense_flops
 
     units_by = {u.uid: u for u in units}
+
+    def selection(u: _Unit, k: int) -> dict[str, Any]:
+        """The unit's kept channels at k: a solved candidate, or (a snapped width) the importance's top k."""
+        if k not in u.candidates and k not in u.snapped:
+            u.snapped[k] = u.select(k, imp, prune)
+        return u.candidates.get(k) or u.snapped[k]
+
+    def kept_of(choice: dict[str, int]) -> dict[str, set[int]]:
+        return {m: selection(units_by[uid], k)["kept"] for uid, k in choice.items() for m in units_by[uid].members}
+
+    if lat is None:
+        final = choose
+
+        def meets(choice: dict[str, int]) -> bool:
+            return reduction(choice) >= cfg.flops_target
+    else:
+        dense_ms = lat.total()
+        budget_ms = prune.latency_budget * dense_ms
+
+        def steps(u: _Unit) -> list[int]:
+            return sorted({round_keep(c, u.channels, prune) for c in range(u.channels + 1)})
+
+        def final(tau: float) -> dict[str, int]:
+            return snap(units, choose(tau), lambda u, k: selection(u, k)["kept"], lat, steps)
+
+        def meets(choice: dict[str, int]) -> bool:
+            return lat.total(kept_of(choice)) <= budget_ms
+
     taus = sorted({c["dev"] for u in units for c in u.candidates.values()} | {cfg.attention_tol})
     tau = cfg.attention_tol
-    if reduction(choose(tau)) < cfg.flops_target:
-        # The reduction grows with tau, so bisect for the smallest tau that meets the target (a linear scan
+    if not meets(final(tau)):
+        # The cut grows with tau, so bisect for the smallest tau that meets the target (a linear scan
         # recomputes the FLOPs for every distinct deviation value: minutes on a real model).
         higher = [t for t in taus if t > tau]
         lo, hi = 0, len(higher) - 1
-        if not higher or reduction(choose(higher[hi])) < cfg.flops_target:
+        if not higher or not meets(final(higher[hi])):
             tau = taus[-1]
         else:
             while lo < hi:
                 mid = (lo + hi) // 2
-                if reduction(choose(higher[mid])) >= cfg.flops_target:
+                if meets(final(higher[mid])):
                     hi = mid
                 else:
                     lo = mid + 1
             tau = higher[lo]
-    choice = choose(tau)
+    base, choice = choose(tau), final(tau)
+    target = "flops_target" if lat is None else "latency_budget"
     layers: dict[str, Any] = {}
     for u in units:
         k = choice[u.uid]
-        cand = u.candidates[k]
-        why = "within tol" if cand["dev"] <= cfg.attention_tol else "tol raised to meet flops_target"
+        cand, dev = selection(u, k), u.candidates[base[u.uid]]["dev"]
+        why = "within tol" if dev <= cfg.attention_tol else f"tol raised to meet {target}"
+        reason = f"attention dev {dev:.4g} <= tau {tau:.4g} ({why})"
+        if k != base[u.uid]:
+            reason += f"; {base[u.uid]} -> {k} channels: the fastest width at or above it on the latency staircase"
         for m in u.members:
-            reason = f"attention dev {cand['dev']:.4g} <= tau {tau:.4g} ({why})"
             if len(u.members) > 1:
                 layers[m] = _entry(u.channels, cand["own"][m], reason, group=u.uid,
                                    group_keep_idx=sorted(cand["kept"]))
             else:
                 layers[m] = _entry(u.channels, cand["kept"], reason)
-    reached = reduction(choice)
-    return layers, {"attention_tol": cfg.attention_tol, "tau": tau, "flops_target": cfg.flops_target,
-                    "flops_target_met": reached >= cfg.flops_target - 1e-9}
+    if lat is None:
+        return layers, {"target": "flops", "attention_tol": cfg.attention_tol, "tau": tau,
+                        "flops_target": cfg.flops_target,
+                        "flops_target_met": reduction(choice) >= cfg.flops_target - 1e-9}
+    predicted = lat.total(kept_of(choice))
+    key = table[0]["key"]
+    return layers, {"target": "latency", "attention_tol": cfg.attention_tol, "tau": tau,
+                    "latency": {"table": table[1], "key": key, "budget": prune.latency_budget,
+                                "dense_ms": dense_ms, "budget_ms": budget_ms, "predicted_ms": predicted,
+                                "predicted_share": predicted / dense_ms, "met": predicted <= budget_ms + 1e-9,
+                                "alignment": prune.round_to}}
 
 
 def save_ratios(doc: dict[str, Any], path: str | Path) -> None:
