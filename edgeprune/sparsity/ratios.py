@@ -27,6 +27,7 @@ from ..config import PruneConfig, SparseConfig
 from ..errors import PruneError, SparsityError
 from ..fsio import atomic_write_json
 from .attention import attention_deviation, target_energy
+from ..models.blocks import removable_branches
 from ..models.spec import spec_sha
 from ..prune.recombine import round_count
 from .bnscan import junction_bns, prunable_bns, slimming_excluded, unwrap
@@ -212,9 +213,13 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
 
     masker = _Masker(bns, cfg.mask_beta)
     units = _units(convs, bns)
+    # the latency target may remove a residual block whose branch it prunes to nothing (depth pruning: fewer
+    # layers are often the bigger win at batch 1); the FLOPs target keeps min_channels everywhere, as before
+    removable = {u.uid for u in units if u.members == [u.uid] and u.uid in removable_branches(net)} if lat else set()
     for u in tqdm(units, desc="ratio solver", disable=not progress):
         ks = sorted({round_keep(u.channels * j / cfg.ratio_grid, u.channels, prune)
-                     for j in range(1, cfg.ratio_grid + 1)} | {u.channels}, reverse=True)
+                     for j in range(1, cfg.ratio_grid + 1)} | {u.channels} | ({0} if u.uid in removable else set()),
+                    reverse=True)
         worst = 0.0
         for k in ks:        # from keeping all down to the fewest: dev made non-decreasing as k shrinks
             sel = u.select(k, imp, prune)
@@ -252,7 +257,8 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
         budget_ms = prune.latency_budget * dense_ms
 
         def steps(u: _Unit) -> list[int]:
-            return sorted({round_keep(c, u.channels, prune) for c in range(u.channels + 1)})
+            return sorted({round_keep(c, u.channels, prune) for c in range(u.channels + 1)}
+                          | ({0} if u.uid in removable else set()))
 
         def final(tau: float) -> dict[str, int]:
             return snap(units, choose(tau), lambda u, k: selection(u, k)["kept"], lat, steps)
@@ -287,6 +293,8 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
         reason = f"attention dev {dev:.4g} <= tau {tau:.4g} ({why})"
         if k != base[u.uid]:
             reason += f"; {base[u.uid]} -> {k} channels: the fastest width at or above it on the latency staircase"
+        if k == 0:
+            reason += "; branch pruned to nothing: the residual block is removed (depth pruning)"
         for m in u.members:
             if len(u.members) > 1:
                 layers[m] = _entry(u.channels, cand["own"][m], reason, group=u.uid,
@@ -303,7 +311,9 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
                     "latency": {"table": table[1], "key": key, "budget": prune.latency_budget,
                                 "dense_ms": dense_ms, "budget_ms": budget_ms, "predicted_ms": predicted,
                                 "predicted_share": predicted / dense_ms, "met": predicted <= budget_ms + 1e-9,
-                                "alignment": prune.round_to}}
+                                "alignment": prune.round_to,
+                                "blocks_removed": [removable_branches(net)[u] for u in sorted(removable)
+                                                   if choice[u] == 0]}}
 
 
 def save_ratios(doc: dict[str, Any], path: str | Path) -> None:

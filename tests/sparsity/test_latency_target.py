@@ -136,3 +136,22 @@ def test_table_measured_on_the_spot_with_onnxruntime(tiny_model, batch, cfg):
     # the dense model is predicted at the table's own whole-model time; the pruned one below it
     assert doc["latency"]["dense_ms"] == pytest.approx(table["whole_model_ms"])
     assert doc["latency"]["predicted_ms"] < doc["latency"]["dense_ms"]
+
+
+def test_latency_target_removes_a_residual_block_when_its_branch_is_what_costs(tiny_model, batch, cfg):
+    """Branch convs 50x dearer than the rest, inputs flat: only removing blocks (depth pruning) meets the budget."""
+    def branch_heavy(layer, c):
+        return linear(layer, c) * (50.0 if ".m." in layer["name"] else 1.0)
+
+    table = synthetic_table(tiny_model, 32, branch_heavy)
+    doc = solve_ratios(tiny_model, [batch], cfg.sparse, _latency_cfg(cfg, 0.5).prune, table=(table, "t"))
+    gone = doc["latency"]["blocks_removed"]
+    assert doc["latency"]["met"] and gone
+    assert all(doc["layers"][f"{b}.cv1.bn"]["keep"] == 0 for b in gone)
+    pruned = prune_from_ratios(copy.deepcopy(tiny_model), doc, cfg.prune, imgsz=32)
+    assert pruned.stats["blocks_removed"] == sorted(gone)
+    assert predict_model(table, pruned.model, 32)["total_ms"] == pytest.approx(doc["latency"]["predicted_ms"])
+    # the FLOPs target never removes a block
+    cfg.prune.target = "flops"
+    flops_doc = solve_ratios(tiny_model, [batch], cfg.sparse, cfg.prune)
+    assert all(e["keep"] >= min(cfg.prune.min_channels, e["channels"]) for e in flops_doc["layers"].values())
