@@ -22,8 +22,8 @@ from ..models.io import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..train.dist import is_main
 from .bnscan import prunable_bns, slimming_excluded
 from .hook import SparsityHook
-from .plots import plot_gamma_hist, plot_kept, plot_strength
 from .latency import solver_table
+from .plots import plot_gamma_hist, plot_kept, plot_strength
 from .ratios import save_ratios, solve_ratios
 
 
