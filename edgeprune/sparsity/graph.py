@@ -36,16 +36,16 @@ def alive_classes(graph: ChannelGraph, kept: Mapping[str, set[int]] | None = Non
         mask = np.ones(len(ids), bool)
         if bn in kept:
             mask[:] = False
-            mask[sorted(kept[bn])] = True
+            mask[np.fromiter(kept[bn], np.int64, len(kept[bn]))] = True
         alive[cls[mask]] = True
     return alive | ~covered
 
 
 def conv_channels(graph: ChannelGraph, kept: Mapping[str, set[int]] | None = None,
-                  paths: Iterable[str] | None = None) -> dict[str, tuple[int, int, int]]:
+                  paths: Iterable[str] | None = None, alive: np.ndarray | None = None) -> dict[str, tuple[int, int, int]]:
     """(in channels, out channels, in channels per group) of each Conv2d (or of `paths`) when each BN keeps only
-    `kept[bn]`."""
-    alive = alive_classes(graph, kept)
+    `kept[bn]` (or when the classes `alive` live)."""
+    alive = alive_classes(graph, kept) if alive is None else alive
 
     def live(ids: np.ndarray) -> int:
         return int(alive[graph.root[ids]].sum())

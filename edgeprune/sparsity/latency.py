@@ -16,7 +16,7 @@ import numpy as np
 from ..config import PruneConfig
 from ..errors import BundleError, SparsityError
 from ..prune.graph import ChannelGraph
-from .graph import conv_channels
+from .graph import alive_classes, conv_channels
 
 
 def solver_table(model: Any, prune: PruneConfig, imgsz: int,
@@ -80,14 +80,22 @@ class GraphLatency:
             ids += list(graph.grouped.get(path, ()))
             self._classes[path] = set(np.unique(graph.root[np.concatenate([i for i in ids if i is not None])]).tolist())
 
+        self._ms: dict[tuple[str, int, int], float] = {}
+
     def affected(self, classes: set[int]) -> list[str]:
         return [p for p, c in self._classes.items() if c & classes]
 
-    def layers_ms(self, kept: Mapping[str, set[int]] | None = None, paths: list[str] | None = None) -> float:
+    def layers_ms(self, kept: Mapping[str, set[int]] | None = None, paths: list[str] | None = None,
+                  alive: np.ndarray | None = None) -> float:
         from jetson.layerprof import layer_ms
 
-        chans = conv_channels(self.graph, kept, list(self.entries) if paths is None else paths)
-        return float(sum(layer_ms(self.entries[p], cin, cout) for p, (cin, cout, _) in chans.items()))
+        total = 0.0
+        for p, (cin, cout, _) in conv_channels(self.graph, kept, list(self.entries) if paths is None else paths,
+                                               alive).items():
+            if (p, cin, cout) not in self._ms:     # the solver asks for the same widths many times
+                self._ms[p, cin, cout] = layer_ms(self.entries[p], cin, cout)
+            total += self._ms[p, cin, cout]
+        return total
 
     def total(self, kept: Mapping[str, set[int]] | None = None) -> float:
         return self.layers_ms(kept) + self.rest
@@ -98,19 +106,24 @@ def snap(units: list[Any], choice: dict[str, int], kept_of: Callable[[Any, int],
     """Per unit (in model order, the others at their current widths): among the widths `steps(unit)` at or above
     its chosen count, the one with the smallest predicted latency of the convs it touches; a wider one wins a
     tie, so a unit never ends on a width that is slower than a wider one."""
+    g = lat.graph
     out = dict(choice)
     kept = {m: kept_of(u, out[u.uid]) for u in units for m in u.members}
     for u in units:
         classes = set()
         for m in u.members:
-            classes |= set(lat.graph.root[lat.graph.bn_layouts[m]].tolist())
+            classes |= set(g.root[g.bn_layouts[m]].tolist())
         paths = lat.affected(classes)
         if not paths:
             continue
+        others = alive_classes(g, dict(kept, **{m: set() for m in u.members}))   # the unit keeping nothing
         best, best_ms = out[u.uid], None
         for c in [c for c in steps(u) if c >= out[u.uid]]:
-            trial = dict(kept, **{m: kept_of(u, c) for m in u.members})
-            ms = lat.layers_ms(trial, paths)
+            alive, idx = others.copy(), kept_of(u, c)
+            idx = np.fromiter(idx, np.int64, len(idx))
+            for m in u.members:
+                alive[g.root[g.bn_layouts[m]][idx]] = True
+            ms = lat.layers_ms(paths=paths, alive=alive)
             if best_ms is None or ms <= best_ms + 1e-9:
                 best, best_ms = c, ms
         out[u.uid] = best

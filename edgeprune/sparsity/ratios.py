@@ -284,6 +284,14 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
                     lo = mid + 1
             tau = higher[lo]
     base, choice = choose(tau), final(tau)
+    if lat is not None and tau > cfg.attention_tol:
+        # one tau step can drop many units at once (far below the budget): give units back the width they had
+        # at the next lower tau, the most deviating first, while the budget still holds
+        below = max(t for t in taus if t < tau)
+        base_below, wider = choose(below), final(below)
+        for u in sorted(units, key=lambda u: -u.candidates[base[u.uid]]["dev"]):
+            if wider[u.uid] > choice[u.uid] and meets(dict(choice, **{u.uid: wider[u.uid]})):
+                choice[u.uid], base[u.uid] = wider[u.uid], base_below[u.uid]
     target = "flops_target" if lat is None else "latency_budget"
     layers: dict[str, Any] = {}
     for u in units:
