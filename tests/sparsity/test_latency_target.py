@@ -41,6 +41,7 @@ def steps32(layer, c):
 
 def _latency_cfg(cfg, budget):
     cfg.prune.target, cfg.prune.latency_budget = "latency", budget
+    cfg.sparse.ratio_grid = 2                # keep 1/2 or all (then snapped): fewer masked passes, faster tests
     cfg.sparse.attention_tol = 1e-9          # the budget, not the tolerance, decides
     cfg.prune.round_to, cfg.prune.min_channels = 8, 8
     return cfg
@@ -69,9 +70,7 @@ def test_budget_met_and_the_solver_predicts_the_pruned_model(tiny_model, batch, 
 
 def test_widths_snap_to_the_staircase_minimum(tiny_model, batch, cfg):
     _latency_cfg(cfg, 0.6)
-    channels = {n: e["channels"] for n, e in solve_ratios(tiny_model, [batch], cfg.sparse, cfg.prune,
-                                                          table=(synthetic_table(tiny_model, 32, linear), "t"))[
-        "layers"].items()}
+    channels = {n: m.num_features for n, m in tiny_model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
     doc = solve_ratios(tiny_model, [batch], cfg.sparse, cfg.prune, table=(synthetic_table(tiny_model, 32, steps32), "t"))
     assert doc["latency"]["met"]
     widths = _widths(doc)
@@ -94,6 +93,8 @@ def test_flops_target_unchanged_by_default(tiny_model, batch, cfg, tmp_path):
     other = solve_ratios(tiny_model, [batch], cfg.sparse, cfg.prune)
     assert base["target"] == "flops" and "latency" not in base and base["flops_target_met"]
     assert base["layers"] == other["layers"] and base["flops_reduction"] >= 0.5
+    # min_channels everywhere: the FLOPs target never removes a residual block (only the latency target does)
+    assert all(e["keep"] >= min(cfg.prune.min_channels, e["channels"]) for e in base["layers"].values())
 
 
 def test_table_checks_and_alignment(tiny_model, batch, cfg, tmp_path):
@@ -151,7 +152,3 @@ def test_latency_target_removes_a_residual_block_when_its_branch_is_what_costs(t
     pruned = prune_from_ratios(copy.deepcopy(tiny_model), doc, cfg.prune, imgsz=32)
     assert pruned.stats["blocks_removed"] == sorted(gone)
     assert predict_model(table, pruned.model, 32)["total_ms"] == pytest.approx(doc["latency"]["predicted_ms"])
-    # the FLOPs target never removes a block
-    cfg.prune.target = "flops"
-    flops_doc = solve_ratios(tiny_model, [batch], cfg.sparse, cfg.prune)
-    assert all(e["keep"] >= min(cfg.prune.min_channels, e["channels"]) for e in flops_doc["layers"].values())
