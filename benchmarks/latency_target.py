@@ -58,6 +58,10 @@ def main() -> int:
     ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--flops-target", type=float, default=0.65)
     ap.add_argument("--budgets", default="0.5", help="further latency budgets (fractions of dense), comma-separated")
+    ap.add_argument("--attention-tol", type=float, default=1e-12,
+                    help="sparse.attention_tol: tiny, so the target binds (a random-weight model's attention barely "
+                         "moves when channels are masked: at the default 0.05, or even 1e-6, every layer would be "
+                         "cut to its minimum whatever the target)")
     ap.add_argument("--iterations", type=int, default=20, help="per grid point; measured calls per model = 4x")
     ap.add_argument("--statistic", choices=("median", "min"), default="median")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
@@ -72,7 +76,7 @@ def main() -> int:
     load_before = machine_note()
 
     cfg = make_config("default", {"model": {"size": args.size, "imgsz": args.imgsz},
-                                  "sparse": {"attention_tol": 1e-6, "flops_target": args.flops_target,
+                                  "sparse": {"attention_tol": args.attention_tol, "flops_target": args.flops_target,
                                              "ratio_batches": 1}})
     data = load_dataset(ensure_synthetic(Path(work) / "synth", 32, 8, 256, seed=0, progress=False))
     batches = val_batches(data, cfg, batch=4)
@@ -118,7 +122,7 @@ def main() -> int:
         pred = predict_model(table, model, args.imgsz)["total_ms"]
         arms[name] = {"note": note, "target": prune_cfg.target, "flops_share_kept": round(1 - doc["flops_reduction"], 4),
                       "predicted_ms": round(pred, 3), "predicted_share": round(pred / dense_pred, 4),
-                      "solve_s": round(solve_s, 1), "latency": doc.get("latency"),
+                      "solve_s": round(solve_s, 1), "tau": doc["tau"], "latency": doc.get("latency"),
                       "widths": {n: len(e.get("group_keep_idx", e["keep_idx"])) for n, e in doc["layers"].items()}}
         bundles[name] = bundle(model, name)
         _log(f"{name}: FLOPs kept {arms[name]['flops_share_kept']:.3f}, predicted {pred:.2f} ms "
