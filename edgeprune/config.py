@@ -190,7 +190,10 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        blob = json.dumps({s: self.to_dict()[s] for s in sections}, sort_keys=True)
+        """Hash of the named sections (or single keys, `section.key`)."""
+        d = self.to_dict()
+        blob = json.dumps({s: d[s] if "." not in s else d[s.split(".")[0]][s.split(".")[1]] for s in sections},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

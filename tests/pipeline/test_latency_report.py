@@ -85,3 +85,18 @@ def test_export_comparison_puts_the_prediction_beside_the_measured_bundles(table
     run.finish("sparse", {"latency": lat}, 1.0)
     assert table_for_report(run) == path
     assert "50.0 % of the dense model's 4.00 ms (budget 50 %, met)" in " ".join(_target_note(run))
+
+
+def test_the_latency_target_keys_the_sparse_stage(tmp_path: Path):
+    """prune.target=latency changes what the sparse stage's ratio solver does, so its key (and downstream);
+    with the FLOPs target the latency keys leave the training stages' keys alone."""
+    def keys(**prune):
+        run = RunDir(tmp_path, make_config("quick", {"prune": prune}))
+        return {s: run.key(s) for s in ("dense", "sparse", "prune")}
+
+    base = keys()
+    flops = keys(latency_budget=0.3)
+    assert flops["dense"] == base["dense"] and flops["sparse"] == base["sparse"]
+    lat = keys(target="latency")
+    assert lat["dense"] == base["dense"] and lat["sparse"] != base["sparse"] and lat["prune"] != base["prune"]
+    assert keys(target="latency", latency_budget=0.3)["sparse"] != lat["sparse"]
