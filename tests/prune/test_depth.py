@@ -91,3 +91,23 @@ def test_ratios_may_empty_only_a_removable_branch(helpers):
     layers["layers.13.m.0.cv1.bn"].update(keep=0, keep_idx=[])
     with pytest.raises(PruneError, match="layers.13.m.0.cv1.bn"):
         keep_from_ratios({"version": 1, "layers": layers}, model)
+
+
+@pytest.mark.parametrize("family", ["yolov8", "yolo11"])
+def test_removed_blocks_in_the_v8_family(helpers, family):
+    """C2f / C3k2 bottlenecks (chunked junctions) lose their branch exactly too, and the spec rebuilds them."""
+    model = helpers.randomize_bn(build_model(new_spec(3, size="n", family=family)), 0)
+    gone = sorted(removable_branches(model).items())[:2]
+    skip = family == "yolo11"            # its attention's matmul is outside the channel graph (issue 18's work)
+    keep = helpers.random_keep(build_graph(model, X, skip_unsupported=skip), 0, p=0.6)
+    for bn, _ in gone:
+        keep[bn] = np.zeros_like(keep[bn])
+    dense = copy.deepcopy(model)
+    res = prune_model(model, keep, round_to=1, min_channels=1, example_input=X, fold=False, skip_unsupported=skip)
+    assert res.stats["blocks_removed"] == sorted(b for _, b in gone)
+    with torch.no_grad():
+        ref = masked_model(dense, res.plan, zero_beta=True).eval()(X)
+        assert helpers.rel_err(ref, res.model.eval()(X)) <= 1e-4
+        rebuilt = build_model(spec_from_pruned(res.model, {**dense.spec, "widths": {}}))
+        rebuilt.load_state_dict(res.model.state_dict())
+        assert torch.equal(rebuilt.eval()(X), res.model(X))
