@@ -39,9 +39,9 @@ def solver_table(model: Any, prune: PruneConfig, imgsz: int,
 
     if log:
         log("prune.target=latency without prune.latency_table: measuring a table on this host (ONNX Runtime CPU, "
-            "1 thread)")
+            "1 thread, CPU time)")
     return measure_table_ort(model, imgsz, threads=1, min_channels=prune.min_channels, log=log), \
-        "measured on the spot (onnxruntime CPU, 1 thread)"
+        "measured on the spot (onnxruntime CPU, 1 thread, CPU time)"
 
 
 def alignment(table: dict[str, Any], round_to: int) -> int:
