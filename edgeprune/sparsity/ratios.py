@@ -215,7 +215,8 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
     units = _units(convs, bns)
     # the latency target may remove a residual block whose branch it prunes to nothing (depth pruning: fewer
     # layers are often the bigger win at batch 1); the FLOPs target keeps min_channels everywhere, as before
-    removable = {u.uid for u in units if u.members == [u.uid] and u.uid in removable_branches(net)} if lat else set()
+    branches = removable_branches(net) if lat else {}
+    removable = {u.uid for u in units if u.members == [u.uid] and u.uid in branches}
     for u in tqdm(units, desc="ratio solver", disable=not progress):
         ks = sorted({round_keep(u.channels * j / cfg.ratio_grid, u.channels, prune)
                      for j in range(1, cfg.ratio_grid + 1)} | {u.channels} | ({0} if u.uid in removable else set()),
@@ -320,8 +321,7 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
                                 "dense_ms": dense_ms, "budget_ms": budget_ms, "predicted_ms": predicted,
                                 "predicted_share": predicted / dense_ms, "met": predicted <= budget_ms + 1e-9,
                                 "alignment": prune.round_to,
-                                "blocks_removed": [removable_branches(net)[u] for u in sorted(removable)
-                                                   if choice[u] == 0]}}
+                                "blocks_removed": [branches[u] for u in sorted(removable) if choice[u] == 0]}}
 
 
 def save_ratios(doc: dict[str, Any], path: str | Path) -> None:
