@@ -1,5 +1,8 @@
 """Thread and worker counts (train/resources.py) and the trainer's persistent loader."""
 
+import os
+import time
+
 import pytest
 import torch
 
@@ -16,6 +19,25 @@ def test_free_cores_subtract_the_load_and_keep_one():
     assert free_cores(8, 2.6) == 5
     assert free_cores(2, 7.0) == 1              # a busy 2-core machine: one thread, never zero
     assert free_cores(4, -1.0) == 4             # never more than the cores
+
+
+def test_others_load_leaves_out_this_process():
+    # 2 CPUs, a 1 s sample of 200 ticks: 150 busy of which this process 100 -> others keep 0.5 CPU busy
+    assert resources.others_busy(150, 200, 100, 2) == pytest.approx(0.5)
+    assert resources.others_busy(100, 200, 100, 2) == 0.0          # only this process ran: a free machine
+    assert resources.others_busy(90, 200, 100, 2) == 0.0           # tick skew never goes negative
+    # the real counters: CPU this process burns shows in its own ticks and in the machine's busy ticks
+    if resources._own_ticks() is None:
+        pytest.skip("no /proc (not Linux)")
+    hz = os.sysconf("SC_CLK_TCK")
+    t0, o0 = resources._cpu_ticks(), resources._own_ticks()
+    start = time.process_time()
+    while time.process_time() - start < 0.3:
+        pass
+    t1, o1 = resources._cpu_ticks(), resources._own_ticks()
+    assert o1 - o0 >= 0.2 * hz
+    assert t1[0] - t0[0] >= o1 - o0 - 2
+    assert 0.0 <= resources.others_load(0.2) <= (os.cpu_count() or 1)
 
 
 def test_threads_auto_share_free_cores_with_workers_and_ranks(monkeypatch):
