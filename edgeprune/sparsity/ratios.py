@@ -10,6 +10,7 @@ The slimming baseline (`mode="threshold"`) uses one global |gamma| percentile in
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from ..config import PruneConfig, SparseConfig
 from ..errors import PruneError, SparsityError
 from ..fsio import atomic_write_json
-from .attention import attention_deviation, target_energy
+from .attention import attention_deviation, reference, target_energy
 from ..models.spec import spec_sha
 from ..prune.recombine import round_count
 from .bnscan import junction_bns, prunable_bns, slimming_excluded, unwrap
@@ -116,6 +117,73 @@ class _Masker:
                 self.bns[n].weight[idx], self.bns[n].bias[idx] = saved[n]
 
 
+class _Deviation:
+    """The solver's evaluation: the mean attention deviation of the model, as currently masked, from the unmasked
+    model on the ratio batches. What no mask changes is computed once: the reference side (target weights and
+    attention maps) and the outputs of the model's top-level `layers`. A mask inside layer i cannot change what
+    the layers that ran before it computed, so an evaluation replays their outputs from memory and runs only
+    the rest (the same ops on the same inputs: the same deviation to the bit)."""
+
+    def __init__(self, net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence[Batch],
+                 kw: dict[str, float]):
+        self.net, self.bns, self.batches, self.p = net, bns, batches, kw["p"]
+        layers = getattr(net, "layers", None)
+        self.layers = list(layers) if isinstance(layers, nn.ModuleList) else []
+        self.layer_of = {id(m): i for i, layer in enumerate(self.layers) for m in layer.modules()}
+        calls: list[tuple[int, Any]] = []
+        hooks = [layer.register_forward_hook(lambda _m, _in, out, i=i: calls.append((i, out)))
+                 for i, layer in enumerate(self.layers)]
+        self.refs, self.outs, orders = [], [], []
+        try:
+            with torch.no_grad():
+                for imgs, targets in batches:
+                    calls.clear()
+                    self.refs.append(reference(net.forward_features(imgs), targets, **kw))
+                    self.outs.append(dict(calls))
+                    orders.append([i for i, _ in calls])
+        finally:
+            for h in hooks:
+                h.remove()
+        held = sum(o.numel() * o.element_size() for outs in self.outs for o in outs.values()
+                   if isinstance(o, torch.Tensor))
+        # replay only where every layer ran once, in one order for all batches, and the outputs fit in memory
+        order = orders[0]
+        if len(set(order)) != len(order) or any(o != order for o in orders) or held > _memory_budget(batches):
+            order, self.outs = [], []
+        self.position = {i: k for k, i in enumerate(order)}
+        self.order = order
+
+    def __call__(self, masked: Sequence[str]) -> float:
+        """Deviation with the BNs `masked` (names) masked in place by the caller."""
+        first = min((self.position.get(self.layer_of.get(id(self.bns[n]), -1), 0) for n in masked), default=0)
+        replay = [self.layers[i] for i in self.order[:first]]
+        devs = []
+        with torch.no_grad():
+            for b, (imgs, _) in enumerate(self.batches):
+                for layer in replay:
+                    layer.forward = functools.partial(_replay, self.outs[b][self.layer_of[id(layer)]])
+                try:
+                    devs.append(attention_deviation(self.net.forward_features(imgs), None, p=self.p,
+                                                    ref=self.refs[b]).mean())
+                finally:
+                    for layer in replay:
+                        del layer.forward
+        return float(torch.stack(devs).mean())
+
+
+def _replay(out: Any, *args: Any, **kwargs: Any) -> Any:
+    return out
+
+
+def _memory_budget(batches: Sequence[Batch]) -> int:
+    """Bytes the solver may hold in layer outputs: half of the free memory of the batches' device."""
+    dev = batches[0][0].device
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0] // 2
+    from ..data.torchdata import cache_budget
+    return cache_budget()
+
+
 def solve_ratios(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig, prune: PruneConfig,
                  mode: str = "attention", progress: bool = False) -> dict[str, Any]:
     """The ratios.json document (CONTRACTS.md) for `model` (a Detector with `spec` and `forward_features`).
@@ -176,15 +244,7 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
           "small_boost": cfg.small_boost}
     was = net.training
     net.eval()
-    with torch.no_grad():
-        refs = [net.forward_features(imgs) for imgs, _ in batches]
-
-    def deviation() -> float:
-        with torch.no_grad():
-            devs = [attention_deviation(net.forward_features(imgs), ref, t, **kw).mean()
-                    for (imgs, t), ref in zip(batches, refs)]
-        return float(torch.stack(devs).mean())
-
+    deviation = _Deviation(net, bns, batches, kw)
     masker = _Masker(bns, cfg.mask_beta)
     units = _units(convs, bns)
     for u in tqdm(units, desc="ratio solver", disable=not progress):
@@ -194,7 +254,8 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
         for k in ks:        # from keeping all down to the fewest: dev made non-decreasing as k shrinks
             sel = u.select(k, imp, prune)
             drop = {m: sorted(set(range(u.channels)) - sel["kept"]) for m in u.members}
-            dev = 0.0 if not any(drop.values()) else masker.run(drop, deviation)
+            masked = [m for m, idx in drop.items() if idx]
+            dev = 0.0 if not masked else masker.run(drop, lambda: deviation(masked))
             worst = max(worst, dev)
             u.candidates[k] = {**sel, "dev": worst}
     net.train(was)

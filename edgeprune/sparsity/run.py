@@ -19,7 +19,7 @@ from ..config import Config, continued
 from ..errors import SparsityError
 from ..fsio import atomic_write_json
 from ..models.io import load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..train.dist import is_main
+from ..train.dist import default_device, is_main
 from .bnscan import prunable_bns, slimming_excluded
 from .hook import SparsityHook
 from .plots import plot_gamma_hist, plot_kept, plot_strength
@@ -74,7 +74,9 @@ def sparse_train(dense_ckpt: str | Path, data: Any, cfg: Config, out_dir: str | 
     save_checkpoint(out / "sparse.pt", sparse, method=sc.method, sparse_cfg=dataclasses.asdict(sc))
 
     mode = "threshold" if sc.method == "slimming" else "attention"
-    ratios = solve_ratios(sparse, val_batches(data, cfg), sc, cfg.prune, mode=mode, progress=progress)
+    dev = torch.device(device or default_device())          # the solver's forwards run where training ran
+    batches = [(imgs.to(dev), targets.to(dev)) for imgs, targets in val_batches(data, cfg)]
+    ratios = solve_ratios(sparse.to(dev), batches, sc, cfg.prune, mode=mode, progress=progress)
     save_ratios(ratios, out / "ratios.json")
 
     teacher.eval()
