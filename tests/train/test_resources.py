@@ -90,6 +90,29 @@ def test_persistent_workers_give_the_in_process_batches(tmp_path):
     assert not torch.equal(batches[0][0][0][0], batches[0][1][0][0])
 
 
+def test_train_cache_setting_changes_no_batch(tmp_path):
+    """train.cache=ram keeps the letterboxed images (filled during the first epoch), off never does, and both
+    give the trainer the same batches in every epoch; an unknown value is a ConfigError naming the key."""
+    from edgeprune.config import make_config
+    from edgeprune.errors import ConfigError
+
+    data = load_dataset(ensure_synthetic(tmp_path / "s", 5, 1, 128, seed=4, progress=False))
+    model, _ = new_model(data, "n", 128, seed=0, autoanchor=False)
+    batches = {}
+    for cache in ("ram", "off"):
+        cfg = TrainConfig(batch=2, workers=0, threads=1, cache=cache, mosaic=0.5, hsv=0.5)
+        t = Trainer(model, data, cfg, tmp_path / cache, imgsz=128, progress=False)
+        batches[cache] = [[(x, y) for x, y, _ in t._loader(e)] for e in (0, 1)]
+        assert (t.dataset._filled is not None) == (cache == "ram")
+        if cache == "ram":
+            assert bool(t.dataset._filled.all())
+    for e in (0, 1):
+        for (xa, ya), (xb, yb) in zip(batches["ram"][e], batches["off"][e], strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    with pytest.raises(ConfigError, match="train.cache"):
+        make_config("quick", {"train": {"cache": "disk"}})
+
+
 def test_shared_cache_is_filled_by_workers_and_changes_no_item(tmp_path):
     """Workers load every image once into the shared cache (the main process sees it filled), and cached
     items equal uncached ones."""
