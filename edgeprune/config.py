@@ -56,7 +56,7 @@ class TrainConfig:
     ema: bool = True
     workers: Union[int, str] = "auto"  # data-loader worker processes; auto: from the cores (train/resources.py)
     threads: Union[int, str] = "auto"  # torch CPU threads; auto: OMP_NUM_THREADS, else the free cores minus workers
-    cache: str = "auto"                # letterboxed training images in RAM: auto (if they fit half the free memory) | ram | off
+    cache: str = "auto"                # letterboxed train images in RAM: auto (fit half the free RAM) | ram | off
     mosaic: float = 0.5                # probability of a mosaic sample
     flip: float = 0.5                  # probability of each flip (lr, ud)
     rot90: float = 0.5                 # probability of a random 90-degree rotation
