@@ -169,6 +169,11 @@ class ExportConfig:
     parity_min_match: float = 0.99     # share of post-NMS detections that agree (near-ties excused)
 
 
+# Keys that choose resources, not results (any worker count or cache setting gives the same batches; threads only
+# reorder float sums): changing one must not invalidate a finished `compress` stage nor empty a resumable one.
+RESOURCE_KEYS: dict[str, tuple[str, ...]] = {"train": ("workers", "threads", "cache")}
+
+
 @dataclass
 class Config:
     name: str = "default"
@@ -185,7 +190,10 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        blob = json.dumps({s: self.to_dict()[s] for s in sections}, sort_keys=True)
+        """Hash of what `sections` say about the results: RESOURCE_KEYS are left out."""
+        d = self.to_dict()
+        blob = json.dumps({s: {k: v for k, v in d[s].items() if k not in RESOURCE_KEYS.get(s, ())}
+                           for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
