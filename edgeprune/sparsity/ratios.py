@@ -133,25 +133,28 @@ class _Deviation:
         calls: list[tuple[int, Any]] = []
         hooks = [layer.register_forward_hook(lambda _m, _in, out, i=i: calls.append((i, out)))
                  for i, layer in enumerate(self.layers)]
-        self.refs, self.outs, orders = [], [], []
+        self.refs: list[Any] = []
+        self.outs: list[dict[int, Any]] = []
+        order: list[int] | None = None
+        held, budget = 0, _memory_budget(batches)
         try:
             with torch.no_grad():
                 for imgs, targets in batches:
                     calls.clear()
                     self.refs.append(reference(net.forward_features(imgs), targets, **kw))
-                    self.outs.append(dict(calls))
-                    orders.append([i for i, _ in calls])
+                    ran = [i for i, _ in calls]
+                    order = ran if order is None else order
+                    held += sum(o.numel() * o.element_size() for _, o in calls if isinstance(o, torch.Tensor))
+                    # replay only where every layer ran once, in one order for all batches, within memory
+                    if ran != order or len(set(ran)) != len(ran) or held > budget:
+                        order = []
+                    self.outs = [*self.outs, dict(calls)] if order else []
+                    calls.clear()
         finally:
             for h in hooks:
                 h.remove()
-        held = sum(o.numel() * o.element_size() for outs in self.outs for o in outs.values()
-                   if isinstance(o, torch.Tensor))
-        # replay only where every layer ran once, in one order for all batches, and the outputs fit in memory
-        order = orders[0]
-        if len(set(order)) != len(order) or any(o != order for o in orders) or held > _memory_budget(batches):
-            order, self.outs = [], []
-        self.position = {i: k for k, i in enumerate(order)}
-        self.order = order
+        self.order = order or []
+        self.position = {i: k for k, i in enumerate(self.order)}
 
     def __call__(self, masked: Sequence[str]) -> float:
         """Deviation with the BNs `masked` (names) masked in place by the caller."""

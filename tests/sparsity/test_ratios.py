@@ -134,7 +134,7 @@ def test_solver_flops_are_the_pruned_models_flops(tiny_model, batch, cfg):
 
 
 @pytest.mark.parametrize("family", ["yolov5", "yolov8"])
-def test_cached_deviation_equals_a_full_forward_and_skips_the_unmasked_prefix(family):
+def test_cached_deviation_equals_a_full_forward_and_skips_the_unmasked_prefix(family, monkeypatch):
     """The solver's evaluation replays the layers before the first masked one: the same deviation to the bit as
     a full forward against the unmasked model, and the replayed layers' convolutions do not run."""
     from edgeprune.sparsity.attention import attention_deviation
@@ -168,3 +168,9 @@ def test_cached_deviation_equals_a_full_forward_and_skips_the_unmasked_prefix(fa
                  for (x, t), r in zip(batches, refs)]).mean()))
         assert got == want and got > 0, masked
         assert replayed == (names[0] not in masked), masked
+    # layer outputs beyond the memory budget: no replay, the same deviation from full forwards
+    from edgeprune.sparsity import ratios
+    monkeypatch.setattr(ratios, "_memory_budget", lambda batches: 0)
+    full = _Deviation(net, bns, batches, kw)
+    assert full.order == [] and full.outs == []
+    assert masker.run(drop, lambda: full(masked)) == got
