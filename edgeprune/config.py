@@ -56,6 +56,7 @@ class TrainConfig:
     ema: bool = True
     workers: Union[int, str] = "auto"  # data-loader worker processes; auto: from the cores (train/resources.py)
     threads: Union[int, str] = "auto"  # torch CPU threads; auto: OMP_NUM_THREADS, else the free cores minus workers
+    cache: str = "auto"                # letterboxed train images in RAM: auto (fit half the free RAM) | ram | off
     mosaic: float = 0.5                # probability of a mosaic sample
     flip: float = 0.5                  # probability of each flip (lr, ud)
     rot90: float = 0.5                 # probability of a random 90-degree rotation
@@ -174,6 +175,11 @@ class ExportConfig:
     parity_min_match: float = 0.99     # share of post-NMS detections that agree (near-ties excused)
 
 
+# Keys that choose resources, not results (any worker count or cache setting gives the same batches; threads only
+# reorder float sums): changing one must not invalidate a finished `compress` stage nor empty a resumable one.
+RESOURCE_KEYS: dict[str, tuple[str, ...]] = {"train": ("workers", "threads", "cache")}
+
+
 @dataclass
 class Config:
     name: str = "default"
@@ -190,10 +196,17 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Hash of the named sections (or single keys, `section.key`)."""
+        """Hash of what `sections` (or single keys, `section.key`) say about the results: RESOURCE_KEYS are left
+        out."""
         d = self.to_dict()
-        blob = json.dumps({s: d[s] if "." not in s else d[s.split(".")[0]][s.split(".")[1]] for s in sections},
-                          sort_keys=True)
+
+        def part(s: str) -> Any:
+            if "." in s:
+                section, key = s.split(".", 1)
+                return d[section][key]
+            return {k: v for k, v in d[s].items() if k not in RESOURCE_KEYS.get(s, ())}
+
+        blob = json.dumps({s: part(s) for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -228,6 +241,7 @@ CHOICES = {
     "data.synth_style": ("aerial", "simple"),
     "model.size": ("n", "s", "m"),
     "train.optimizer": ("sgd", "adamw"),
+    "train.cache": ("auto", "ram", "off"),
     "sparse.method": ("l1rr", "slimming"),
     "sparse.importance": ("gamma", "taylor"),
     "sparse.l1_update": ("proximal", "subgradient"),

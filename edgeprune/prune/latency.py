@@ -170,6 +170,9 @@ def measure_table_ort(model: nn.Module, imgsz: int, threads: int = 1, iterations
     from ..export.onnx_export import export_onnx
     from ..models.spec import with_widths
 
+    if next(model.parameters()).device.type != "cpu":   # the solver's model may sit on a GPU
+        import copy
+        model = copy.deepcopy(model).cpu()
     exp = export_onnx(model, imgsz)  # simplified, as the deployed bundle is
     with tempfile.TemporaryDirectory(prefix="edgeprune-table-") as folder:
         write_bundle(folder, with_widths(model.spec, model.conv_widths()), exp, exp.model)

@@ -14,6 +14,7 @@ The slimming baseline (`mode="threshold"`) uses one global |gamma| percentile in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from ..config import PruneConfig, SparseConfig
 from ..errors import PruneError, SparsityError
 from ..fsio import atomic_write_json
-from .attention import attention_deviation, target_energy
+from .attention import attention_deviation, reference, target_energy
 from ..models.blocks import removable_branches
 from ..models.spec import spec_sha
 from ..prune.recombine import round_count
@@ -123,6 +124,76 @@ class _Masker:
                 self.bns[n].weight[idx], self.bns[n].bias[idx] = saved[n]
 
 
+class _Deviation:
+    """The solver's evaluation: the mean attention deviation of the model, as currently masked, from the unmasked
+    model on the ratio batches. What no mask changes is computed once: the reference side (target weights and
+    attention maps) and the outputs of the model's top-level `layers`. A mask inside layer i cannot change what
+    the layers that ran before it computed, so an evaluation replays their outputs from memory and runs only
+    the rest (the same ops on the same inputs: the same deviation to the bit)."""
+
+    def __init__(self, net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence[Batch],
+                 kw: dict[str, float]):
+        self.net, self.bns, self.batches, self.p = net, bns, batches, kw["p"]
+        layers = getattr(net, "layers", None)
+        self.layers = list(layers) if isinstance(layers, nn.ModuleList) else []
+        self.layer_of = {id(m): i for i, layer in enumerate(self.layers) for m in layer.modules()}
+        calls: list[tuple[int, Any]] = []
+        hooks = [layer.register_forward_hook(lambda _m, _in, out, i=i: calls.append((i, out)))
+                 for i, layer in enumerate(self.layers)]
+        self.refs: list[Any] = []
+        self.outs: list[dict[int, Any]] = []
+        order: list[int] | None = None
+        held, budget = 0, _memory_budget(batches)
+        try:
+            with torch.no_grad():
+                for imgs, targets in batches:
+                    calls.clear()
+                    self.refs.append(reference(net.forward_features(imgs), targets, **kw))
+                    ran = [i for i, _ in calls]
+                    order = ran if order is None else order
+                    held += sum(o.numel() * o.element_size() for _, o in calls if isinstance(o, torch.Tensor))
+                    # replay only where every layer ran once, in one order for all batches, within memory
+                    if ran != order or len(set(ran)) != len(ran) or held > budget:
+                        order = []
+                    self.outs = [*self.outs, dict(calls)] if order else []
+                    calls.clear()
+        finally:
+            for h in hooks:
+                h.remove()
+        self.order = order or []
+        self.position = {i: k for k, i in enumerate(self.order)}
+
+    def __call__(self, masked: Sequence[str]) -> float:
+        """Deviation with the BNs `masked` (names) masked in place by the caller."""
+        first = min((self.position.get(self.layer_of.get(id(self.bns[n]), -1), 0) for n in masked), default=0)
+        replay = [self.layers[i] for i in self.order[:first]]
+        devs = []
+        with torch.no_grad():
+            for b, (imgs, _) in enumerate(self.batches):
+                for layer in replay:
+                    layer.forward = functools.partial(_replay, self.outs[b][self.layer_of[id(layer)]])
+                try:
+                    devs.append(attention_deviation(self.net.forward_features(imgs), None, p=self.p,
+                                                    ref=self.refs[b]).mean())
+                finally:
+                    for layer in replay:
+                        del layer.forward
+        return float(torch.stack(devs).mean())
+
+
+def _replay(out: Any, *args: Any, **kwargs: Any) -> Any:
+    return out
+
+
+def _memory_budget(batches: Sequence[Batch]) -> int:
+    """Bytes the solver may hold in layer outputs: half of the free memory of the batches' device."""
+    dev = batches[0][0].device
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0] // 2
+    from ..data.torchdata import cache_budget
+    return cache_budget()
+
+
 def solve_ratios(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig, prune: PruneConfig,
                  mode: str = "attention", progress: bool = False,
                  table: tuple[dict[str, Any], str] | None = None) -> dict[str, Any]:
@@ -202,15 +273,7 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
           "small_boost": cfg.small_boost}
     was = net.training
     net.eval()
-    with torch.no_grad():
-        refs = [net.forward_features(imgs) for imgs, _ in batches]
-
-    def deviation() -> float:
-        with torch.no_grad():
-            devs = [attention_deviation(net.forward_features(imgs), ref, t, **kw).mean()
-                    for (imgs, t), ref in zip(batches, refs)]
-        return float(torch.stack(devs).mean())
-
+    deviation = _Deviation(net, bns, batches, kw)
     masker = _Masker(bns, cfg.mask_beta)
     units = _units(convs, bns)
     # the latency target may remove a residual block whose branch it prunes to nothing (depth pruning: fewer
@@ -225,7 +288,8 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
         for k in ks:        # from keeping all down to the fewest: dev made non-decreasing as k shrinks
             sel = u.select(k, imp, prune)
             drop = {m: sorted(set(range(u.channels)) - sel["kept"]) for m in u.members}
-            dev = 0.0 if not any(drop.values()) else masker.run(drop, deviation)
+            masked = [m for m, idx in drop.items() if idx]
+            dev = 0.0 if not masked else masker.run(drop, lambda: deviation(masked))
             worst = max(worst, dev)
             u.candidates[k] = {**sel, "dev": worst}
     net.train(was)
