@@ -121,3 +121,27 @@ def test_resume_refuses_another_model(tiny, tmp_path):
     other, _ = new_model(tiny, "s", 128)
     with pytest.raises(CheckpointError, match="last.pt.*another model"):
         fit(other, tiny, replace(cfg, epochs=2), tmp_path, progress=False)
+
+
+def test_patience_stops_on_a_plateau_and_resumes_to_the_stop(tiny, tmp_path):
+    """lr0=0: the weights never move, so val mAP50 cannot beat its first evaluation; patience 2 must end a
+    10-epoch run two evaluations later, record where, and a resume returns that result without training."""
+    cfg = TrainConfig(epochs=10, batch=2, lr0=0.0, warmup_epochs=0, eval_every=1, patience=2, **NO_AUG)
+    final = fit(_fresh(tiny), tiny, cfg, tmp_path, progress=False)
+    maps = [r["map50"] for r in json.loads((tmp_path / "log.json").read_text())["history"]]
+    best = final["best_epoch"]
+    assert final["stopped_early"] is True and final["epochs"] == best + 2 < 10, (final, maps)
+    assert len(maps) == final["epochs"] and max(maps[best:]) <= maps[best - 1] == final["best_map50"], maps
+    st = load_checkpoint(tmp_path / "last.pt")["train"]
+    assert st["epoch"] == final["epochs"] and st["best_epoch"] == best
+    assert fit(_fresh(tiny), tiny, cfg, tmp_path, progress=False)["epochs"] == final["epochs"]
+    assert len(json.loads((tmp_path / "log.json").read_text())["history"]) == final["epochs"]
+
+
+def test_patience_needs_a_val_split_and_continued_stages_run_their_budget(tiny, tmp_path):
+    from edgeprune.config import continued
+    from edgeprune.errors import ConfigError
+    no_val = replace(tiny, splits={"train": tiny.splits["train"]})
+    with pytest.raises(ConfigError, match="train.patience"):
+        fit(_fresh(tiny), no_val, TrainConfig(epochs=2, patience=3), tmp_path, progress=False)
+    assert continued(TrainConfig(patience=5), 4, 0.001, 0.5).patience == 0
