@@ -550,7 +550,6 @@ def heldout_pairs(doc: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     from edgeprune.data.dataset import load_dataset
     from edgeprune.data.synth import ensure_synthetic
 
@@ -563,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.heldout and not synthetic and not data.splits.get("test"):
         raise UsageError(f"{path}: --heldout scores a real data set on its test split, and it has none; add one "
                          "(YOLO data.yaml `test:`, VOC ImageSets/Main/test.txt) or leave out --heldout")
+    torch.set_num_threads(args.threads)
     val_dir = path / "images" / "val" if path.is_dir() else None
     args._val_images = str(val_dir) if val_dir and val_dir.is_dir() else None
     command = "python benchmarks/compare_pruners.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -66,6 +66,7 @@ class _Scene:
     occupied: list = field(default_factory=list)  # boxes nothing else may overlap
     outlines: list = field(default_factory=list)  # per box, the polygons it is tight around (for cropping tiles)
     labels: dict | None = None                    # generator class id -> the style's class id (None: the same)
+    cell: float = 0.0                             # dior: the side of the quarters the tile is cut into
 
 
 def _uni(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -487,12 +488,22 @@ _GRASS = (88, 168, 70)
 
 
 def _fits(sc: _Scene, box, gap: float = 2.0, land: bool = True) -> bool:
+    """Inside, free, on land, and, when large, within one quarter of the tile (else no quarter would hold
+    enough of it to label it)."""
+    c = sc.cell
+    if c and max(box[2] - box[0], box[3] - box[1]) > 0.3 * c and \
+            (box[0] // c != (box[2] - 1e-6) // c or box[1] // c != (box[3] - 1e-6) // c):
+        return False
     return _inside(box, sc.size) and _free(sc, box, gap) and (not land or _on_land(sc, box))
 
 
 def _spot(sc: _Scene, margin: float) -> tuple[float, float]:
-    m = min(margin, sc.size / 2 - 1)
-    return float(sc.rng.uniform(m, sc.size - m)), float(sc.rng.uniform(m, sc.size - m))
+    """A random point at least `margin` from the edges of a random quarter (of the scene without quarters)."""
+    rng = sc.rng
+    c = sc.cell or sc.size
+    m = min(margin, c / 2 - 1)
+    i, j = (int(rng.integers(round(sc.size / c))) for _ in range(2))
+    return float(i * c + rng.uniform(m, c - m)), float(j * c + rng.uniform(m, c - m))
 
 
 def _axis_angle(rng: np.random.Generator) -> float:
@@ -509,9 +520,9 @@ def _oval(length: float, width: float, n: int = 24) -> np.ndarray:
 
 
 def _place_airport(sc: _Scene) -> None:
-    rng, T = sc.rng, sc.size
+    rng = sc.rng
     for _try in range(8):
-        L = _uni(rng, min(110, T * 0.45), min(300, T * 0.85))
+        L = _uni(rng, min(110, sc.cell * 0.55), min(300, sc.cell * 0.92))
         rw, gap, depth = float(rng.uniform(9, 15)), float(rng.uniform(8, 16)), float(rng.uniform(35, 65))
         ang = _axis_angle(rng)
         cx, cy = _spot(sc, L / 2 + 4)
@@ -596,7 +607,7 @@ def _place_chimney(sc: _Scene, cx: float, cy: float) -> bool:
 def _place_windmill(sc: _Scene, cx: float, cy: float) -> bool:
     rng = sc.rng
     lb, a0 = float(rng.uniform(4, 10)), float(rng.uniform(0, 2 * math.pi))
-    blade = np.array([[0, -0.8], [lb, -0.25], [lb, 0.25], [0, 0.8]])
+    blade = np.array([[0, -0.9], [lb, -0.6], [lb, 0.6], [0, 0.9]])     # >= 1 px wide to the tip
     polys = [_rot(blade, a0 + k * 2 * math.pi / 3, cx, cy) for k in range(3)] + [_circle(cx, cy, 1.4, 8)]
     if not _fits(sc, _bbox(polys), 3):
         return False
@@ -627,7 +638,7 @@ def _place_service_area(sc: _Scene, road) -> None:
     rng = sc.rng
     px, py, ux, uy, rw = road
     for _try in range(10):
-        W, H = float(rng.uniform(50, 110)), float(rng.uniform(30, 64))
+        W, H = _uni(rng, min(50, sc.cell * 0.35), min(110, sc.cell * 0.8)), float(rng.uniform(30, 64))
         t, side = rng.uniform(-sc.size * 0.4, sc.size * 0.4), (1 if rng.random() < 0.5 else -1)
         off = side * (rw / 2 + 3 + H / 2)
         cx, cy = px + t * ux - off * uy, py + t * uy + off * ux
@@ -676,7 +687,7 @@ def _place_toll(sc: _Scene, road) -> None:
 def _place_golf(sc: _Scene) -> None:
     rng = sc.rng
     for _try in range(8):
-        R = _uni(rng, 35, min(90, sc.size * 0.3))
+        R = _uni(rng, min(35, sc.cell * 0.2), min(90, sc.cell * 0.42))
         cx, cy = _spot(sc, R + 4)
         a = np.linspace(0, 2 * math.pi, 18, endpoint=False)
         rad = R * (0.65 + 0.35 * np.abs(np.sin(a * float(rng.uniform(1, 3)) + rng.uniform(0, 6))))
@@ -693,7 +704,7 @@ def _place_golf(sc: _Scene) -> None:
 
 def _place_track(sc: _Scene, cx: float, cy: float) -> bool:
     rng = sc.rng
-    L = _uni(rng, 50, min(110, sc.size * 0.35))
+    L = _uni(rng, min(50, sc.cell * 0.35), min(110, sc.cell * 0.7))
     W, ang = L * 0.56, float(rng.uniform(0, math.pi))
     polys = [_rot(_oval(L * k, W * k), ang, cx, cy) for k in (1.0, 0.9, 0.87, 0.74)]
     if not _fits(sc, _bbox(polys[:1]), 3):
@@ -705,7 +716,7 @@ def _place_track(sc: _Scene, cx: float, cy: float) -> bool:
 
 def _place_stadium(sc: _Scene, cx: float, cy: float) -> bool:
     rng = sc.rng
-    L = _uni(rng, 60, min(130, sc.size * 0.4))
+    L = _uni(rng, min(60, sc.cell * 0.4), min(130, sc.cell * 0.8))
     W, ang = L * 0.78, _axis_angle(rng)
     a = np.linspace(0, 2 * math.pi, 28, endpoint=False)
     ring = lambda k: np.stack([L / 2 * k * np.cos(a), W / 2 * k * np.sin(a)], 1)  # noqa: E731
@@ -745,7 +756,7 @@ def _place_overpass(sc: _Scene, road) -> None:
 def _place_train_station(sc: _Scene) -> None:
     rng = sc.rng
     for _try in range(8):
-        L = _uni(rng, 70, min(170, sc.size * 0.6))
+        L = _uni(rng, min(70, sc.cell * 0.45), min(170, sc.cell * 0.9))
         n = int(rng.integers(2, 5))
         ang = _axis_angle(rng)
         cx, cy = _spot(sc, L / 2 + 4)
@@ -895,7 +906,7 @@ DIOR_MIN_VISIBLE = 0.5
 @functools.lru_cache(maxsize=2)
 def _dior_tile(seed: int, split: str, tile: int, side: int, hide: int | None):
     """(image, scene) of one planned and rendered tile; cached because its four quarters are written in turn."""
-    sc = _Scene(size=side, rng=_style_rng(seed, split, tile, "dior"))
+    sc = _Scene(size=side, rng=_style_rng(seed, split, tile, "dior"), cell=side / DIOR_TILE_SCALE)
     fields = _plan_dior(sc)
     img = _draw(sc, fields, hide, _TEXTURE["dior"])
     img.setflags(write=False)
