@@ -562,19 +562,20 @@ def _place_baseball(sc: _Scene, cx: float, cy: float) -> bool:
     return True
 
 
-def _place_courts(sc: _Scene, cls: int, cx: float, cy: float) -> int:
-    """A row of 1-6 tennis or 1-3 basketball courts side by side, each labelled."""
+def _place_courts(sc: _Scene, cls: int, cx: float, cy: float) -> None:
+    """A row of 1-6 tennis or 1-3 basketball courts side by side (laid out along the image axes, as blocks
+    are), each labelled."""
     rng = sc.rng
     L = float(rng.uniform(11, 20) if cls == TENNIS else rng.uniform(12, 26))
     W = L * (0.5 if cls == TENNIS else 0.56)
-    ang = float(rng.uniform(0, math.pi))
+    ang = _axis_angle(rng)
+    rim = 2 if cls == TENNIS else 1
     n = int(rng.integers(1, 7) if cls == TENNIS else rng.integers(1, 4))
     surface = [(70, 134, 84), (62, 104, 164), (182, 94, 64)] if cls == TENNIS else \
         [(62, 112, 172), (192, 124, 72), (84, 142, 94), (172, 64, 62)]
     color = surface[int(rng.integers(len(surface)))]
-    placed = 0
     for i in range(n):
-        oy = (i - (n - 1) / 2) * (W + 3)
+        oy = (i - (n - 1) / 2) * (W + 2 * rim + 3)
         if cls == TENNIS:   # a darker surround, the court, its net across the middle
             shapes = [_rect(-L / 2 - 2, oy - W / 2 - 2, L / 2 + 2, oy + W / 2 + 2), _rect(-L / 2, oy - W / 2, L / 2, oy + W / 2),
                       _rect(-0.5, oy - W / 2, 0.5, oy + W / 2)]
@@ -586,8 +587,6 @@ def _place_courts(sc: _Scene, cls: int, cx: float, cy: float) -> int:
         polys = [_rot(p, ang, cx, cy) for p in shapes]
         if _fits(sc, _bbox(polys), 1.5):
             _add_object(sc, cls, polys, colors, 0, layer="below")
-            placed += 1
-    return placed
 
 
 def _place_chimney(sc: _Scene, cx: float, cy: float) -> bool:
