@@ -534,10 +534,10 @@ def _place_airport(sc: _Scene) -> None:
         box = _bbox(polys)
         if not _fits(sc, box, 3):
             continue
-        g = int(rng.integers(62, 86))
+        g = int(rng.integers(190, 210))
         a = int(rng.integers(150, 180))
         # airplanes may stand on the apron inside the airport's box: only the runway and taxiway are kept free
-        _add_object(sc, AIRPORT, polys, [(g, g, g + 3), (g + 18,) * 3, (a, a, a - 4)] + [(232, 232, 228)] * len(marks),
+        _add_object(sc, AIRPORT, polys, [(g, g, g - 3), (g - 20,) * 3, (a, a, a - 4)] + [(70, 70, 72)] * len(marks),
                     0, layer="below", occupy=[_bbox(polys[:1]), _bbox(polys[1:2])])
         ap = _bbox(polys[2:3])
         inner = (ap[0] + 14, ap[1] + 14, ap[2] - 14, ap[3] - 14)
@@ -571,15 +571,16 @@ def _place_courts(sc: _Scene, cls: int, cx: float, cy: float) -> None:
     ang = _axis_angle(rng)
     rim = 2 if cls == TENNIS else 1
     n = int(rng.integers(1, 7) if cls == TENNIS else rng.integers(1, 4))
-    surface = [(70, 134, 84), (62, 104, 164), (182, 94, 64)] if cls == TENNIS else \
-        [(62, 112, 172), (192, 124, 72), (84, 142, 94), (172, 64, 62)]
+    # tennis: (court, surround) pairs that stand out from any ground; basketball: the court (white rim)
+    surface = [((70, 134, 84), (168, 84, 68)), ((62, 104, 164), (64, 142, 96)), ((182, 94, 64), (222, 218, 208))] \
+        if cls == TENNIS else [(62, 112, 172), (192, 124, 72), (84, 142, 94), (172, 64, 62)]
     color = surface[int(rng.integers(len(surface)))]
     for i in range(n):
         oy = (i - (n - 1) / 2) * (W + 2 * rim + 3)
         if cls == TENNIS:   # a darker surround, the court, its net across the middle
             shapes = [_rect(-L / 2 - 2, oy - W / 2 - 2, L / 2 + 2, oy + W / 2 + 2), _rect(-L / 2, oy - W / 2, L / 2, oy + W / 2),
                       _rect(-0.5, oy - W / 2, 0.5, oy + W / 2)]
-            colors = [_shade(color, 0.62), color, (238, 238, 238)]
+            colors = [color[1], color[0], (238, 238, 238)]
         else:               # a white border, the court, the centre line
             shapes = [_rect(-L / 2 - 1, oy - W / 2 - 1, L / 2 + 1, oy + W / 2 + 1), _rect(-L / 2, oy - W / 2, L / 2, oy + W / 2),
                       _rect(-0.6, oy - W / 2, 0.6, oy + W / 2)]
@@ -651,9 +652,9 @@ def _place_service_area(sc: _Scene, road) -> None:
         box = _bbox(polys)
         if not _fits(sc, box, 3):
             continue
-        g = int(rng.integers(112, 132))
-        roof = [(170, 80, 62), (82, 110, 168), (200, 200, 196)][int(rng.integers(3))]
-        _add_object(sc, SERVICE, polys, [(g, g, g - 2), roof] + [(226, 226, 222)] * len(stripes), 0,
+        g = int(rng.integers(188, 206))
+        roof = [(170, 80, 62), (82, 110, 168), (90, 96, 104)][int(rng.integers(3))]
+        _add_object(sc, SERVICE, polys, [(g, g, g - 2), roof] + [(110, 110, 108)] * len(stripes), 0,
                     layer="below", occupy=[])
         for _ in range(int(rng.integers(3, 14))):     # cars parked on the stalls, each a vehicle
             x, y = float(rng.uniform(-W / 2 + 4, W / 2 - bw - 6)), float(rng.choice([-H / 2 + 23, H / 2 - 9]))
@@ -678,7 +679,7 @@ def _place_toll(sc: _Scene, road) -> None:
         if not _fits(sc, _bbox(polys), 2):
             continue
         roof = [(226, 230, 234), (92, 132, 200), (210, 80, 60)][int(rng.integers(3))]
-        _add_object(sc, TOLL, polys, [(78, 78, 80)] + [(224, 224, 220)] * len(lanes) + [roof], 3.0,
+        _add_object(sc, TOLL, polys, [(52, 52, 56)] + [(224, 224, 220)] * len(lanes) + [roof], 3.0,
                     layer=["below"] * (1 + len(lanes)) + ["above"])
         return
 
@@ -724,8 +725,8 @@ def _place_stadium(sc: _Scene, cx: float, cy: float) -> bool:
     polys = [_rot(p, ang, cx, cy) for p in (ring(1.0), ring(0.82), pitch, line)]
     if not _fits(sc, _bbox(polys[:1]), 3):
         return False
-    g = int(rng.integers(150, 180))
-    _add_object(sc, STADIUM, polys, [(g, g - 4, g - 10), (g - 40, g - 44, g - 48), (76, 150, 66), (236, 236, 236)],
+    g = int(rng.integers(200, 222))
+    _add_object(sc, STADIUM, polys, [(g, g - 4, g - 10), (g - 70, g - 74, g - 78), (76, 150, 66), (236, 236, 236)],
                 5.0, layer=["above"] * 4)
     return True
 
@@ -762,7 +763,7 @@ def _place_train_station(sc: _Scene) -> None:
         parts, colors, y = [], [], 0.0
         for _ in range(n):      # track (dark ballast, two light rails), then platform
             parts += [_rect(-L / 2, y, L / 2, y + 5), _rect(-L / 2, y + 1.2, L / 2, y + 1.8), _rect(-L / 2, y + 3.2, L / 2, y + 3.8)]
-            colors += [(74, 64, 58), (160, 160, 160), (160, 160, 160)]
+            colors += [(60, 50, 46), (160, 160, 160), (160, 160, 160)]
             parts.append(_rect(-L * 0.4, y + 5, L * 0.4, y + 9))
             colors.append((196, 192, 182))
             y += 9
@@ -774,7 +775,7 @@ def _place_train_station(sc: _Scene) -> None:
         dx, dy = far * math.cos(ang), far * math.sin(ang)
         mid = _rot(np.array([[0.0, 2.5 - y / 2]]), ang, cx, cy)[0]
         sc.below.append(_Shape("line", [(mid[0] - dx, mid[1] - dy), (mid[0] + dx, mid[1] + dy)], (84, 74, 66), 4))
-        roof = [(150, 80, 62), (120, 124, 132)][int(rng.integers(2))]
+        roof = [(150, 80, 62), (70, 90, 140)][int(rng.integers(2))]
         _add_object(sc, TRAIN, polys, colors + [roof], 0, layer="below")
         return
 
@@ -809,12 +810,12 @@ def _plan_dior(sc: _Scene) -> list[tuple]:
     if sc.river is not None:
         if rng.random() < 0.4:
             _place_harbor(sc)
-        if rng.random() < 0.35:
+        if rng.random() < 0.5:
             _place_dam(sc)
         elif rng.random() < 0.7:
             _place_bridge(sc)
         _place_ships(sc, int(rng.integers(2, 14)), lo=6, hi=40)
-    for p, place in ((0.22, _place_airport), (0.18, _place_golf), (0.22, _place_train_station)):
+    for p, place in ((0.3, _place_airport), (0.25, _place_golf), (0.22, _place_train_station)):
         if rng.random() < p:
             place(sc)
     for p, place in ((0.25, _place_stadium), (0.35, _place_track), (0.4, _place_baseball)):
@@ -844,18 +845,18 @@ def _plan_dior(sc: _Scene) -> list[tuple]:
             dx, dy = (i % 4) * step, (i // 4) * step
             _place_windmill(sc, x0 + dx * math.cos(ang) - dy * math.sin(ang), y0 + dx * math.sin(ang) + dy * math.cos(ang))
     for px, py, ux, uy, width in roads:     # traffic
-        for _ in range(int(rng.integers(0, 26))):
+        for _ in range(int(rng.integers(0, 41))):
             t, off = rng.uniform(-S, S), rng.uniform(-width / 3, width / 3)
             _vehicle(sc, px + t * ux - off * uy, py + t * uy + off * ux,
                      math.atan2(uy, ux) + (math.pi if rng.random() < 0.5 else 0), lo=5, hi=11)
-    for _ in range(int(rng.integers(0, 3))):    # parking lots: rows of cars
+    for _ in range(int(rng.integers(0, 4))):    # parking lots: rows of cars
         x0, y0 = _spot(sc, 20)
         ang = rng.uniform(0, math.pi)
         c, s = math.cos(ang), math.sin(ang)
-        for i in range(int(rng.integers(6, 31))):
+        for i in range(int(rng.integers(6, 41))):
             dx, dy = (i % 6) * 7.5, (i // 6) * 14.0
             _vehicle(sc, x0 + dx * c - dy * s, y0 + dx * s + dy * c, ang + math.pi / 2, lo=5, hi=9)
-    for _ in range(int(rng.integers(0, 7))):    # and a few of the small classes anywhere
+    for _ in range(int(rng.integers(0, 12))):   # and a few of the small classes anywhere
         k = int(rng.integers(4))
         x, y = _spot(sc, 10)
         if k == 0:

@@ -170,7 +170,7 @@ def test_dior_boxes_are_tight_also_where_a_tile_is_cut():
 
 def test_dior_has_every_class_mostly_tiny_objects_and_passes_the_data_check(tmp_path):
     from edgeprune.data.check import BANDS, check
-    path = synth.ensure_synthetic(tmp_path, 120, 0, 160, seed=0, progress=False, style="dior")
+    path = synth.ensure_synthetic(tmp_path, 120, 0, 256, seed=0, progress=False, style="dior")  # 512 px tiles
     ds, rep = check(path)
     tr = rep["splits"]["train"]
     assert not rep["problems"] and rep["skipped"] == 0
@@ -181,6 +181,6 @@ def test_dior_has_every_class_mostly_tiny_objects_and_passes_the_data_check(tmp_
     assert (side < BANDS[0][1]).mean() >= 0.5 and tr["bands"]["tiny"] == int((side < 16).sum())
     assert (side >= 64).sum() >= 10                      # and some large areas (airports, golf, stations)
     assert len(boxes) / len(ds.splits["train"]) >= 10
-    aerial = np.concatenate([synth.render_scene(0, i, 160)[1] for i in range(60)])
+    aerial = np.concatenate([synth.render_scene(0, i, 256)[1] for i in range(60)])
     a_side = np.sqrt((aerial[:, 2] - aerial[:, 0]) * (aerial[:, 3] - aerial[:, 1]))
     assert (a_side < 16).mean() < (side < 16).mean() - 0.2      # unlike the default aerial scenes
