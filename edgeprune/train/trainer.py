@@ -9,7 +9,7 @@ without blocking. The step never waits for the device: losses are summed on it a
 Every epoch writes last.pt (everything needed for an exact resume: raw + EMA weights, optimizer, epoch,
 RNG states, hooks' state, history) and best.pt (by mAP50), log.csv, log.json and curves.png.
 Early stopping (`train.patience` > 0): the run ends once the EMA's val mAP50 has not improved for that many
-epochs (checked on evaluation epochs); `epochs` stays the length of the lr schedule, and the final metrics say
+epochs (checked on evaluation epochs; never while it is still 0); `epochs` stays the length of the lr schedule, and the final metrics say
 where it stopped (`epochs`, `stopped_early`, `best_epoch`).
 
 Hooks (the sparsity trainer plugs in here) are objects with any of: on_train_start(trainer),
@@ -348,7 +348,8 @@ class Trainer:
         evaluates, so under DDP its decision is broadcast (on evaluation epochs, which every rank knows)."""
         if self.cfg.patience <= 0 or self.epoch >= self.epochs or self.epoch % max(self.cfg.eval_every, 1):
             return False
-        stop = self.is_main and self.epoch - self.best_epoch >= self.cfg.patience
+        # a model that has detected nothing yet (mAP50 0 through warm-up) is starting, not on a plateau
+        stop = self.is_main and self.best_map50 > 0 and self.epoch - self.best_epoch >= self.cfg.patience
         if self.world_size > 1:
             import torch.distributed as dist
             flag = torch.tensor([int(stop)], device=self.device if self.device.type == "cuda" else "cpu")
