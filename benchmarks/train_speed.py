@@ -1,6 +1,7 @@
 """Training and evaluation throughput of the trainer's own loop: images per second of dense, sparse (L1RR hook +
 attention teacher) and distilled fine-tune steps, and of evaluation (`metrics.evaluate`), per model size and
-input side, with the share of the step time spent waiting for data.
+input side, with the share of the step time spent waiting for data; and the ratio solver's forwards per second
+(`ratios`: `solve_ratios` with the default sparse/prune config on the first validation batches, on the device).
 
 Each training mode runs `Trainer._train_epoch` over `--steps + 1` batches of a synthetic data set; the first
 step (worker start-up, lazy allocations) is not timed. The data wait is the time spent in the loader's
@@ -12,6 +13,7 @@ only, not loader workers) is reported too: it moves much less with the load than
 example:
   python benchmarks/train_speed.py --sizes n s --imgsz 256 640 --steps 4 --batch 8 \\
       --out benchmarks/results/train_speed_cpu.json
+  python benchmarks/train_speed.py --device cuda --sizes n s --imgsz 256 640 --steps 20 --batch 16 --workers auto
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-MODES = ("dense", "sparse", "finetune", "eval")
+MODES = ("dense", "sparse", "finetune", "eval", "ratios")
 
 
 class _TimedLoader:
@@ -123,6 +125,27 @@ def _eval_rate(model, ds, args, device: str) -> dict[str, float]:
             "cpu_ms_per_img": round(1e3 * cpu / max(len(val), 1), 1)}
 
 
+def _ratio_rate(model, ds, args, device: str) -> dict[str, float]:
+    """Wall time of `solve_ratios` and the model forwards it ran (each candidate evaluation runs one per batch)."""
+    from edgeprune.config import make_config
+    from edgeprune.sparsity.ratios import solve_ratios
+    from edgeprune.sparsity.run import val_batches
+
+    cfg = make_config()
+    cfg.model.imgsz = args.imgsz_now
+    batches = [(x.to(device), t.to(device)) for x, t in val_batches(ds, cfg, args.batch)]
+    model = model.to(device)
+    calls: list[int] = []      # runs of the last layer: one per batch and evaluation (fx tracing runs no hooks)
+    model.layers[-1].register_forward_pre_hook(lambda *_: calls.append(1))
+    _sync(device)()
+    t0, c0 = time.perf_counter(), time.process_time()
+    doc = solve_ratios(model, batches, cfg.sparse, cfg.prune)
+    _sync(device)()
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"batches": len(batches), "forwards": len(calls), "forwards_per_s": round(len(calls) / max(dt, 1e-9), 2),
+            "wall_s": round(dt, 2), "cpu_s": round(cpu, 2), "flops_reduction": round(doc["flops_reduction"], 4)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["n", "s"])
@@ -167,6 +190,8 @@ def main() -> int:
                     model, _ = new_model(ds, size, imgsz, seed=0, autoanchor=False)
                     if mode == "eval":
                         rate = _eval_rate(model, ds, args, device)
+                    elif mode == "ratios":
+                        rate = _ratio_rate(model, ds, args, device)
                     else:
                         rate = _train_rate(mode, model, ds, args, Path(tmp) / f"{size}{imgsz}{mode}", device)
                     row = {"size": size, "imgsz": imgsz, "mode": mode, "threads": torch.get_num_threads(), **rate}

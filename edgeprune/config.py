@@ -57,6 +57,7 @@ class TrainConfig:
     ema: bool = True
     workers: Union[int, str] = "auto"  # data-loader worker processes; auto: from the cores (train/resources.py)
     threads: Union[int, str] = "auto"  # torch CPU threads; auto: OMP_NUM_THREADS, else the free cores minus workers
+    cache: str = "auto"                # letterboxed train images in RAM: auto (fit half the free RAM) | ram | off
     mosaic: float = 0.5                # probability of a mosaic sample
     flip: float = 0.5                  # probability of each flip (lr, ud)
     rot90: float = 0.5                 # probability of a random 90-degree rotation
@@ -151,6 +152,12 @@ class PruneConfig:
     skip_unsupported: bool = False
     fold: bool = True                  # fold removed channels' constant act(beta) into consumers (prune/apply.py)
     latency_table: str = ""            # a latency_table.json (bench --profile-layers): report.md predicts latency from it
+    target: str = "flops"              # what the ratio solver meets: flops (sparse.flops_target, a floor on the FLOPs
+                                       # cut) | latency (prune.latency_budget, a ceiling on the predicted latency)
+    latency_budget: float = 0.6        # target=latency: the pruned model's predicted latency as a fraction of the dense
+                                       # model's, from prune.latency_table or, when empty, a table measured on the spot
+                                       # on this host with ONNX Runtime (1 thread); widths snap to each layer's
+                                       # latency staircase (docs/pruning.md §6)
 
 
 @dataclass
@@ -172,6 +179,11 @@ class ExportConfig:
     parity_min_match: float = 0.99     # share of post-NMS detections that agree (near-ties excused)
 
 
+# Keys that choose resources, not results (any worker count or cache setting gives the same batches; threads only
+# reorder float sums): changing one must not invalidate a finished `compress` stage nor empty a resumable one.
+RESOURCE_KEYS: dict[str, tuple[str, ...]] = {"train": ("workers", "threads", "cache")}
+
+
 @dataclass
 class Config:
     name: str = "default"
@@ -188,7 +200,17 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        blob = json.dumps({s: self.to_dict()[s] for s in sections}, sort_keys=True)
+        """Hash of what `sections` (or single keys, `section.key`) say about the results: RESOURCE_KEYS are left
+        out."""
+        d = self.to_dict()
+
+        def part(s: str) -> Any:
+            if "." in s:
+                section, key = s.split(".", 1)
+                return d[section][key]
+            return {k: v for k, v in d[s].items() if k not in RESOURCE_KEYS.get(s, ())}
+
+        blob = json.dumps({s: part(s) for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -223,10 +245,12 @@ CHOICES = {
     "data.synth_style": ("aerial", "simple", "dior"),
     "model.size": ("n", "s", "m"),
     "train.optimizer": ("sgd", "adamw"),
+    "train.cache": ("auto", "ram", "off"),
     "sparse.method": ("l1rr", "slimming"),
     "sparse.importance": ("gamma", "taylor"),
     "sparse.l1_update": ("proximal", "subgradient"),
     "prune.rule": ("union", "intersection", "topk"),
+    "prune.target": ("flops", "latency"),
 }
 
 
@@ -240,7 +264,7 @@ def _check_ranges(cfg: Config) -> None:
             raise bad(key, f"{flat[key]!r} is not one of {list(allowed)}")
     if cfg.model.imgsz % 32 or cfg.model.imgsz < 64:
         raise bad("model.imgsz", f"must be a multiple of 32 and >= 64, got {cfg.model.imgsz}")
-    for key in ("sparse.target", "sparse.flops_target"):
+    for key in ("sparse.target", "sparse.flops_target", "prune.latency_budget"):
         if not 0.0 < flat[key] < 1.0:
             raise bad(key, f"must lie strictly between 0 and 1, got {flat[key]}")
     for key in ("train.epochs", "train.batch", "sparse.epochs", "prune.round_to", "prune.min_channels",

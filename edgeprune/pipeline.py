@@ -42,6 +42,9 @@ OWN_SECTIONS = {
     "export": ("export",),
     "report": (),
 }
+# prune keys the sparse stage's ratio solver reads for prune.target=latency; added to the keys only then, so
+# runs with the FLOPs target keep the keys they had.
+LATENCY_KEYS = ("prune.target", "prune.latency_budget", "prune.latency_table")
 # Stages that train, and so run on every rank under torchrun.
 TRAINING_STAGES = ("dense", "sparse", "finetune")
 
@@ -79,7 +82,10 @@ class RunDir:
         return self.root / "stages" / f"{stage}.done"
 
     def key(self, stage: str) -> str:
-        return self.cfg.section_hash(*stage_sections(stage))
+        sections = stage_sections(stage)
+        if "sparse" in sections and self.cfg.prune.target == "latency":
+            sections += LATENCY_KEYS
+        return self.cfg.section_hash(*sections)
 
     def marker(self, stage: str) -> dict[str, Any] | None:
         path = self.marker_path(stage)

@@ -50,6 +50,17 @@ def _latency_note(run: RunDir) -> list[str]:
             f"--latency-table {path}`, which prints the prediction beside the measurement.", ""]
 
 
+def _target_note(run: RunDir) -> list[str]:
+    """What the ratio solver met: the FLOPs floor, or (prune.target=latency) the predicted-latency budget."""
+    lat = run.outputs("sparse").get("latency") if run.marker("sparse") else None
+    if not lat:
+        return []
+    return [f"Latency target: the ratio solver kept the predicted latency at {lat['predicted_ms']:.2f} ms = "
+            f"{100 * lat['predicted_share']:.1f} % of the dense model's {lat['dense_ms']:.2f} ms (budget "
+            f"{100 * lat['budget']:.0f} %, {'met' if lat['met'] else 'NOT met'}), widths on multiples of "
+            f"{lat['alignment']}, table: {lat['table']}.", ""]
+
+
 def _plot_summary(found: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -87,9 +98,36 @@ def _comparison(run: RunDir, ex: dict[str, Any]) -> list[str]:
             "| bundle | end to end (ms, mean) | inference (ms, mean) |", "|---|---:|---:|",
             f"| dense | {lat['dense']['end_to_end']:.2f} | {lat['dense']['infer']:.2f} |",
             f"| pruned | {lat['pruned']['end_to_end']:.2f} | {lat['pruned']['infer']:.2f} |", "",
-            *[f"- {line}" for line in b["summary"]], "",
+            *[f"- {line}" for line in b["summary"]], "", *_predicted_vs_measured(b),
             "On the device (TensorRT), the same comparison: "
             f"`edgeprune bench {bundle} --compare {dense} --device tx2 --precision fp16`.", ""]
+
+
+def _predicted_vs_measured(bench: dict[str, Any]) -> list[str]:
+    """The latency table's prediction beside the measured inference latency of each bundle (stages.compare_bundles)."""
+    pred = bench.get("predicted")
+    if not pred:
+        return []
+    k = bench["latency_table"]["key"]
+    lines = [f"Predicted from the latency table `{bench['latency_table']['file']}` ({k['device_profile']}, "
+             f"{k['backend']} {k['precision']}, batch {k['batch']}) beside the measurement above:", "",
+             "| bundle | predicted (ms) | measured inference (ms) | error |", "|---|---:|---:|---:|"]
+    notes = []
+    for label in ("dense", "pruned"):
+        p = pred.get(label) or {}
+        if "error" in p:
+            lines.append(f"| {label} | – | – | {p['error']} |")
+            continue
+        lines.append(f"| {label} | {p['ms']:.2f} | {p['measured_ms']:.2f} ({p['statistic']}) | "
+                     f"{p['error_pct']:+.1f} % |")
+        notes += [m for m in p.get("key_mismatch", []) if m not in notes]
+    d, q = pred.get("dense") or {}, pred.get("pruned") or {}
+    if "ms" in d and "ms" in q and q["ms"] > 0 and q["measured_ms"] > 0:
+        lines += ["", f"Speed-up predicted {d['ms'] / q['ms']:.2f}x, measured {d['measured_ms'] / q['measured_ms']:.2f}x."]
+    if notes:
+        lines += ["", "The table was measured for another setting than this machine's measurement ("
+                  + "; ".join(notes) + "): compare on that target with `edgeprune bench`."]
+    return lines + [""]
 
 
 def _stage_times(run: RunDir) -> list[str]:
@@ -122,7 +160,7 @@ def write_report(run: RunDir) -> Path:
               + (f"; {data['skipped']} bad samples skipped (data.skip_bad)." if data["skipped"] else "."),
               "", "## Results", ""]
     table, found = _metrics_table(run)
-    lines += table + [""] + _latency_note(run)
+    lines += table + [""] + _latency_note(run) + _target_note(run)
     if "dense" in found and "finetune" in found:
         d, f = found["dense"], found["finetune"]
         lines += [f"Against dense: parameters {_pct(f['params'], d['params'])}, FLOPs {_pct(f['flops'], d['flops'])}, "

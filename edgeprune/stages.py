@@ -227,16 +227,27 @@ def stage_export(run: RunDir) -> dict[str, Any]:
     dense = export_bundle(run.outputs("dense")["checkpoint"], dense_out, run.cfg, ds,
                           metrics=run.outputs("dense")["metrics"])
     run.log(f"[export] dense bundle {dense_out}: ORT vs torch max abs diff {dense['parity']['max_abs_diff']:.2e}")
-    bench = compare_bundles(out, dense_out)
+    bench = compare_bundles(out, dense_out, table_path=table_for_report(run))
     run.log("[export] " + bench["summary"][0] + " (ONNX Runtime, this machine)")
     return {"bundle": str(out), "verify": result["verify"], "parity": parity, "dense_bundle": str(dense_out),
             "dense_parity": dense["parity"], "bench": bench}
 
 
-def compare_bundles(pruned: Path, dense: Path, iterations: int = 30) -> dict[str, Any]:
+def table_for_report(run: RunDir) -> str | None:
+    """The latency table the run predicts with: `prune.latency_table`, else the one the sparse stage measured
+    on the spot for prune.target=latency (None when neither exists)."""
+    if run.cfg.prune.latency_table:
+        return run.cfg.prune.latency_table
+    path = (run.outputs("sparse").get("latency") or {}).get("table") if run.marker("sparse") else None
+    return path if path and Path(path).is_file() else None
+
+
+def compare_bundles(pruned: Path, dense: Path, iterations: int = 30, table_path: str | None = None) -> dict[str, Any]:
     """`edgeprune bench PRUNED --compare DENSE` in short, in-process (ONNX Runtime, one thread, interleaved):
-    the latencies and the sentences saying which is faster."""
+    the latencies and the sentences saying which is faster; with `table_path`, the table's prediction for each
+    beside its measured inference median (`jetson.layerprof.add_predictions`)."""
     from jetson.bench import compare_lines, run_bench
+    from jetson.layerprof import add_predictions, read_table
     from jetson.runtime import load_detector
 
     models = []
@@ -244,13 +255,19 @@ def compare_bundles(pruned: Path, dense: Path, iterations: int = 30) -> dict[str
         for label, path in (("dense", dense), ("pruned", pruned)):
             models.append((label, load_detector(str(path), backend="onnxruntime", threads=1)))
         rep = run_bench(models, iterations=iterations, warmup_s=0.5)
+        if table_path:
+            add_predictions(rep, models, read_table(table_path), table_path)
     finally:
         for _, det in models:
             det.close()
     lat = {e["label"]: {k: round(e[k]["mean"], 3) for k in ("end_to_end", "infer")} for e in rep["models"]}
-    return {"backend": "onnxruntime", "threads": 1, "iterations": iterations, "latency_ms": lat,
-            "speedup_end_to_end": rep["compare"]["speedup_end_to_end_mean"],
-            "speedup_infer": rep["compare"]["speedup_infer_mean"], "summary": compare_lines(rep)}
+    out = {"backend": "onnxruntime", "threads": 1, "iterations": iterations, "latency_ms": lat,
+           "speedup_end_to_end": rep["compare"]["speedup_end_to_end_mean"],
+           "speedup_infer": rep["compare"]["speedup_infer_mean"], "summary": compare_lines(rep)}
+    if table_path:
+        out["latency_table"] = {"file": str(table_path), "key": rep["latency_table"]["key"]}
+        out["predicted"] = {e["label"]: e["predicted"] for e in rep["models"]}
+    return out
 
 
 def stage_report(run: RunDir) -> dict[str, Any]:

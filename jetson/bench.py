@@ -144,6 +144,11 @@ def format_report(report):
     if len(report["models"]) == 2:
         lines.append("")
         lines += compare_lines(report)
+        pa, pb = [e.get("predicted") or {} for e in report["models"]]
+        if "ms" in pa and "ms" in pb and pb["ms"] > 0 and pb["measured_ms"] > 0:
+            lines.append("latency table: {} predicted {:.2f}x faster than {}, measured {:.2f}x ({} {})".format(
+                report["models"][1]["label"], pa["ms"] / pb["ms"], report["models"][0]["label"],
+                pa["measured_ms"] / pb["measured_ms"], pb["measured_phase"], pb["statistic"]))
     return "\n".join(lines)
 
 

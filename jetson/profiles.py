@@ -74,6 +74,14 @@ def resolve_precision(requested, profile, fast_fp16=None, fast_int8=None):
     return prec, notes
 
 
+def channel_alignment(profile, precision):
+    """The channel multiple a pruned width should keep on this target (the latency target's default alignment):
+    32 for INT8 on a profile with fast INT8 (tensor-core INT8 tiles), 8 otherwise (FP16 tensor cores; eight fp32
+    lanes of an AVX2 register for ONNX Runtime on a CPU host)."""
+    profile = get_profile(profile)
+    return 32 if precision == "int8" and profile.int8 else 8
+
+
 def board_model(path=None):
     """The board, for the engine cache key: the device-tree model string on a Jetson ("NVIDIA Jetson Xavier NX
     Developer Kit"; Xavier NX and AGX Xavier are both sm_72, Orin Nano and AGX Orin both sm_87, and an engine is

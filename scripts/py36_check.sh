@@ -31,8 +31,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY36" -m venv "$VENV"
 fi
 quiet_pip "$VENV/bin/python" -m pip install -q --upgrade "pip==21.3.1"
-# The one documented device install command (docs/device.md), plus pytest for step 3.
-quiet_pip "$VENV/bin/python" -m pip install -q -e '.[device]' pytest
+# The one documented device install command (docs/device.md), plus pytest (+ pytest-timeout: the serve tests' timeout marks) for step 3.
+quiet_pip "$VENV/bin/python" -m pip install -q -e '.[device]' pytest pytest-timeout
 "$VENV/bin/python" - <<'EOF'
 import sys, numpy, onnxruntime, PIL
 assert sys.version_info[:2] == (3, 6), sys.version

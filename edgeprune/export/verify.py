@@ -202,7 +202,9 @@ class _Checker:
                 elif any(w != kept for w in widths):
                     self.issues.append(f"ONNX node {name} (producer {path} of junction {jid}, chunked): pieces of "
                                        f"{widths} channels feed the junction, the recombination map keeps {kept}")
-            elif concat is not None:  # an add over a concat: this producer is one segment of the junction
+            elif concat is not None and self._reaches_add(concat.outputs[0]):
+                # an add over a concat: this producer is one segment of the junction (a Concat that reaches no
+                # Add just reads the junction: a depth-pruned C3 whose zero shift onnxsim removed)
                 width = self.ch(concat.outputs[0])
                 if width is not None and width != kept:
                     self.issues.append(f"ONNX node {concat.name} (Concat of producer {path} of junction {jid}): "

@@ -17,9 +17,13 @@ class WidthTable:
         self.overrides = dict(overrides)
         self.used: set[str] = set()
 
-    def __call__(self, path: str, default: int) -> int:
+    def __call__(self, path: str, default: int, allow_zero: bool = False) -> int:
         self.used.add(path)
-        return int(self.overrides.get(path, default))
+        width = int(self.overrides.get(path, default))
+        if width == 0 and not allow_zero:
+            raise ModelError(f"spec widths[{path!r}] is 0: only the inner width of a residual bottleneck (its cv1) "
+                             "may be 0 (a depth-pruned block)")
+        return width
 
     def check_all_used(self) -> None:
         unknown = sorted(set(self.overrides) - self.used)
@@ -49,26 +53,55 @@ class Conv(nn.Module):
 class Bottleneck(nn.Module):
     """k[0] x k[0] -> k[1] x k[1] (1x1 -> 3x3 in C3, 3x3 -> 3x3 in C2f), with a residual add when
     `shortcut` (the add is what residual reconstruction keeps consistent: its input and cv2's output must
-    have the same channels)."""
+    have the same channels).
+
+    Depth pruning: a shortcut block whose inner width (cv1) is 0 has no branch left; what the branch still
+    added (cv2 of a constant input: act(BN(0)) per channel) is the parameter `shift`, so the block is
+    x + shift (prune/apply.py removes such a block; the spec says `widths[path.cv1] = 0`)."""
 
     def __init__(self, path: str, c_in: int, c_hidden: int, c_out: int, shortcut: bool, widths: WidthTable,
                  k: tuple[int, int] = (1, 3)):
         super().__init__()
-        hidden = widths(f"{path}.cv1", c_hidden)
+        self.add = shortcut
+        hidden = widths(f"{path}.cv1", c_hidden, allow_zero=shortcut)
+        if hidden == 0:
+            widths.used.add(f"{path}.cv2")   # a pruned spec lists it; the branch is gone
+            self.cv1 = self.cv2 = None
+            self.shift = nn.Parameter(torch.zeros(c_in))
+            return
         self.cv1 = Conv(c_in, hidden, k[0], 1)
         out = widths(f"{path}.cv2", c_out)
         self.cv2 = Conv(hidden, out, k[1], 1)
-        self.add = shortcut
         if shortcut and out != c_in:
             raise ModelError(f"{path}: residual add needs cv2 width ({out}) == input width ({c_in})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cv1 is None:
+            return x + self.shift.view(1, -1, 1, 1)
         y = self.cv2(self.cv1(x))
         return x + y if self.add else y
 
+    def remove_branch(self, shift: torch.Tensor) -> None:
+        """Depth pruning: drop cv1 and cv2; the block becomes x + shift (the branch's constant output)."""
+        if not self.add:
+            raise ModelError("only a residual bottleneck (shortcut) can lose its branch")
+        self.cv1 = self.cv2 = None
+        self.shift = nn.Parameter(shift.detach().clone())
+
+    @property
+    def removed(self) -> bool:
+        return self.cv1 is None
+
     @property
     def out_channels(self) -> int:
-        return self.cv2.out_channels
+        return self.shift.numel() if self.cv1 is None else self.cv2.out_channels
+
+
+def removable_branches(model: nn.Module) -> dict[str, str]:
+    """{cv1 BN path: block path} of every residual bottleneck that still has its branch: the BNs whose channels
+    may all be pruned (depth pruning removes the block instead)."""
+    return {f"{name}.cv1.bn": name for name, m in model.named_modules()
+            if isinstance(m, Bottleneck) and m.add and not m.removed}
 
 
 class C3(nn.Module):
@@ -87,7 +120,7 @@ class C3(nn.Module):
         for i in range(n):
             b = Bottleneck(f"{path}.m.{i}", c_prev, c_, c_prev if shortcut else c_, shortcut, widths, k)
             blocks.append(b)
-            c_prev = b.cv2.out_channels
+            c_prev = b.out_channels
         self.m = nn.Sequential(*blocks)
         self.cv3 = Conv(c_prev + w2, widths(f"{path}.cv3", c_out), 1, 1)
 

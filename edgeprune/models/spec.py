@@ -85,8 +85,9 @@ def validate_spec(spec: Any, source: str = "spec") -> dict[str, Any]:
     elif len(spec["anchors"]) != 3 or any(len(a) != 6 for a in spec["anchors"]) or spec["strides"] != STRIDES:
         raise ModelError(f"{source}: anchors must be 3 levels x 3 (w,h) pairs and strides {STRIDES}")
     for name, w in spec["widths"].items():
-        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
-            raise ModelError(f"{source}: widths[{name!r}] must be a positive integer, got {w!r}")
+        if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+            raise ModelError(f"{source}: widths[{name!r}] must be a positive integer (0: a residual block's "
+                             f"removed branch), got {w!r}")
     return spec
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import C3, SPPF, Concat, Conv, WidthTable
+from .blocks import C3, SPPF, Bottleneck, Concat, Conv, WidthTable
 from .spec import make_divisible, validate_spec
 
 
@@ -75,6 +75,13 @@ class DetectorBase(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.spec["num_classes"]
+
+    def conv_widths(self) -> dict[str, int]:
+        """Output width of every Conv block by module path (the keys of spec['widths']); a depth-pruned
+        bottleneck's cv1 is listed with width 0."""
+        out = {name: m.out_channels for name, m in self.named_modules() if isinstance(m, Conv)}
+        out.update({f"{name}.cv1": 0 for name, m in self.named_modules() if isinstance(m, Bottleneck) and m.removed})
+        return out
 
     @property
     def names(self) -> list[str]:
@@ -156,9 +163,6 @@ class Detector(DetectorBase):
     def forward(self, x: torch.Tensor):
         return self.detect(self.forward_features(x))
 
-    def conv_widths(self) -> dict[str, int]:
-        """Output width of every Conv block by module path (the keys of spec['widths'])."""
-        return {name: m.out_channels for name, m in self.named_modules() if isinstance(m, Conv)}
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:

@@ -310,6 +310,3 @@ class DetectorV8(DetectorBase):
     def forward(self, x: torch.Tensor):
         return self.detect(self.forward_features(x))
 
-    def conv_widths(self) -> dict[str, int]:
-        """Output width of every Conv block by module path (the keys of spec['widths'])."""
-        return {name: m.out_channels for name, m in self.named_modules() if isinstance(m, Conv)}

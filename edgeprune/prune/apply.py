@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import PruneError
 from ..metrics.complexity import count
+from ..models.blocks import removable_branches
 from .graph import build_graph
 # the folder I/O is re-exported here for the compress stages (io imports apply lazily, no cycle)
 from .io import keep_from_ratios, load_pruned, read_ratios, save_pruned, save_pruned_model, spec_from_pruned  # noqa: F401
@@ -125,6 +126,27 @@ def _fold(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> None:
                 mod.bias += delta
             else:
                 mod.bias = nn.Parameter(delta.clone())
+
+
+def _branch_shifts(plan: Plan, branches: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Depth pruning: {block path: shift} for each residual bottleneck whose inner BN (cv1) lost every channel.
+    Its branch then outputs cv2 of a constant: 0 under the masked reference (zero_beta), and with folding the
+    removed channels' act(beta) is already in cv2's BN (_fold ran first), so cv2 of zeros is that constant
+    (exact in the interior for a kxk cv2, like every fold). The shift keeps cv2's kept output channels."""
+    g = plan.graph
+    out = {}
+    for bn, block in branches.items():
+        if plan.kept(g.gates[bn].ids).any():
+            continue
+        cv2 = g.modules[block].cv2
+        was = cv2.training
+        cv2.eval()
+        with torch.no_grad():
+            const = cv2(torch.zeros(1, cv2.conv.in_channels, 1, 1)).flatten()
+        cv2.train(was)
+        kept = torch.from_numpy(np.flatnonzero(plan.kept(g.producers[f"{block}.cv2.conv"])))
+        out[block] = const.index_select(0, kept)
+    return out
 
 
 def _take(t: torch.Tensor | None, dim: int, idx: torch.Tensor) -> torch.Tensor | None:
@@ -237,20 +259,26 @@ def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[s
     out keep every channel. `example_input` defaults to a 1x3x64x64 image."""
     x = example_input if example_input is not None else torch.zeros(1, 3, 64, 64)
     graph = build_graph(model, x, skip_unsupported=skip_unsupported)
-    plan = decide(graph, keep, importance, rule=rule, round_to=round_to, min_channels=min_channels)
+    branches = {bn: block for bn, block in removable_branches(model).items() if bn in graph.gates}
+    plan = decide(graph, keep, importance, rule=rule, round_to=round_to, min_channels=min_channels,
+                  removable=set(branches))
     widths_before = {p: len(ids) for p, ids in {**graph.producers, **graph.depthwise,
                                                    **{p: o for p, (_, o) in graph.grouped.items()}}.items()}
     cost_before = complexity(model, x)
     if fold:
         _fold(model, plan, x)
+    removed = _branch_shifts(plan, branches)
     _slice(plan)
+    mods = dict(model.named_modules())
+    for block, shift in removed.items():
+        mods[block].remove_branch(shift)
     try:
         cost_after = complexity(model, x)
     except RuntimeError as exc:
         raise PruneError(f"the pruned model no longer runs ({str(exc).splitlines()[0]}); the channel graph "
                          "missed a dependency: please report the model") from None
     table = _table(model, plan, widths_before)
-    rmap = recombination_map(plan)
+    rmap = recombination_map(plan, gone=[f"{b}." for b in removed])
     j_before = sum(j["channels_before"] for j in rmap["junctions"])
     j_kept = sum(len(j["kept"]) for j in rmap["junctions"])
     stats = {
@@ -261,6 +289,7 @@ def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[s
         "junctions": len(rmap["junctions"]), "junction_channels_before": j_before,
         "junction_channels_removed": j_before - j_kept,
         "frozen": [{k: v for k, v in f.items()} for f in graph.frozen],
+        "blocks_removed": sorted(removed),
     }
     return PruneResult(model=model, recombination_map=rmap, table=table, stats=stats, plan=plan)
 

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ModelError, PruneError
 from ..fsio import AtomicFile, atomic_write_json, atomic_write_text
+from ..models.blocks import removable_branches
 from ..models.io import first_line
 from ..models.spec import load_spec, save_spec, spec_sha, with_widths
 from ..models.yolo import Detector, build_model
@@ -174,6 +175,7 @@ def keep_from_ratios(doc: Any, model: Detector, source: str = "ratios.json") -> 
                          f"architecture {spec_sha(spec)[:12]}... (ratios for another architecture); re-run the "
                          "sparse stage on this checkpoint")
     mods = dict(model.named_modules())
+    branches = removable_branches(model)
     keep: dict[str, list[int]] = {}
     for bn, entry in doc["layers"].items():
         if bn not in mods or not isinstance(mods[bn], torch.nn.BatchNorm2d):
@@ -188,9 +190,10 @@ def keep_from_ratios(doc: Any, model: Detector, source: str = "ratios.json") -> 
         idx = entry["keep_idx"]
         if any(not isinstance(i, int) or isinstance(i, bool) for i in idx):
             raise PruneError(f"{source}: layers[{bn!r}].keep_idx must hold integers")
-        if not idx or any(not 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
+        if (not idx and bn not in branches) or any(not 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
             raise PruneError(f"{source}: layers[{bn!r}].keep_idx must be distinct indices in 0..{n - 1}, "
-                             "at least one (channels/keep_idx do not fit this model)")
+                             "at least one (none only for a residual bottleneck's cv1: a removed block) "
+                             "(channels/keep_idx do not fit this model)")
         if "keep" in entry and entry["keep"] != len(idx):
             raise PruneError(f"{source}: layers[{bn!r}]: keep={entry['keep']} but keep_idx has {len(idx)} entries")
         keep[bn] = idx

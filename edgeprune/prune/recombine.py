@@ -148,7 +148,10 @@ def round_count(n: int, total: int, round_to: int, min_channels: int) -> int:
 
 
 def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str, Any] | None = None,
-           rule: str = "union", round_to: int = 8, min_channels: int = 8) -> Plan:
+           rule: str = "union", round_to: int = 8, min_channels: int = 8,
+           removable: frozenset[str] | set[str] = frozenset()) -> Plan:
+    """`removable`: gates (a residual branch's inner BN) that may lose every channel when `keep` removes them all
+    (depth pruning, apply.py); every other layer keeps at least min_channels."""
     if rule not in RULES:
         raise PruneError(f"rule {rule!r} is not one of {list(RULES)}")
     if round_to < 1 or min_channels < 0:
@@ -228,6 +231,9 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
             k = int(round(n_keep[classes].sum() / n_votes[classes].sum() * total))
             keep_c = np.zeros(total, bool)
             keep_c[np.argsort(-imp_sum[classes], kind="stable")[:k]] = True
+        if not keep_c.any() and set(group_bns) <= set(removable):
+            kept_class[classes] = False     # a residual branch pruned to nothing: apply.py removes the block
+            continue
         # round_to / min_channels count channels; a class of a grouped conv holds a whole group of them
         per = max(1, max(len(gate_ids[b]) for b in group_bns) // total)
         target = -(-round_count(int(keep_c.sum()) * per, total * per, round_to, min_channels) // per)
@@ -241,6 +247,8 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
     for b in bns:
         free = np.unique(graph.root[gate_ids[b]])
         free = free[~locked_class[free]]
+        if b in removable and not kept_class[free].any():
+            continue
         per = max(1, len(gate_ids[b]) // max(len(free), 1))
         need = min(-(-max(min_channels, 1) // per), len(free)) - int(kept_class[free].sum())
         if need > 0:
@@ -251,16 +259,21 @@ def decide(graph: ChannelGraph, keep: Mapping[str, Any], importance: Mapping[str
     return Plan(graph=graph, kept_class=kept_class, groups=groups, rule=rule)
 
 
-def recombination_map(plan: Plan) -> dict[str, Any]:
+def recombination_map(plan: Plan, gone: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The CONTRACTS.md `recombination.json`: per junction its producers, consumers and kept positions.
     `partial_producers`: producers only some of whose output channels are the junction's (e.g. the value part
-    of an attention's qkv conv, added to its positional branch): they emit more than the junction keeps."""
+    of an attention's qkv conv, added to its positional branch): they emit more than the junction keeps.
+    `gone`: module path prefixes that no longer exist (depth-pruned blocks), left out of the lists."""
     g = plan.graph
     junctions = []
+
+    def alive(paths: list[str]) -> list[str]:
+        return [p for p in paths if not any(p.startswith(x) for x in gone)]
+
     for j in g.junctions:
         kept = plan.kept_class[j.classes]
         partial = partial_producers(g, j)
-        junctions.append({"id": j.id, "producers": j.producers, "consumers": j.consumers,
+        junctions.append({"id": j.id, "producers": alive(j.producers), "consumers": alive(j.consumers),
                           "channels_before": int(len(j.classes)), "kept": np.flatnonzero(kept).tolist(),
                           **({"partial_producers": partial} if partial else {})})
     return {"version": 1, "rule": plan.rule, "junctions": junctions}

@@ -7,7 +7,6 @@ W(x) = 1 + fg_weight * max_{boxes b covering x} boost(b),  boost(b) = clip(sqrt(
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -26,28 +25,37 @@ def attention_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return a / a.norm(dim=1, keepdim=True)
 
 
-def target_weights(targets: torch.Tensor, batch: int, h: int, w: int, stride: int, fg_weight: float = 4.0,
-                   small_area: float = 1024.0, small_boost: float = 4.0) -> torch.Tensor:
-    """Per-pixel weight map [B, H, W] of one feature level.
+def target_weights(targets: torch.Tensor | None, batch: int, h: int, w: int, stride: int, fg_weight: float = 4.0,
+                   small_area: float = 1024.0, small_boost: float = 4.0,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Per-pixel weight map [B, H, W] of one feature level, on `device` (default: the targets').
 
     `targets` is [M, 6] = (image index, class, cx, cy, w, h), box coordinates normalised to the input.
-    Every box marks at least the cell holding its centre, so boxes smaller than a cell still count."""
-    weights = torch.ones(batch, h, w)
+    Every box marks at least the cell holding its centre, so boxes smaller than a cell still count.
+    All boxes at once on the targets' device (no host read per step); the box arithmetic is float64, as the
+    per-box Python formula it replaces, so the weights are the same to the bit."""
+    if device is None:
+        device = targets.device if targets is not None else "cpu"
+    weights = torch.ones(batch, h, w, device=device)
     if targets is None or len(targets) == 0 or fg_weight == 0:
         return weights
-    t = targets.detach().float().cpu()
-    img_px = (h * stride) * (w * stride)
-    for b, _, cx, cy, bw, bh in t.tolist():
-        area = max(bw * bh * img_px, 1e-6)
-        boost = min(max(math.sqrt(small_area / area), 1.0), small_boost)
-        x1 = min(int(math.floor((cx - bw / 2) * w)), int(cx * w))
-        x2 = max(int(math.ceil((cx + bw / 2) * w)), int(cx * w) + 1)
-        y1 = min(int(math.floor((cy - bh / 2) * h)), int(cy * h))
-        y2 = max(int(math.ceil((cy + bh / 2) * h)), int(cy * h) + 1)
-        x1, y1 = max(x1, 0), max(y1, 0)
-        x2, y2 = min(x2, w), min(y2, h)
-        region = weights[int(b), y1:y2, x1:x2]
-        region.clamp_(min=1.0 + fg_weight * boost)
+    t = targets.detach().to(device, torch.float64)
+    img, cx, cy, bw, bh = t[:, 0].long(), t[:, 2], t[:, 3], t[:, 4], t[:, 5]
+    area = (bw * bh * ((h * stride) * (w * stride))).clamp_min(1e-6)
+    value = (1.0 + fg_weight * torch.sqrt(small_area / area).clamp(1.0, small_boost)).float()   # [M]
+
+    def span(c: torch.Tensor, side: torch.Tensor, n: int) -> torch.Tensor:
+        """[M, n] cells covered along one axis: [floor(lo), ceil(hi)) widened to the centre's cell, clipped."""
+        centre = torch.trunc(c * n)
+        lo = torch.minimum(torch.floor((c - side / 2) * n), centre).clamp_min(0)
+        hi = torch.maximum(torch.ceil((c + side / 2) * n), centre + 1).clamp_max(n)
+        cells = torch.arange(n, device=device, dtype=torch.float64)
+        return (cells >= lo[:, None]) & (cells < hi[:, None])
+
+    inside = span(cy, bh, h)[:, :, None] & span(cx, bw, w)[:, None, :]                          # [M, H, W]
+    boxes = torch.where(inside, value[:, None, None], torch.ones((), device=device))
+    # each pixel keeps the largest weight of the boxes covering it (an order-free reduction: deterministic)
+    weights.view(batch, -1).scatter_reduce_(0, img[:, None].expand(-1, h * w), boxes.view(len(t), -1), "amax")
     return weights
 
 
@@ -57,19 +65,31 @@ def level_weights(feats: Sequence[torch.Tensor], targets: torch.Tensor | None, f
     out = []
     for f, s in zip(feats, STRIDES):
         b, _, h, w = f.shape
-        wm = target_weights(targets, b, h, w, s, fg_weight, small_area, small_boost).flatten(1)
-        out.append((wm / wm.mean(1, keepdim=True)).to(f.device, f.dtype))
+        wm = target_weights(targets, b, h, w, s, fg_weight, small_area, small_boost, f.device).flatten(1)
+        out.append((wm / wm.mean(1, keepdim=True)).to(f.dtype))
     return out
 
 
-def attention_deviation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+def reference(teacher: Sequence[torch.Tensor], targets: torch.Tensor | None = None, p: float = 2.0,
+              fg_weight: float = 4.0, small_area: float = 1024.0, small_boost: float = 4.0
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The teacher's side of `attention_deviation`: (per-level target weights, teacher attention maps). Pass it
+    as `ref` to score many students against one teacher without recomputing it (the ratio solver)."""
+    return (level_weights(teacher, targets, fg_weight, small_area, small_boost),
+            [attention_map(ft.detach(), p) for ft in teacher])
+
+
+def attention_deviation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor] | None,
                         targets: torch.Tensor | None = None, p: float = 2.0, fg_weight: float = 4.0,
-                        small_area: float = 1024.0, small_boost: float = 4.0) -> torch.Tensor:
-    """Per-image deviation [B], averaged over the levels. 0 for identical features."""
-    weights = level_weights(student, targets, fg_weight, small_area, small_boost)
+                        small_area: float = 1024.0, small_boost: float = 4.0,
+                        ref: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> torch.Tensor:
+    """Per-image deviation [B], averaged over the levels. 0 for identical features. `ref`: `reference(...)`
+    of the teacher features and targets, used instead of `teacher` and `targets`."""
+    if ref is None:
+        ref = reference(teacher, targets, p, fg_weight, small_area, small_boost)
     devs = []
-    for fs, ft, wl in zip(student, teacher, weights):
-        diff = attention_map(fs, p) - attention_map(ft.detach(), p)
+    for fs, at, wl in zip(student, ref[1], ref[0]):
+        diff = attention_map(fs, p) - at
         devs.append((wl * diff.pow(2)).sum(1))
     return torch.stack(devs, 0).mean(0)
 

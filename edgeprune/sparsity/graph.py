@@ -3,7 +3,7 @@ the ratio solver and the pruner see the same channels, classes (residual adds, c
 convs) and convs."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -36,29 +36,41 @@ def alive_classes(graph: ChannelGraph, kept: Mapping[str, set[int]] | None = Non
         mask = np.ones(len(ids), bool)
         if bn in kept:
             mask[:] = False
-            mask[sorted(kept[bn])] = True
+            mask[np.fromiter(kept[bn], np.int64, len(kept[bn]))] = True
         alive[cls[mask]] = True
     return alive | ~covered
 
 
-def conv_flops(graph: ChannelGraph, kept: Mapping[str, set[int]] | None = None) -> dict[str, float]:
-    """FLOPs (2 x MACs) per Conv2d at the traced input size when each BN keeps only `kept[bn]`."""
-    alive = alive_classes(graph, kept)
+def conv_channels(graph: ChannelGraph, kept: Mapping[str, set[int]] | None = None,
+                  paths: Iterable[str] | None = None, alive: np.ndarray | None = None) -> dict[str, tuple[int, int, int]]:
+    """(in channels, out channels, in channels per group) of each Conv2d (or of `paths`) when each BN keeps only
+    `kept[bn]` (or when the classes `alive` live)."""
+    alive = alive_classes(graph, kept) if alive is None else alive
 
     def live(ids: np.ndarray) -> int:
         return int(alive[graph.root[ids]].sum())
 
     out = {}
-    for path, shape in graph.out_shapes.items():
+    for path in graph.out_shapes if paths is None else paths:
         mod = graph.modules[path]
         if not isinstance(mod, nn.Conv2d):
             continue
-        k, hw = mod.kernel_size[0] * mod.kernel_size[1], shape[2] * shape[3]
         if path in graph.depthwise:
-            c_out, per_group_in = live(graph.depthwise[path]), 1
+            c = live(graph.depthwise[path])
+            out[path] = (c, c, 1)
         elif path in graph.grouped:
-            c_out, per_group_in = live(graph.grouped[path][1]), mod.in_channels // mod.groups
+            c_in = live(graph.grouped[path][0])
+            out[path] = (c_in, live(graph.grouped[path][1]), mod.in_channels // mod.groups)
         else:
-            c_out, per_group_in = live(graph.producers[path]), live(graph.consumers[path])
-        out[path] = 2.0 * c_out * per_group_in * k * hw
+            c_in = live(graph.consumers[path])
+            out[path] = (c_in, live(graph.producers[path]), c_in)
+    return out
+
+
+def conv_flops(graph: ChannelGraph, kept: Mapping[str, set[int]] | None = None) -> dict[str, float]:
+    """FLOPs (2 x MACs) per Conv2d at the traced input size when each BN keeps only `kept[bn]`."""
+    out = {}
+    for path, (_, c_out, per_group_in) in conv_channels(graph, kept).items():
+        mod, shape = graph.modules[path], graph.out_shapes[path]
+        out[path] = 2.0 * c_out * per_group_in * mod.kernel_size[0] * mod.kernel_size[1] * shape[2] * shape[3]
     return out

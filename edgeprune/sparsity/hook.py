@@ -92,7 +92,7 @@ class SparsityHook:
     def __init__(self, cfg: SparseConfig):
         self.cfg = cfg
         self.reg: L1RRRegularizer | None = None
-        self.steps: list[list[float]] = []     # [step, s(t), share, attention loss]
+        self.steps: list[list[Any]] = []       # [step, s(t), share, attention loss]: device tensors until epoch end
         self.epochs: list[dict[str, Any]] = []
         self._last_att: torch.Tensor | float = 0.0   # a device tensor during an epoch (no per-step host read)
         self._pending: dict[str, Any] | None = None
@@ -143,19 +143,18 @@ class SparsityHook:
         if step % self.cfg.refresh_every == 0:
             self.reg.refresh()
         s = self.reg.apply(step, bn_lr(trainer, self.reg))
-        self.steps.append([int(step), float(s), self.reg.last_share, self._last_att])
+        self.steps.append([int(step), s, self.reg.last_share, self._last_att])
 
     def _snapshot(self, epoch: int) -> dict[str, Any]:
         reg = self.reg
         gam = torch.cat([m.weight.detach().abs().flatten() for m in reg.all_bns.values()])
         return {"epoch": int(epoch), "zero_share": reg.zero_share(), "zero_share_all": reg.zero_share(False),
-                "strength": reg.strength, "hist": gamma_histogram(gam),
+                "strength": float(reg.strength), "hist": gamma_histogram(gam),
                 "lams": {n: round(v, 4) for n, v in reg.lams.items()}}
 
     def on_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float]:
-        for row in self.steps:                 # this epoch's attention losses, read from the device once
-            if isinstance(row[3], torch.Tensor):
-                row[3] = float(row[3])
+        for row in self.steps:                 # this epoch's s(t), shares and attention losses, read once
+            row[1:] = [float(v) for v in row[1:]]
         self._last_att = float(self._last_att)
         snap = self._snapshot(epoch)
         self.epochs.append(snap)

@@ -16,8 +16,8 @@ amplitude of eta*s*w (which, with momentum, can exceed zero_threshold).
                  BNs are not penalised (the popular YOLOv5 slimming recipe).
 
 The per-step updates (penalty, Taylor EMA) run as fused `torch._foreach_*` ops over all penalised layers: a few
-kernel launches per step instead of several per layer. The one host read per step is the zero share that
-drives s(t).
+kernel launches per step instead of several per layer. The zero share that drives s(t) stays on the device, and
+so does s(t) from the first step that depends on it: no host read per step (the logs read them once an epoch).
 """
 from __future__ import annotations
 
@@ -68,8 +68,9 @@ class StrengthController:
             return "ramp"
         return "relax" if step >= self.relax_start else "control"
 
-    def update(self, step: int, share: float) -> float:
-        """s(t) for this step, given the current share of |gamma| below zero_threshold."""
+    def update(self, step: int, share: float | torch.Tensor) -> float | torch.Tensor:
+        """s(t) for this step, given the current share of |gamma| below zero_threshold: a float, or a float64
+        device tensor (then s(t) becomes one in the control phase, with the same arithmetic)."""
         cfg, t = self.cfg, min(step, self.total)
         if self.slimming or not cfg.dynamic:
             decay = (1.0 - 0.9 * t / self.total) if (self.slimming and cfg.slim_decay) else 1.0
@@ -78,9 +79,12 @@ class StrengthController:
         if phase == "ramp":
             return self.base * (step + 1) / max(1, self.ramp_end)
         if phase == "control":
-            gap = cfg.target - share
-            self.value *= math.exp(cfg.dyn_gain * gap * 100.0 / self.total)
-            self.value = min(max(self.value, cfg.lam_min_mult * self.base), cfg.lam_max_mult * self.base)
+            rate = cfg.dyn_gain * (cfg.target - share) * 100.0 / self.total
+            lo, hi = cfg.lam_min_mult * self.base, cfg.lam_max_mult * self.base
+            if isinstance(rate, torch.Tensor):
+                self.value = (self.value * torch.exp(rate)).clamp(lo, hi)
+            else:
+                self.value = min(max(self.value * math.exp(rate), lo), hi)
             return self.value
         if self.relax_from is None:
             self.relax_from = self.value
@@ -89,7 +93,8 @@ class StrengthController:
         return self.relax_from * (1.0 - (1.0 - cfg.relax_to) * progress)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "relax_from": self.relax_from, "total": self.total, "base": self.base}
+        return {"value": float(self.value), "total": self.total, "base": self.base,
+                "relax_from": None if self.relax_from is None else float(self.relax_from)}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.value, self.relax_from, self.total = float(d["value"]), d["relax_from"], int(d["total"])
@@ -149,15 +154,22 @@ class L1RRRegularizer:
         self.importance: dict[str, float] = {}    # EMA of per-layer target-attention Taylor importance
         self.taylor: dict[str, torch.Tensor] = {}  # EMA of per-channel |gamma * dLoss/dgamma|
         self.redundancy: dict[str, float] = {}
-        self.strength = 0.0
-        self.last_share = 0.0                       # zero share read by the last apply()
+        # s(t) and the zero share of the last apply(): device tensors where they depend on the share (read rarely)
+        self.strength: float | torch.Tensor = 0.0
+        self.last_share: float | torch.Tensor = 0.0
         self.reweighting = cfg.method == "l1rr" and cfg.reweight
         self.adaptive = cfg.method == "l1rr" and cfg.adaptive
+        self._channel_layer: torch.Tensor | None = None     # per channel of the penalised BNs: its layer's index
+        self._lams_on_device: tuple[tuple[float, ...], torch.Tensor] | None = None
 
     def zero_share(self, penalised_only: bool = True) -> float:
+        return float(self.zero_share_tensor(penalised_only))
+
+    def zero_share_tensor(self, penalised_only: bool = True) -> torch.Tensor:
+        """The share of |gamma| below zero_threshold as a 0-dim float64 tensor on the BNs' device."""
         bns = self.bns if penalised_only else self.all_bns
         g = torch.cat([m.weight.detach().abs().flatten() for m in bns.values()])
-        return float((g < self.cfg.zero_threshold).float().mean())
+        return (g < self.cfg.zero_threshold).float().mean().double()
 
     def refresh(self) -> None:
         """Recompute reweighting weights and self-adaptive lambdas from the current gammas."""
@@ -229,7 +241,7 @@ class L1RRRegularizer:
         return self.cfg.method == "l1rr" and self.cfg.l1_update == "proximal"
 
     @staticmethod
-    def _shrink_(params: list[torch.Tensor], thresholds: list[torch.Tensor] | float, prox: bool) -> None:
+    def _shrink_(params: list[torch.Tensor], thresholds: list[torch.Tensor], prox: bool) -> None:
         """prox: p <- sign(p) * max(|p| - threshold, 0); else p.grad += threshold * sign(p) (fused over params)."""
         signs = torch._foreach_sign(params)
         if prox:
@@ -242,29 +254,51 @@ class L1RRRegularizer:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        if isinstance(thresholds, float):
-            torch._foreach_add_([p.grad for p in params], signs, alpha=thresholds)
-        else:
-            torch._foreach_add_([p.grad for p in params], torch._foreach_mul(thresholds, signs))
+        torch._foreach_add_([p.grad for p in params], torch._foreach_mul(thresholds, signs))
+
+    def _per_channel(self, factor: float | torch.Tensor) -> list[torch.Tensor]:
+        """`factor` (a float or a 0-dim tensor for every penalised BN, or a vector with one entry per BN) as
+        float32 tensors shaped like the BN weights: the foreach ops then stay on their fused path, and nothing
+        is copied from the host (a blocking copy would wait for the device)."""
+        names = list(self.bns)
+        dev = self.bns[names[0]].weight.device
+        sizes = [self.bns[n].num_features for n in names]
+        if self._channel_layer is None or self._channel_layer.device != dev:
+            self._channel_layer = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(sizes)).to(dev)
+        if not isinstance(factor, torch.Tensor):
+            return list(torch.full((sum(sizes),), factor, device=dev).split(sizes))
+        factor = factor.float()
+        spread = factor[self._channel_layer] if factor.dim() else factor.expand(sum(sizes))
+        return list(spread.split(sizes))
+
+    def _lam_vector(self) -> torch.Tensor:
+        """The per-layer lambdas as a float64 vector on the BNs' device, copied there only when they change."""
+        values = tuple(self.lams[n] for n in self.bns)
+        if self._lams_on_device is None or self._lams_on_device[0] != values:
+            dev = next(iter(self.bns.values())).weight.device
+            self._lams_on_device = (values, torch.tensor(values, dtype=torch.float64).to(dev))
+        return self._lams_on_device[1]
 
     @torch.no_grad()
-    def apply(self, step: int, lr: float | None = None) -> float:
-        """Apply the penalty for this step (see the module doc); returns s(t). `lr` is the BN weights'
-        learning rate, needed by the proximal update (without it the subgradient form is used)."""
-        self.last_share = self.zero_share()
+    def apply(self, step: int, lr: float | None = None) -> float | torch.Tensor:
+        """Apply the penalty for this step (see the module doc); returns s(t) (a device tensor in the dynamic
+        control and relax phases). `lr` is the BN weights' learning rate, needed by the proximal update (without
+        it the subgradient form is used)."""
+        names = list(self.bns)
+        self.last_share = self.zero_share_tensor()
         s = self.controller.update(step, self.last_share)
         self.strength = s
         if self.reweighting and self.cfg.reweight_taylor > 0:
             self._observe_loss_taylor()
         prox = self.proximal and lr is not None and lr > 0
-        names = list(self.bns)
-        shrink = torch._foreach_mul([self.weights[n] for n in names], [s * self.lams[n] for n in names])
+        # w * float32(s * lam_l) [* lr], s * lam_l in float64 whether s is a float or a device tensor
+        shrink = torch._foreach_mul([self.weights[n] for n in names], self._per_channel(s * self._lam_vector()))
         if prox:
             torch._foreach_mul_(shrink, lr)
         self._shrink_([self.bns[n].weight for n in names], shrink, prox)
-        biases = [self.bns[n].bias for n in names if self.bns[n].bias is not None]
-        if self.cfg.beta_l1 > 0 and biases:
-            self._shrink_(biases, lr * self.cfg.beta_l1 * s if prox else self.cfg.beta_l1 * s, prox)
+        if self.cfg.beta_l1 > 0:     # the BN biases (an affine BN has one beta per gamma)
+            thr = lr * self.cfg.beta_l1 * s if prox else self.cfg.beta_l1 * s
+            self._shrink_([self.bns[n].bias for n in names], self._per_channel(thr), prox)
         return s
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from ..config import Config, continued
 from ..errors import SparsityError
 from ..fsio import atomic_write_json
 from ..models.io import load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..train.dist import is_main
+from ..train.dist import default_device, is_main
 from .bnscan import prunable_bns, slimming_excluded
 from .hook import SparsityHook
+from .latency import solver_table
 from .plots import plot_gamma_hist, plot_kept, plot_strength
 from .ratios import save_ratios, solve_ratios
 
@@ -74,7 +75,15 @@ def sparse_train(dense_ckpt: str | Path, data: Any, cfg: Config, out_dir: str | 
     save_checkpoint(out / "sparse.pt", sparse, method=sc.method, sparse_cfg=dataclasses.asdict(sc))
 
     mode = "threshold" if sc.method == "slimming" else "attention"
-    ratios = solve_ratios(sparse, val_batches(data, cfg), sc, cfg.prune, mode=mode, progress=progress)
+    table = None
+    if cfg.prune.target == "latency" and mode == "attention":    # measured on the CPU copy, before the move
+        table = solver_table(sparse, cfg.prune, cfg.model.imgsz, log=print if progress else None)
+        if not cfg.prune.latency_table:     # measured here: kept beside ratios.json for the report and the device
+            atomic_write_json(out / "latency_table.json", table[0])
+            table = (table[0], str(out / "latency_table.json"))
+    dev = torch.device(device or default_device())          # the solver's forwards run where training ran
+    batches = [(imgs.to(dev), targets.to(dev)) for imgs, targets in val_batches(data, cfg)]
+    ratios = solve_ratios(sparse.to(dev), batches, sc, cfg.prune, mode=mode, progress=progress, table=table)
     save_ratios(ratios, out / "ratios.json")
 
     teacher.eval()
@@ -89,6 +98,7 @@ def sparse_train(dense_ckpt: str | Path, data: Any, cfg: Config, out_dir: str | 
         "map50_dense": dense_metrics["map50"], "map50_sparse": final.get("map50"),
         "map_dense": dense_metrics["map"], "map_sparse": final.get("map"),
         "flops_reduction": ratios["flops_reduction"], "tau": ratios.get("tau"), "threshold": ratios.get("threshold"),
+        **({"latency": ratios["latency"]} if "latency" in ratios else {}),
         "sparse_ckpt": str(out / "sparse.pt"), "ratios": str(out / "ratios.json"),
     }
     if summary["map50_sparse"] is not None:

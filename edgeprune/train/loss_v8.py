@@ -76,7 +76,9 @@ class TaskAlignedAssigner:
 
 
 class V8DetectionLoss(nn.Module):
-    """Callable as `loss(raw_maps, targets)` -> (total scaled by batch size, {"box", "cls", "dfl"} floats).
+    """Callable as `loss(raw_maps, targets)` -> (total scaled by batch size, {"box", "cls", "dfl"} detached 0-d
+    tensors, read by the caller when it chooses). Host reads left in a step: the padded target count (`_pad`)
+    and `fg.any()` before gathering the positives.
 
     raw_maps: the model's train-mode output, 3 tensors [B, 4*reg_max + nc, H, W].
     targets: [M, 6] = (image index in batch, class, cx, cy, w, h) normalised to the input side.
@@ -90,7 +92,7 @@ class V8DetectionLoss(nn.Module):
         self.gains = (box, cls, dfl)
         self.assigner = TaskAlignedAssigner(topk, alpha, beta)
 
-    def forward(self, raw: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, raw: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         det = self.det
         dev = raw[0].device
         bs = raw[0].shape[0]
@@ -116,7 +118,7 @@ class V8DetectionLoss(nn.Module):
             ldfl = (self._dfl(box_logits[fg], t.clamp(0, self.reg_max - 1 - 0.01)) * w).sum() / norm
         lbox, lcls, ldfl = lbox * self.gains[0], lcls * self.gains[1], ldfl * self.gains[2]
         total = (lbox + lcls + ldfl) * bs
-        return total, {"box": float(lbox.detach()), "cls": float(lcls.detach()), "dfl": float(ldfl.detach())}
+        return total, {"box": lbox.detach(), "cls": lcls.detach(), "dfl": ldfl.detach()}
 
     @staticmethod
     def _dfl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,7 @@ taken by other jobs, two such threads spin against each other and the run collap
 threads against 7.5 img/s with 1 thread at load ~7 (BENCHMARKS.md, "Training speed").
 
 "auto" (the default) therefore counts the cores this process may use (CPU affinity, physical cores only:
-hyper-thread siblings add little to convolutions) minus the ones other processes keep busy (1-minute load
-average, rounded), at least 1; the data-loader workers take their share out of that, so the main process's
+hyper-thread siblings add little to convolutions) minus the ones *other* processes keep busy, at least 1; the data-loader workers take their share out of that, so the main process's
 threads plus its workers never ask for more cores than are free. OMP_NUM_THREADS, when set, wins over "auto".
 The choice is made when a training run starts and logged with it ("threads" in log.csv): the same thread
 count reproduces the same numbers, so pin `train.threads` (or OMP_NUM_THREADS) to compare runs exactly.
@@ -19,6 +18,7 @@ from __future__ import annotations
 import glob
 import multiprocessing
 import os
+import time
 from typing import Union
 
 Count = Union[int, str]      # an int, or "auto"
@@ -45,14 +45,62 @@ def physical_cores(cpus: list[int] | None = None) -> int:
     return max(1, len(seen))
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs from /proc/stat, or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)      # idle + iowait
+    total = sum(fields[:8])                                         # guest time is already inside user
+    return total - idle, total
+
+
+def _own_ticks() -> int | None:
+    """utime + stime of this process (all its threads), in clock ticks."""
+    try:
+        with open("/proc/self/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()               # the name may hold spaces
+    except (OSError, IndexError):
+        return None
+    return int(rest[11]) + int(rest[12])
+
+
+def others_busy(busy: int, total: int, own: int, cpus: int) -> float:
+    """CPUs kept busy by other processes over a sample: busy ticks minus this process's, as a share of all
+    ticks, times the CPU count (ticks of /proc/stat and /proc/self/stat are both USER_HZ)."""
+    if total <= 0:
+        return 0.0
+    return max(0.0, (busy - own) / total * cpus)
+
+
+def others_load(window: float = 1.0) -> float:
+    """CPUs other processes use now, sampled over `window` seconds; the 1-minute load average off Linux.
+
+    Why not the load average alone: it counts this process too. Between two `compress` stages (one
+    process) it still holds the previous stage's own threads, so a quiet 2-core machine read as half busy
+    and every stage after the first ran on one thread (the default run took 19 min instead of ~12).
+    """
+    t0, o0 = _cpu_ticks(), _own_ticks()
+    if t0 is None or o0 is None:
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return 0.0
+    time.sleep(window)
+    t1, o1 = _cpu_ticks(), _own_ticks()
+    if t1 is None or o1 is None:
+        return 0.0
+    cpus = os.cpu_count() or 1
+    return others_busy(t1[0] - t0[0], t1[1] - t0[1], o1 - o0, cpus)
+
+
 def free_cores(cores: int | None = None, load: float | None = None) -> int:
-    """Cores not kept busy by others: cores - round(1-minute load average), clamped to [1, cores]."""
+    """Cores not kept busy by others: cores - round(others' load), clamped to [1, cores]."""
     cores = physical_cores() if cores is None else cores
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:
-            load = 0.0
+        load = others_load()
     return max(1, min(cores, cores - int(round(load))))
 
 
@@ -102,5 +150,5 @@ def passive_wait() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-__all__ = ["free_cores", "passive_wait", "physical_cores", "resolve_threads", "resolve_workers",
+__all__ = ["free_cores", "others_busy", "others_load", "passive_wait", "physical_cores", "resolve_threads", "resolve_workers",
            "usable_cpus", "workers_can_start"]

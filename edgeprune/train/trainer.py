@@ -188,8 +188,9 @@ class Trainer:
     # ----------------------------------------------------------------- setup
     def _make_dataset(self):
         from ..data.torchdata import DetectionDataset
+        cache = {"auto": None, "ram": True, "off": False}[self.cfg.cache]
         return DetectionDataset(self.data.splits["train"], self.imgsz, augment=True, train_cfg=self.cfg,
-                                seed=self.cfg.seed, shared=self.workers > 0)
+                                seed=self.cfg.seed, cache=cache, shared=self.workers > 0)
 
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """One DataLoader for the whole run (its workers persist across epochs), set to `epoch`."""

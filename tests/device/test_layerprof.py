@@ -185,6 +185,9 @@ def test_profile_layers_cli_then_bench_shows_the_prediction(exported, tmp_path, 
     # a dense bundle is predicted exactly at its own whole-model time (rest_ms is what the blocks leave over)
     assert p["ms"] == pytest.approx(table["whole_model_ms"]) and p["statistic"] == "min"
     assert p["key_mismatch"] == [] and p["measured_ms"] == rep["models"][0]["infer"]["min"]
+    # --compare: the predicted speed-up beside the measured one (the same bundle twice: predicted exactly 1.00x)
+    assert main(["bench", root, "--compare", root, "--iterations", "2", "--threads", "1", "--latency-table", out]) == 0
+    assert "latency table: {} predicted 1.00x faster than {}, measured".format(root, root) in capsys.readouterr().out
 
 
 def test_profile_layers_without_layers_json_says_how_to_fix(tiny_bundle, capsys):

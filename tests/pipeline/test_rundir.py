@@ -16,6 +16,16 @@ def test_stage_keys_change_only_downstream(tmp_path: Path):
     assert stage_sections("sparse") == ("data", "model", "train", "sparse")
 
 
+def test_resource_keys_keep_every_stage(tmp_path: Path):
+    """Workers, threads and the image cache change no result: a finished or resumable stage survives them."""
+    a = RunDir(tmp_path, make_config("quick"))
+    b = RunDir(tmp_path, make_config("quick", {"train": {"workers": 12, "threads": 3, "cache": "off"}}))
+    c = RunDir(tmp_path, make_config("quick", {"train": {"lr0": 0.02}}))
+    for stage in ("data", "dense", "sparse", "prune", "finetune", "export", "report"):
+        assert a.key(stage) == b.key(stage)
+        assert (a.key(stage) == c.key(stage)) == (stage == "data")
+
+
 def test_markers_and_invalidation(tmp_path: Path):
     run = RunDir(tmp_path, make_config("quick"))
     for stage in ("data", "dense", "sparse"):

@@ -66,3 +66,35 @@ def test_all_zero_features_give_finite_gradients():
     loss = attention_loss(f, _feats(), BOX)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(x.grad).all() for x in f)
+
+
+def _per_box_weights(targets, batch, h, w, stride, fg_weight, small_area, small_boost):
+    """The plain per-box formula (a Python loop over the boxes), the reference for the batched one."""
+    import math
+    weights = torch.ones(batch, h, w)
+    img_px = (h * stride) * (w * stride)
+    for b, _, cx, cy, bw, bh in targets.tolist():
+        boost = min(max(math.sqrt(small_area / max(bw * bh * img_px, 1e-6)), 1.0), small_boost)
+        x1 = max(min(math.floor((cx - bw / 2) * w), int(cx * w)), 0)
+        x2 = min(max(math.ceil((cx + bw / 2) * w), int(cx * w) + 1), w)
+        y1 = max(min(math.floor((cy - bh / 2) * h), int(cy * h)), 0)
+        y2 = min(max(math.ceil((cy + bh / 2) * h), int(cy * h) + 1), h)
+        weights[int(b), y1:y2, x1:x2].clamp_(min=1.0 + fg_weight * boost)
+    return weights
+
+
+@pytest.mark.parametrize("fg_weight,small_boost", [(4.0, 4.0), (2.5, 0.5)])
+def test_batched_target_weights_equal_the_per_box_formula(fg_weight, small_boost):
+    g = torch.Generator().manual_seed(3)
+    n = 60
+    wh = torch.rand(n, 2, generator=g) ** 3 * 0.9 + 1e-4         # many boxes below one cell, some large
+    cxy = torch.rand(n, 2, generator=g)
+    cxy[:4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.999, 0.0], [0.5, 1.0]])   # centres on the borders
+    t = torch.cat([torch.randint(0, 3, (n, 1), generator=g).float(), torch.zeros(n, 1), cxy, wh], 1)
+    for h, w, s in ((16, 16, 8), (8, 12, 16), (1, 1, 32)):
+        got = target_weights(t, 3, h, w, s, fg_weight, 1024.0, small_boost)
+        want = _per_box_weights(t, 3, h, w, s, fg_weight, 1024.0, small_boost)
+        assert torch.equal(got, want), (h, w)
+        if h == 16:
+            assert (want > 1).any() and (want == 1).any()
+            assert len(want.unique()) > (3 if small_boost > 1 else 1)     # boosts vary unless capped below 1

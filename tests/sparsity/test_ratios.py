@@ -131,3 +131,46 @@ def test_solver_flops_are_the_pruned_models_flops(tiny_model, batch, cfg):
     res = prune_from_ratios(copy.deepcopy(tiny_model), doc, cfg.prune, imgsz=32)
     assert res.stats["flops_before"] == doc["flops_dense"]
     assert res.stats["flops_after"] == doc["flops_kept"] < doc["flops_dense"]
+
+
+@pytest.mark.parametrize("family", ["yolov5", "yolov8"])
+def test_cached_deviation_equals_a_full_forward_and_skips_the_unmasked_prefix(family, monkeypatch):
+    """The solver's evaluation replays the layers before the first masked one: the same deviation to the bit as
+    a full forward against the unmasked model, and the replayed layers' convolutions do not run."""
+    from edgeprune.sparsity.attention import attention_deviation
+    from edgeprune.sparsity.bnscan import prunable_bns
+    from edgeprune.sparsity.ratios import _Deviation, _Masker
+
+    torch.manual_seed(0)
+    net = build_model(new_spec(2, size="n", family=family)).eval()
+    imgs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))     # P5 2x2: attention can move
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.3], [1, 1, 0.25, 0.25, 0.1, 0.1]])
+    batches = [(imgs, targets), (imgs.flip(-1), targets)]
+    kw = {"p": 2.0, "fg_weight": 4.0, "small_area": 1024.0, "small_boost": 4.0}
+    bns = prunable_bns(net)
+    deviation = _Deviation(net, bns, batches, kw)
+    assert deviation.order == list(range(len(net.layers)))
+    with torch.no_grad():
+        refs = [net.forward_features(x) for x, _ in batches]
+    first_conv = [m for m in net.layers[0].modules() if isinstance(m, nn.Conv2d)][0]
+    calls = []
+    first_conv.register_forward_hook(lambda *a: calls.append(1))
+    masker = _Masker(bns, mask_beta=True)
+    names = [n for n in bns if n.startswith("layers.")]      # the neck features (v8 head BNs lie after them)
+    for masked in ([names[0]], [names[len(names) // 2]], [names[-1]], [names[-1], names[3]]):
+        drop = {n: list(range(0, bns[n].num_features, 2)) for n in masked}
+        calls.clear()
+        got = masker.run(drop, lambda: deviation(masked))
+        replayed = not calls
+        with torch.no_grad():
+            want = masker.run(drop, lambda: float(torch.stack(
+                [attention_deviation(net.forward_features(x), r, t, **kw).mean()
+                 for (x, t), r in zip(batches, refs)]).mean()))
+        assert got == want and got > 0, masked
+        assert replayed == (names[0] not in masked), masked
+    # layer outputs beyond the memory budget: no replay, the same deviation from full forwards
+    from edgeprune.sparsity import ratios
+    monkeypatch.setattr(ratios, "_memory_budget", lambda batches: 0)
+    full = _Deviation(net, bns, batches, kw)
+    assert full.order == [] and full.outs == []
+    assert masker.run(drop, lambda: full(masked)) == got

@@ -1,5 +1,8 @@
 """Thread and worker counts (train/resources.py) and the trainer's persistent loader."""
 
+import os
+import time
+
 import pytest
 import torch
 
@@ -16,6 +19,25 @@ def test_free_cores_subtract_the_load_and_keep_one():
     assert free_cores(8, 2.6) == 5
     assert free_cores(2, 7.0) == 1              # a busy 2-core machine: one thread, never zero
     assert free_cores(4, -1.0) == 4             # never more than the cores
+
+
+def test_others_load_leaves_out_this_process():
+    # 2 CPUs, a 1 s sample of 200 ticks: 150 busy of which this process 100 -> others keep 0.5 CPU busy
+    assert resources.others_busy(150, 200, 100, 2) == pytest.approx(0.5)
+    assert resources.others_busy(100, 200, 100, 2) == 0.0          # only this process ran: a free machine
+    assert resources.others_busy(90, 200, 100, 2) == 0.0           # tick skew never goes negative
+    # the real counters: CPU this process burns shows in its own ticks and in the machine's busy ticks
+    if resources._own_ticks() is None:
+        pytest.skip("no /proc (not Linux)")
+    hz = os.sysconf("SC_CLK_TCK")
+    t0, o0 = resources._cpu_ticks(), resources._own_ticks()
+    start = time.process_time()
+    while time.process_time() - start < 0.3:
+        pass
+    t1, o1 = resources._cpu_ticks(), resources._own_ticks()
+    assert o1 - o0 >= 0.2 * hz
+    assert t1[0] - t0[0] >= o1 - o0 - 2
+    assert 0.0 <= resources.others_load(0.2) <= (os.cpu_count() or 1)
 
 
 def test_threads_auto_share_free_cores_with_workers_and_ranks(monkeypatch):
@@ -66,6 +88,29 @@ def test_persistent_workers_give_the_in_process_batches(tmp_path):
         for (xa, ya), (xb, yb) in zip(batches[0][e], batches[2][e]):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(batches[0][0][0][0], batches[0][1][0][0])
+
+
+def test_train_cache_setting_changes_no_batch(tmp_path):
+    """train.cache=ram keeps the letterboxed images (filled during the first epoch), off never does, and both
+    give the trainer the same batches in every epoch; an unknown value is a ConfigError naming the key."""
+    from edgeprune.config import make_config
+    from edgeprune.errors import ConfigError
+
+    data = load_dataset(ensure_synthetic(tmp_path / "s", 5, 1, 128, seed=4, progress=False))
+    model, _ = new_model(data, "n", 128, seed=0, autoanchor=False)
+    batches = {}
+    for cache in ("ram", "off"):
+        cfg = TrainConfig(batch=2, workers=0, threads=1, cache=cache, mosaic=0.5, hsv=0.5)
+        t = Trainer(model, data, cfg, tmp_path / cache, imgsz=128, progress=False)
+        batches[cache] = [[(x, y) for x, y, _ in t._loader(e)] for e in (0, 1)]
+        assert (t.dataset._filled is not None) == (cache == "ram")
+        if cache == "ram":
+            assert bool(t.dataset._filled.all())
+    for e in (0, 1):
+        for (xa, ya), (xb, yb) in zip(batches["ram"][e], batches["off"][e], strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    with pytest.raises(ConfigError, match="train.cache"):
+        make_config("quick", {"train": {"cache": "disk"}})
 
 
 def test_shared_cache_is_filled_by_workers_and_changes_no_item(tmp_path):

@@ -161,3 +161,34 @@ def test_patience_needs_a_val_split_and_continued_stages_run_their_budget(tiny, 
     with pytest.raises(ConfigError, match="train.patience"):
         fit(_fresh(tiny), no_val, TrainConfig(epochs=2, patience=3), tmp_path, progress=False)
     assert continued(TrainConfig(patience=5), 4, 0.001, 0.5).patience == 0
+
+
+class StepValues:
+    """Extra loss items with known values: the step number as a device tensor and as a float, and a NaN loss
+    from step `nan_at` on."""
+
+    def __init__(self, nan_at=None):
+        self.nan_at = nan_at
+
+    def extra_loss(self, trainer, imgs, targets, feats):
+        bad = self.nan_at is not None and trainer.step >= self.nan_at
+        term = feats[0].sum() * (float("nan") if bad else 0.0)
+        return term, {"step_t": torch.tensor(float(trainer.step)), "step_f": float(trainer.step)}
+
+
+def test_losses_are_summed_on_the_device_and_logged_as_epoch_means(tiny, tmp_path, monkeypatch):
+    """The step's items are summed without a host read and divided once per epoch: the log holds each epoch's
+    mean for tensor and float items alike, also when the sums are read mid-epoch; a NaN loss is caught at the
+    next read and named with its window of batches."""
+    from edgeprune.errors import DataError
+    from edgeprune.train import trainer as trainer_mod
+
+    cfg = TrainConfig(epochs=2, batch=1, eval_every=1000, **NO_AUG)          # 4 steps per epoch
+    monkeypatch.setattr(trainer_mod, "LOG_EVERY", 3)                         # a read after the third step
+    fit(_fresh(tiny), tiny, cfg, tmp_path / "run", hooks=[StepValues()], progress=False)
+    log = json.loads((tmp_path / "run" / "log.json").read_text())["history"]
+    assert [(r["step_t"], r["step_f"]) for r in log] == [(1.5, 1.5), (5.5, 5.5)]
+    assert all(r["loss"] > 0 and abs(r["loss"] - r["box"] - r["obj"] - r["cls"]) < 1e-3 * r["loss"] for r in log)
+    with pytest.raises(DataError, match="epoch 1, batches 3-3"):        # reads after batches 0-2 and 3
+        fit(_fresh(tiny), tiny, replace(cfg, epochs=1), tmp_path / "nan", hooks=[StepValues(nan_at=3)],
+            progress=False)
