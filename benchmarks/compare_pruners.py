@@ -23,6 +23,15 @@ example:
   python benchmarks/compare_pruners.py --data /data/NWPU_VHR-10 --out runs/bench_nwpu --set model.imgsz=416
 then, on images no setting was chosen on (paired-bootstrap intervals):
   python benchmarks/heldout_eval.py --run runs/bench --out runs/bench/heldout
+
+The converged protocol (issue 21): the dense model trains until its val mAP50 plateaus (train.patience, the
+stopping epoch recorded; its best.pt is the dense model), then every arm and the control (dense trained on for
+the arms' extra epochs) get the same budget; each training seed in its own folder OUT/seed<k>/, scored on
+held-out scenes (or the data set's test split) with paired-bootstrap intervals, and OUT/claim.{json,md} checks
+the paper's claim on every seed:
+  python benchmarks/compare_pruners.py --converged --seeds 0,1 --heldout 500 --out runs/conv_aerial
+  python benchmarks/compare_pruners.py --converged --seeds 0,1 --heldout 500 --data synthetic-dior --out runs/conv_dior
+  python benchmarks/compare_pruners.py --converged --seeds 0,1 --heldout 1 --data /data/DIOR --format voc --out runs/conv_real
 """
 from __future__ import annotations
 
@@ -42,7 +51,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from compare_report import plot_pareto, write_markdown  # noqa: E402
+from compare_report import claim_summary, plot_pareto, write_claim, write_markdown  # noqa: E402
 from compare_tp import TP_ARMS, TPRegularizerHook, prune_to_flops  # noqa: E402
 
 from edgeprune.config import PRESETS as CONFIG_PRESETS  # noqa: E402
@@ -109,6 +118,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # flagged off-target in results.json/results.md (the L1RR ratio solver can overshoot on tiny models).
 FLOPS_TOL = 0.03
 QUICK_ARMS = ("slimming", "tp_bnscale", "l1rr")
+# --data values that name a generated data set instead of a path: the synthetic style each selects (None: the
+# preset's own)
+SYNTHETIC_DATA = {"synthetic": None, "synthetic-dior": "dior"}
+# --converged: dense training runs until the val mAP50 has not improved for `patience` epochs (evaluated every
+# epoch), at most `epochs` (the cosine schedule's length); --set train.* overrides each
+CONVERGED = {"train": {"epochs": 300, "patience": 10, "eval_every": 1}}
 
 
 def log(msg: str) -> None:
@@ -165,22 +180,35 @@ class Bench:
 
         def train() -> dict[str, Any]:
             ckpt = d / "dense.pt"
+            stop: dict[str, Any] = {}
             if self.args.dense:
                 atomic_write_bytes(ckpt, Path(self.args.dense).read_bytes())
                 source = str(self.args.dense)
             else:
-                log(f"dense: training {self.cfg.train.epochs} epochs")
-                model, _ = new_model(self.data, self.cfg.model.size, self.imgsz, self.cfg.train.seed)
-                fit(model, self.data, self.train_cfg(self.cfg.train.epochs, self.cfg.train.lr0), d / "train",
-                    imgsz=self.imgsz, progress=False)
-                atomic_write_bytes(ckpt, (d / "train" / "last.pt").read_bytes())
+                t = self.cfg.train
+                stopping = t.patience > 0
+                log(f"dense: training {t.epochs} epochs" + (f", stopping when val mAP50 has not improved for "
+                                                           f"{t.patience}" if stopping else ""))
+                model, _ = new_model(self.data, self.cfg.model.size, self.imgsz, t.seed)
+                # early stopping needs its evaluations; otherwise evaluate once, at the end
+                tcfg = t if stopping else self.train_cfg(t.epochs, t.lr0)
+                final = fit(model, self.data, tcfg, d / "train", imgsz=self.imgsz, progress=False)
+                # a plateaued run's dense model is its best evaluation (the arms and the control start there);
+                # a fixed schedule's is its last epoch
+                atomic_write_bytes(ckpt, (d / "train" / ("best.pt" if stopping else "last.pt")).read_bytes())
                 source = "trained here"
+                stop = {"epochs_max": t.epochs, "epochs_run": final.get("epochs"), "patience": t.patience,
+                        "stopped_early": final.get("stopped_early"), "best_epoch": final.get("best_epoch"),
+                        "checkpoint_from": "best.pt" if stopping else "last.pt"}
             return {"checkpoint": str(ckpt), "source": source,
                     "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+                    **stop,
                     **self.evaluate(model_from_checkpoint(ckpt))}
 
         self.dense = _cached(d / "result.json", train)
-        log(f"dense: mAP50 {self.dense['map50']:.3f}  FLOPs {self.dense['flops'] / 1e9:.3f} G")
+        stopped = f" (stopped at epoch {self.dense['epochs_run']}, best {self.dense['best_epoch']})" \
+            if self.dense.get("stopped_early") else ""
+        log(f"dense: mAP50 {self.dense['map50']:.3f}  FLOPs {self.dense['flops'] / 1e9:.3f} G{stopped}")
         return self.dense
 
     def run_control(self) -> dict[str, Any]:
@@ -372,7 +400,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--preset", choices=("default", "small", "benchmark"), default="default",
                     help="default: the compress default run's data, model and budgets; small: n at 128 px, 200 "
                          "images; benchmark: the `benchmark` config preset (3000 images at 416 px, s, GPU hours)")
-    ap.add_argument("--data", help="dataset path (YOLO/COCO/VOC/DIOR/NWPU VHR-10); default: synthetic")
+    ap.add_argument("--data", help="dataset path (YOLO/COCO/VOC/DIOR/NWPU VHR-10), or a generated set: synthetic "
+                                   "(default; the aerial scenes) or synthetic-dior (20 DIOR-like classes, mostly tiny "
+                                   "objects, docs/data.md)")
     ap.add_argument("--format", default="auto", help="dataset format for --data (auto|yolo|coco|voc|nwpu)")
     ap.add_argument("--dense", help="use this dense checkpoint instead of training one (must fit the dataset)")
     ap.add_argument("--targets", help="FLOPs reductions, comma-separated (default 0.5,0.65,0.75; quick: 0.5)")
@@ -392,6 +422,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-iters", type=int, default=100)
     ap.add_argument("--ort-threads", type=int, default=1)
     ap.add_argument("--synth-root", default="data/synthetic", help="cache folder of synthetic datasets")
+    ap.add_argument("--converged", action="store_true",
+                    help="train the dense model until its val mAP50 plateaus (train.patience 10, at most "
+                         "train.epochs 300, evaluated every epoch; --set overrides each) and run the control")
+    ap.add_argument("--seeds", help="training seeds, comma-separated: one folder OUT/seed<k>/ each (train.seed=k; "
+                                    "default: one run in OUT with the config's seed)")
+    ap.add_argument("--heldout", type=int, default=0, metavar="N",
+                    help="after the arms, score every model on N held-out synthetic scenes (a path's test split: "
+                         "any N > 0) with paired-bootstrap intervals (heldout_eval.py), and write OUT/claim.*")
+    ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for --heldout")
+    ap.add_argument("--jobs", type=int, default=1, help="processes for the --heldout bootstrap")
     args = ap.parse_args(argv)
     q = args.quick
     args.targets = [float(t) for t in (args.targets or ("0.5" if q else "0.5,0.65,0.75")).split(",")]
@@ -404,6 +444,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         ap.error(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
     args.arms = arms
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        ap.error(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1")
+    if args.heldout < 0 or args.bootstrap < 0:
+        ap.error("--heldout and --bootstrap must be >= 0")
     return args
 
 
@@ -425,29 +471,20 @@ def machine() -> dict[str, Any]:
 
 
 def bench_config(args: argparse.Namespace) -> Config:
-    """The config preset (`benchmark` for --preset benchmark, else `default`) + this script's preset + --set/--data."""
+    """The config preset (`benchmark` for --preset benchmark, else `default`) + this script's preset (+ the
+    converged protocol's dense schedule) + --data + --set."""
     preset = "quick" if args.quick else args.preset
-    over = _merge(PRESETS[preset], parse_set(args.set))
-    if args.data:
+    over = _merge(PRESETS[preset], CONVERGED) if args.converged else PRESETS[preset]
+    if args.data in SYNTHETIC_DATA:
+        if SYNTHETIC_DATA[args.data]:
+            over = _merge(over, {"data": {"synth_style": SYNTHETIC_DATA[args.data]}})
+    elif args.data:
         over = _merge(over, {"data": {"source": args.data, "format": args.format}})
-    return make_config("benchmark" if preset == "benchmark" else "default", over)
+    return make_config("benchmark" if preset == "benchmark" else "default", _merge(over, parse_set(args.set)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from edgeprune.data.dataset import load_dataset
-    from edgeprune.data.synth import ensure_synthetic
-
-    cfg = bench_config(args)
-    c = cfg.data
-    path = Path(args.data) if args.data else \
-        ensure_synthetic(Path(args.synth_root), c.synth_train, c.synth_val, c.synth_size, c.seed, progress=False,
-                         style=c.synth_style)
-    data = load_dataset(path, c.format, c.skip_bad)
-    val_dir = path / "images" / "val" if path.is_dir() else None
-    args._val_images = str(val_dir) if val_dir and val_dir.is_dir() else None
-    out = Path(args.out)
+def run_folder(args: argparse.Namespace, cfg: Config, data: Any, path: Path, out: Path, command: str) -> dict:
+    """Dense, control, every arm at its targets, latency; results.json/.md and pareto.png in `out`."""
     settings = {"config": cfg.to_dict(), "dataset": str(path), "dense": args.dense, "headline": args.headline}
     sfile = out / "settings.json"
     if sfile.is_file() and json.loads(sfile.read_text()) != settings:
@@ -458,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(cfg, data, out, args)
     t0 = time.time()
     dense = bench.run_dense()
-    control = bench.run_control() if args.control else None
+    control = bench.run_control() if args.control or args.converged else None
     rows = []
     for arm in args.arms:
         targets = args.targets if (arm in MAIN_ARMS or args.all_targets) else [args.headline]
@@ -482,15 +519,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['latency']['dense_infer_median_ms']:.2f} ms ({r['latency']['speedup_infer_median']:.2f}x)")
         dense["latency"] = {"infer_median_ms": float(sorted(r["latency"]["dense_infer_median_ms"] for r in rows)
                                                      [len(rows) // 2])} if rows else {}
-    command = "python benchmarks/compare_pruners.py " + " ".join(argv if argv is not None else sys.argv[1:])
     previous = out / "results.json"
     commands = json.loads(previous.read_text()).get("commands", []) if previous.is_file() else []
+    name = args.data if not args.data or args.data in SYNTHETIC_DATA else Path(args.data).name
     doc = {"version": 1, "machine": machine(), "commands": commands + [command],   # every invocation on this folder
            "settings": {"model_size": cfg.model.size, "imgsz": cfg.model.imgsz, "dataset": str(path),
-                        "dataset_name": "synthetic" if not args.data else Path(args.data).name,
+                        "dataset_name": name or "synthetic",
                         "train_images": len(data.splits["train"]), "val_images": len(data.splits["val"]),
-                        "dense_epochs": cfg.train.epochs if not args.dense else None,
-                        "sparse_epochs": cfg.sparse.epochs,
+                        "dense_epochs": (dense.get("epochs_run") or cfg.train.epochs) if not args.dense else None,
+                        "dense_patience": cfg.train.patience if not args.dense else None,
+                        "train_seed": cfg.train.seed, "sparse_epochs": cfg.sparse.epochs,
                         "finetune_epochs": cfg.finetune.epochs, "targets": args.targets, "headline": args.headline,
                         "round_to": cfg.prune.round_to, "min_channels": cfg.prune.min_channels,
                         "ratio_batches": cfg.sparse.ratio_batches, "ratio_grid": cfg.sparse.ratio_grid,
@@ -500,6 +538,58 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(doc, out / "results.md")
     plot_pareto(doc, out / "pareto.png")
     log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'pareto.png'}")
+    return doc
+
+
+def heldout_pairs(doc: dict[str, Any]) -> list[str]:
+    """L1RR against each peer at every target both ran at (heldout_eval.py --pair labels)."""
+    have = {(r["arm"], round(100 * r["target"])) for r in doc["arms"]}
+    return [f"l1rr@{t:02d},{peer}@{t:02d}" for arm, t in sorted(have) if arm == "l1rr"
+            for peer in ("slimming", "tp_bnscale", "tp_groupnorm") if (peer, t) in have]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from edgeprune.data.dataset import load_dataset
+    from edgeprune.data.synth import ensure_synthetic
+
+    cfg = bench_config(args)
+    c = cfg.data
+    synthetic = c.source == "synthetic"
+    path = ensure_synthetic(Path(args.synth_root), c.synth_train, c.synth_val, c.synth_size, c.seed,
+                            progress=False, style=c.synth_style) if synthetic else Path(args.data)
+    data = load_dataset(path, c.format, c.skip_bad)
+    if args.heldout and not synthetic and not data.splits.get("test"):
+        raise UsageError(f"{path}: --heldout scores a real data set on its test split, and it has none; add one "
+                         "(YOLO data.yaml `test:`, VOC ImageSets/Main/test.txt) or leave out --heldout")
+    torch.set_num_threads(args.threads)
+    val_dir = path / "images" / "val" if path.is_dir() else None
+    args._val_images = str(val_dir) if val_dir and val_dir.is_dir() else None
+    command = "python benchmarks/compare_pruners.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    root = Path(args.out)
+    seeds = args.seeds or [cfg.train.seed]
+    claims = []
+    for seed in seeds:
+        scfg = copy.deepcopy(cfg)
+        scfg.train.seed = seed
+        out = root / f"seed{seed}" if args.seeds else root
+        if args.seeds:
+            log(f"seed {seed}: {out}")
+        doc = run_folder(args, scfg, data, path, out, command)
+        if args.heldout:
+            import heldout_eval
+            ho = out / "heldout"
+            heldout_eval.main(["--run", str(out), "--out", str(ho), "--holdout", str(args.heldout),
+                               "--bootstrap", str(args.bootstrap), "--jobs", str(args.jobs),
+                               "--threads", str(args.threads), "--synth-root", args.synth_root]
+                              + [x for p in heldout_pairs(doc) for x in ("--pair", p)])
+            claims.append({"seed": seed, "folder": str(out), "results": doc,
+                           "heldout": json.loads((ho / "heldout.json").read_text())})
+    if claims:
+        summary = claim_summary(claims, args.targets)
+        summary["command"] = command
+        write_claim(summary, root / "claim.json", root / "claim.md")
+        log(f"wrote {root / 'claim.json'}, {root / 'claim.md'}")
     return 0
 
 

@@ -30,6 +30,7 @@ class DataConfig:
     synth_size: int = 320              # synthetic scene side in pixels
     synth_style: str = "aerial"        # aerial (6 classes, 8 px vehicles to harbors) | simple (3 large-object
                                        # classes, learnable in minutes: the quick preset and the end-to-end tests)
+                                       # | dior (20 DIOR-like classes, mostly < 16 px, crops of 2x larger tiles)
     seed: int = 0
     skip_bad: bool = False             # skip corrupt samples (and report how many) instead of failing
 
@@ -64,6 +65,8 @@ class TrainConfig:
     amp: bool = True                   # used on CUDA only
     seed: int = 0
     eval_every: int = 5                # evaluate mAP every N epochs (and at the end)
+    patience: int = 0                  # early stopping: end when val mAP50 has not improved for N epochs (0 = off;
+                                       # checked on eval epochs; `epochs` stays the lr schedule's length)
     # trainer details (edgeprune/train): YOLOv5's published hyper-parameters unless measured otherwise
     warmup_momentum: float = 0.8       # SGD momentum / AdamW beta1 at the start of warm-up
     warmup_bias_lr: float = 0.1        # SGD bias lr at the start of warm-up (falls to the scheduled lr)
@@ -135,8 +138,9 @@ class SparseConfig:
 def continued(train: TrainConfig, epochs: int, lr0: float, warmup_epochs: float) -> TrainConfig:
     """The training schedule for a stage that continues from trained weights (sparse, finetune): its own
     epochs, lr0 and a short warm-up in which the bias lr does NOT start at warmup_bias_lr. That spike (0.1,
-    YOLOv5's from-scratch default, 20x the sparse lr0) shakes every BN beta of a trained model."""
-    return dataclasses.replace(train, epochs=epochs, lr0=lr0, warmup_bias_lr=0.0,
+    YOLOv5's from-scratch default, 20x the sparse lr0) shakes every BN beta of a trained model. A fixed
+    budget: no early stopping (train.patience is the dense training's)."""
+    return dataclasses.replace(train, epochs=epochs, lr0=lr0, warmup_bias_lr=0.0, patience=0,
                                warmup_epochs=min(warmup_epochs, train.warmup_epochs))
 
 
@@ -238,7 +242,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 CHOICES = {
     "data.format": ("auto", "yolo", "coco", "voc", "nwpu"),
     "model.family": ("yolov5", "yolov8", "yolo11"),
-    "data.synth_style": ("aerial", "simple"),
+    "data.synth_style": ("aerial", "simple", "dior"),
     "model.size": ("n", "s", "m"),
     "train.optimizer": ("sgd", "adamw"),
     "train.cache": ("auto", "ram", "off"),
@@ -276,6 +280,8 @@ def _check_ranges(cfg: Config) -> None:
                 "sparse.adapt_clip", "sparse.lam_max_mult", "sparse.lam_min_mult", "sparse.attention_p", "sparse.slim_lam"):
         if flat[key] <= 0:
             raise bad(key, f"must be > 0, got {flat[key]}")
+    if cfg.train.patience < 0:
+        raise bad("train.patience", f"must be >= 0 (0 = no early stopping), got {cfg.train.patience}")
     for key in ("sparse.refresh_every", "sparse.ratio_batches", "sparse.ratio_grid"):
         if flat[key] < 1:
             raise bad(key, f"must be >= 1, got {flat[key]}")

@@ -25,6 +25,9 @@ def register(subparsers):
     s.add_argument("--val", type=int, default=200, help="validation images (default 200)")
     s.add_argument("--size", type=int, default=320, help="scene side in pixels (default 320)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--style", choices=("aerial", "simple", "dior"), default="aerial",
+                   help="aerial: 6 classes (default); simple: 3 large-object classes; dior: 20 DIOR-like classes, "
+                        "mostly tiny objects, quarters of tiles twice --size")
     s.add_argument("--json", action="store_true", help="print a JSON summary")
     s.set_defaults(handler=_synth)
 
@@ -67,9 +70,10 @@ def _synth(args):
 
     from .synth import ensure_synthetic
     t0 = time.time()
-    path = ensure_synthetic(args.out, args.images, args.val, args.size, args.seed, progress=not args.json)
+    path = ensure_synthetic(args.out, args.images, args.val, args.size, args.seed, progress=not args.json,
+                            style=args.style)
     summary = {"path": str(path), "data_yaml": str(path / "data.yaml"), "train": args.images, "val": args.val,
-               "size": args.size, "seed": args.seed, "seconds": round(time.time() - t0, 2)}
+               "size": args.size, "seed": args.seed, "style": args.style, "seconds": round(time.time() - t0, 2)}
     _emit(summary, args.json, "synthetic dataset ready: {} ({:.1f} s)".format(summary["data_yaml"], summary["seconds"]))
     return 0
 

@@ -61,7 +61,8 @@ def train_command(args: Any) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"trained {cfg.train.epochs} epochs -> {out}/best.pt")
+        stop = f" (early stop: best val mAP50 at epoch {final['best_epoch']})" if final.get("stopped_early") else ""
+        print(f"trained {final.get('epochs', cfg.train.epochs)} epochs{stop} -> {out}/best.pt")
         _print_metrics(final)
     return 0
 

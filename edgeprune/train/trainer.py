@@ -8,6 +8,9 @@ without blocking. The step never waits for the device: losses are summed on it a
 (and at the epoch's end), where a non-finite loss is caught. Threads and data workers: train/resources.py.
 Every epoch writes last.pt (everything needed for an exact resume: raw + EMA weights, optimizer, epoch,
 RNG states, hooks' state, history) and best.pt (by mAP50), log.csv, log.json and curves.png.
+Early stopping (`train.patience` > 0): the run ends once the EMA's val mAP50 has not improved for that many
+epochs (checked on evaluation epochs; never while it is still 0); `epochs` stays the length of the lr schedule, and the final metrics say
+where it stopped (`epochs`, `stopped_early`, `best_epoch`).
 
 Hooks (the sparsity trainer plugs in here) are objects with any of: on_train_start(trainer),
 extra_loss(trainer, imgs, targets, feats) -> (tensor, dict) | None, after_backward(trainer, step) (called
@@ -165,6 +168,10 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best_map50 = -1.0
+        self.best_epoch = 0                 # the epoch (1-based) whose evaluation gave best_map50
+        if cfg.patience > 0 and not data.splits.get("val"):
+            raise ConfigError("config key train.patience: early stopping needs a 'val' split to evaluate on; "
+                              "set train.patience=0 or add a val split")
         self.history: list[dict[str, Any]] = []
         self.loss_fn = build_loss(self.model, imgsz, cfg).to(self.device)
         self.micro_batch = cfg.batch // (self.world_size * cfg.accumulate)
@@ -247,6 +254,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema_updates": self.ema.updates,
             "best_map50": self.best_map50,
+            "best_epoch": self.best_epoch,
             "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
             "rng": _rng_state(),
             "history": self.history,
@@ -278,14 +286,12 @@ class Trainer:
                 h.load_state_dict(hs)
         self.epoch, self.step = int(st["epoch"]), int(st["step"])
         self.best_map50 = float(st["best_map50"])
+        self.best_epoch = int(st.get("best_epoch", 0))      # absent in checkpoints from before train.patience
         self.history = list(st["history"])
         _set_rng_state(st["rng"])
         return st.get("final")
 
-    def _save(self, metrics: dict[str, Any] | None, final: dict[str, Any] | None) -> None:
-        improved = metrics is not None and metrics["map50"] > self.best_map50
-        if improved:
-            self.best_map50 = metrics["map50"]
+    def _save(self, metrics: dict[str, Any] | None, final: dict[str, Any] | None, improved: bool) -> None:
         save_checkpoint(self.out_dir / "last.pt", self.ema.ema, **self._state(final))
         if improved or not (self.out_dir / "best.pt").exists():
             save_checkpoint(self.out_dir / "best.pt", self.ema.ema, metrics=metrics, epoch=self.epoch,
@@ -319,14 +325,38 @@ class Trainer:
                 if hasattr(h, "on_epoch_end"):
                     row.update(h.on_epoch_end(self, self.epoch - 1) or {})
             self.history.append(row)
-            if self.epoch == self.epochs:
-                final = {**(metrics or {}), "best_map50": max(self.best_map50, (metrics or {}).get("map50", -1.0)),
-                         "epochs": self.epochs}
+            improved = metrics is not None and metrics["map50"] > self.best_map50
+            if improved:
+                self.best_map50, self.best_epoch = metrics["map50"], self.epoch
+            stop = self._plateaued()
+            if self.epoch == self.epochs or stop:
+                final = {**(metrics or {}), "best_map50": self.best_map50, "best_epoch": self.best_epoch,
+                         "epochs": self.epoch, "stopped_early": stop}
             if self.is_main:
-                self._save(metrics, final)
+                self._save(metrics, final, improved)
                 # the PNG costs seconds on a busy CPU: draw it when there is a new mAP point (and at the end)
                 self._write_logs(plot=metrics is not None or final is not None)
+            if stop:
+                if self.is_main:
+                    print(f"[train] early stop after epoch {self.epoch}: val mAP50 has not improved for "
+                          f"{self.epoch - self.best_epoch} epochs (best {self.best_map50:.4f} at epoch "
+                          f"{self.best_epoch}; train.patience={self.cfg.patience})", flush=True)
+                break
         return final if final is not None else {}
+
+    def _plateaued(self) -> bool:
+        """Early stopping: True when `patience` epochs have passed since the best evaluation. Only rank 0
+        evaluates, so under DDP its decision is broadcast (on evaluation epochs, which every rank knows)."""
+        if self.cfg.patience <= 0 or self.epoch >= self.epochs or self.epoch % max(self.cfg.eval_every, 1):
+            return False
+        # a model that has detected nothing yet (mAP50 0 through warm-up) is starting, not on a plateau
+        stop = self.is_main and self.best_map50 > 0 and self.epoch - self.best_epoch >= self.cfg.patience
+        if self.world_size > 1:
+            import torch.distributed as dist
+            flag = torch.tensor([int(stop)], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
 
     def _evaluate(self) -> dict[str, Any] | None:
         val = self.data.splits.get("val")
@@ -433,7 +463,8 @@ def fit(model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path, hook
         resume: bool = True, teacher: nn.Module | None = None, imgsz: int = 256, device: str | None = None,
         progress: bool = True) -> dict[str, Any]:
     """Train `model` on data.splits["train"], evaluating its EMA on data.splits["val"]; see the module doc.
-    Returns the final metrics ({"map50", "map", "ap_small", "per_class", "best_map50", "epochs"})."""
+    Returns the final metrics ({"map50", "map", "ap_small", "per_class", "best_map50", "best_epoch", "epochs"
+    (run, fewer than cfg.epochs after an early stop), "stopped_early"})."""
     trainer = Trainer(model, data, cfg, out_dir, hooks, teacher, imgsz, device, progress)
     return trainer.run(resume)
 

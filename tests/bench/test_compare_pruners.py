@@ -196,3 +196,68 @@ def test_benchmark_preset_is_the_config_preset_with_a_binding_flops_target():
     assert (quick.data.synth_style, quick.data.synth_train, quick.model.imgsz, quick.train.epochs) == \
         (q.data.synth_style, q.data.synth_train, q.model.imgsz, q.train.epochs)
     assert (quick.sparse.epochs, quick.finetune.epochs, quick.sparse.attention_tol) == (1, 1, 1e-6)
+
+
+def test_converged_protocol_and_dior_data_options():
+    from compare_pruners import bench_config, parse_args
+
+    cfg = bench_config(parse_args(["--out", "x", "--preset", "small", "--converged", "--data", "synthetic-dior"]))
+    assert (cfg.data.source, cfg.data.synth_style) == ("synthetic", "dior")
+    assert (cfg.train.patience, cfg.train.eval_every, cfg.train.epochs) == (10, 1, 300)
+    assert cfg.data.synth_size == 160 and cfg.model.imgsz == 128          # the preset's data and model stay
+    cfg = bench_config(parse_args(["--out", "x", "--converged", "--set", "train.patience=4", "--set", "train.epochs=60"]))
+    assert (cfg.train.patience, cfg.train.epochs, cfg.data.synth_style) == (4, 60, "aerial")   # --set wins
+    plain = bench_config(parse_args(["--out", "x", "--data", "synthetic"]))
+    assert (plain.train.patience, plain.data.synth_style) == (0, "aerial")
+    assert parse_args(["--out", "x", "--seeds", "0,1"]).seeds == [0, 1]
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--seeds", "a"])
+
+
+def test_heldout_needs_a_test_split_of_a_real_data_set(tmp_path):
+    from compare_pruners import main
+
+    from edgeprune.data.synth import write_synthetic
+    from edgeprune.errors import UsageError
+
+    data = write_synthetic(tmp_path / "yolo", 2, 1, 64, progress=False)          # train + val, no test
+    with pytest.raises(UsageError, match="test split"):
+        main(["--out", str(tmp_path / "o"), "--data", str(data), "--heldout", "1", "--converged"])
+    assert not (tmp_path / "o").exists()          # refused before anything was trained
+
+
+def _ci(d, lo, hi):
+    return {"delta_map50": d, "ci95": [lo, hi], "share_a_better": 0.5}
+
+
+def test_claim_summary_checks_each_target_on_held_out_differences():
+    from compare_pruners import heldout_pairs
+    from compare_report import claim_markdown, claim_summary
+
+    arm = lambda a, t, fr, pr: {"arm": a, "target": t, "flops_reduction": fr, "params_reduction": pr}  # noqa: E731
+    results = {"dense": {"map50": 0.8, "epochs_run": 40, "epochs_max": 300, "best_epoch": 30, "stopped_early": True,
+                         "patience": 10, "source": "trained here"},
+               "arms": [arm("l1rr", 0.65, 0.652, 0.8), arm("tp_groupnorm", 0.65, 0.65, 0.6), arm("slimming", 0.5, 0.5, 0.6),
+                        arm("l1rr", 0.75, 0.75, 0.9), arm("tp_bnscale", 0.75, 0.75, 0.7), arm("l1rr_topk", 0.65, 0.7, 0.9)]}
+    assert heldout_pairs(results) == ["l1rr@65,tp_groupnorm@65", "l1rr@75,tp_bnscale@75"]
+    heldout = {"heldout": {"name": "s1", "images": 500},
+               "models": [{"label": "dense", "map50": 0.81}, {"label": "control", "map50": 0.815,
+                                                               "vs_dense": _ci(0.005, -0.003, 0.012)},
+                          {"label": "l1rr@65", "map50": 0.805, "vs_dense": _ci(-0.005, -0.015, 0.004),
+                           "vs_control": _ci(-0.008, -0.009, 0.0)}],
+               "pairs": [{"a": "l1rr@65", "b": "tp_groupnorm@65", **_ci(0.05, 0.03, 0.07)},
+                         {"a": "l1rr@75", "b": "tp_bnscale@75", **_ci(0.015, -0.01, 0.03)}]}
+    doc = claim_summary([{"seed": 0, "folder": "f", "results": results, "heldout": heldout}], [0.65, 0.75])
+    checks = {c["what"]: c for c in doc["seeds"][0]["checks"]}
+    assert set(checks) == {"dense converged: control - dense <= +1.0", "l1rr@65 - dense >= -1.0",
+                           "l1rr@65 - control >= -1.0", "l1rr@65 - tp_groupnorm@65 >= +2.0",
+                           "l1rr@75 - tp_bnscale@75 >= +2.0"}
+    assert checks["dense converged: control - dense <= +1.0"]["met"] and \
+        not checks["dense converged: control - dense <= +1.0"]["met_by_ci"]        # +1.2 at the interval's end
+    assert checks["l1rr@65 - dense >= -1.0"]["met"] and not checks["l1rr@65 - dense >= -1.0"]["met_by_ci"]
+    assert checks["l1rr@65 - control >= -1.0"]["met"] and checks["l1rr@65 - control >= -1.0"]["met_by_ci"]
+    assert checks["l1rr@65 - tp_groupnorm@65 >= +2.0"]["met_by_ci"]
+    assert not checks["l1rr@75 - tp_bnscale@75 >= +2.0"]["met"] and doc["all_met"] is False
+    assert doc["seeds"][0]["l1rr_headline"]["params_ok"] is True
+    md = claim_markdown(doc)
+    assert "stopped at epoch 40 of at most 300 (best 30" in md and "| l1rr@75 - tp_bnscale@75 >= +2.0 | +1.5 [-1.0, +3.0] | no | no |" in md

@@ -41,6 +41,16 @@ def test_synth_check_convert(tmp_path, capsys):
     assert (tmp_path / "coco" / "annotations" / "instances_train.json").is_file()
 
 
+def test_synth_style_dior_then_check(tmp_path, capsys):
+    assert run(["data", "synth", "--out", str(tmp_path), "--images", "4", "--val", "0", "--size", "64",
+                "--style", "dior", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["style"] == "dior" and "synth-dior-64px" in out["path"]
+    assert run(["data", "check", out["path"], "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["names"]) == 20 and rep["splits"]["train"]["images"] == 4
+
+
 def test_check_exits_1_and_lists_bad_lines(yolo_dir, capsys):
     label = yolo_dir / "labels" / "val" / "val0.txt"
     label.write_text("0 0.5 0.5 0.2\n")

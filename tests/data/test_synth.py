@@ -130,3 +130,57 @@ def test_simple_style_is_its_own_cached_dataset_with_three_large_object_classes(
         assert ((boxes[:, 2:] - boxes[:, :2]).max(1) >= 128 / 5).all()
     with pytest.raises(synth.DataError, match="data.synth_style"):
         synth.ensure_synthetic(tmp_path, 3, 1, 96, style="photo")
+
+
+def _sha_tree(root):
+    import hashlib
+    return hashlib.sha256(b"".join(k.encode() + v for k, v in sorted(_tree(root).items()))).hexdigest()
+
+
+def test_dior_style_is_deterministic_and_its_own_data_set(tmp_path):
+    a = synth.write_synthetic(tmp_path / "a", 5, 2, 128, seed=4, progress=False, style="dior")
+    b = synth.write_synthetic(tmp_path / "b", 5, 2, 128, seed=4, progress=False, style="dior")
+    c = synth.write_synthetic(tmp_path / "c", 5, 2, 128, seed=5, progress=False, style="dior")
+    assert _sha_tree(a) == _sha_tree(b) != _sha_tree(c)
+    cached = synth.ensure_synthetic(tmp_path / "cache", 5, 2, 128, seed=4, progress=False, style="dior")
+    assert "-dior-" in cached.name
+    ds = load_dataset(cached)
+    assert ds.names == synth.DIOR_NAMES and len(ds.names) == 20
+    assert [s.image.read_bytes() for s in ds.splits["train"]] == \
+        [(a / "images" / "train" / f"train_{i:06d}.png").read_bytes() for i in range(5)]
+
+
+def test_dior_boxes_are_tight_also_where_a_tile_is_cut():
+    # as test_boxes_are_tight_around_drawn_objects, on the four quarters of two tiles: objects cut by a quarter's
+    # edge must be labelled by the extent of their visible part
+    cut = 0
+    for i in range(8):
+        img, boxes, classes = synth.render_scene(2, i, 160, style="dior")
+        assert img.shape == (160, 160, 3) and ((boxes >= 0) & (boxes <= 160)).all()
+        assert ((classes >= 0) & (classes < 20)).all()
+        for k, box in enumerate(boxes):
+            without = synth.render_scene(2, i, 160, style="dior", hide=k)[0]
+            ys, xs = np.nonzero(np.abs(img.astype(int) - without.astype(int)).max(-1) > 12)
+            assert len(xs), (i, k)
+            drawn = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+            assert np.abs(drawn - box).max() <= 2.0, (i, k, int(classes[k]), drawn, box)
+            cut += bool(min(box[0], box[1]) < 0.5 or max(box[2], box[3]) > 159.5)
+    assert cut >= 3
+
+
+def test_dior_has_every_class_mostly_tiny_objects_and_passes_the_data_check(tmp_path):
+    from edgeprune.data.check import BANDS, check
+    path = synth.ensure_synthetic(tmp_path, 120, 0, 256, seed=0, progress=False, style="dior")  # 512 px tiles
+    ds, rep = check(path)
+    tr = rep["splits"]["train"]
+    assert not rep["problems"] and rep["skipped"] == 0
+    assert all(v["boxes"] > 0 for v in tr["per_class"].values()), tr["per_class"]
+    # from the labels: the share of objects under 16 px (sqrt of the box area), and dense scenes
+    boxes = np.concatenate([s.boxes for s in ds.splits["train"]])
+    side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    assert (side < BANDS[0][1]).mean() >= 0.5 and tr["bands"]["tiny"] == int((side < 16).sum())
+    assert (side >= 64).sum() >= 10                      # and some large areas (airports, golf, stations)
+    assert len(boxes) / len(ds.splits["train"]) >= 10
+    aerial = np.concatenate([synth.render_scene(0, i, 256)[1] for i in range(60)])
+    a_side = np.sqrt((aerial[:, 2] - aerial[:, 0]) * (aerial[:, 3] - aerial[:, 1]))
+    assert (a_side < 16).mean() < (side < 16).mean() - 0.2      # unlike the default aerial scenes

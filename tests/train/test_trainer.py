@@ -123,6 +123,46 @@ def test_resume_refuses_another_model(tiny, tmp_path):
         fit(other, tiny, replace(cfg, epochs=2), tmp_path, progress=False)
 
 
+@pytest.mark.slow
+def test_patience_stops_on_a_plateau_and_resumes_to_the_stop(quick_dense, tmp_path):
+    """The quick preset's trained model (mAP50 ~0.9) trained on with lr0=0: its weights cannot move, so its val
+    mAP50 reaches a plateau at once; patience 2 must end a 10-epoch run two epochs after the best evaluation,
+    record where, and a resume must return that result without training."""
+    from edgeprune.config import make_config
+    run, data_root, _ = quick_dense
+    c = make_config("quick")
+    data = load_dataset(ensure_synthetic(data_root, c.data.synth_train, c.data.synth_val, c.data.synth_size,
+                                         c.data.seed, progress=False, style=c.data.synth_style))
+    cfg = replace(c.train, epochs=10, lr0=0.0, warmup_epochs=0, eval_every=1, patience=2)
+    final = fit(model_from_checkpoint(run / "best.pt"), data, cfg, tmp_path, imgsz=c.model.imgsz, progress=False)
+    maps = [r["map50"] for r in json.loads((tmp_path / "log.json").read_text())["history"]]
+    best = final["best_epoch"]
+    assert final["stopped_early"] is True and final["epochs"] == best + 2 < 10, (final, maps)
+    assert len(maps) == final["epochs"] and max(maps[best:]) <= maps[best - 1] == final["best_map50"] > 0.5, maps
+    st = load_checkpoint(tmp_path / "last.pt")["train"]
+    assert st["epoch"] == final["epochs"] and st["best_epoch"] == best
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best
+    again = fit(model_from_checkpoint(run / "best.pt"), data, cfg, tmp_path, imgsz=c.model.imgsz, progress=False)
+    assert again["epochs"] == final["epochs"] and len(json.loads((tmp_path / "log.json").read_text())["history"]) == len(maps)
+
+
+def test_patience_never_stops_a_model_that_detects_nothing_yet(tiny, tmp_path):
+    """lr0=0 from random weights: val mAP50 stays 0, which is a model that has not started, not a plateau."""
+    cfg = TrainConfig(epochs=3, batch=2, lr0=0.0, warmup_epochs=0, eval_every=1, patience=1, **NO_AUG)
+    final = fit(_fresh(tiny), tiny, cfg, tmp_path, progress=False)
+    maps = [r["map50"] for r in json.loads((tmp_path / "log.json").read_text())["history"]]
+    assert maps == [0.0, 0.0, 0.0] and final["epochs"] == 3 and final["stopped_early"] is False
+
+
+def test_patience_needs_a_val_split_and_continued_stages_run_their_budget(tiny, tmp_path):
+    from edgeprune.config import continued
+    from edgeprune.errors import ConfigError
+    no_val = replace(tiny, splits={"train": tiny.splits["train"]})
+    with pytest.raises(ConfigError, match="train.patience"):
+        fit(_fresh(tiny), no_val, TrainConfig(epochs=2, patience=3), tmp_path, progress=False)
+    assert continued(TrainConfig(patience=5), 4, 0.001, 0.5).patience == 0
+
+
 class StepValues:
     """Extra loss items with known values: the step number as a device tensor and as a float, and a NaN loss
     from step `nan_at` on."""
