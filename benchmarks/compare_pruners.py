@@ -170,7 +170,8 @@ class Bench:
                 source = str(self.args.dense)
             else:
                 log(f"dense: training {self.cfg.train.epochs} epochs")
-                model, _ = new_model(self.data, self.cfg.model.size, self.imgsz, self.cfg.train.seed)
+                model, _ = new_model(self.data, self.cfg.model.size, self.imgsz, self.cfg.train.seed,
+                                     family=self.cfg.model.family)
                 fit(model, self.data, self.train_cfg(self.cfg.train.epochs, self.cfg.train.lr0), d / "train",
                     imgsz=self.imgsz, progress=False)
                 atomic_write_bytes(ckpt, (d / "train" / "last.pt").read_bytes())
@@ -304,7 +305,8 @@ class Bench:
                 keep = keep_from_ratios(read_ratios(ratios), model, ratios)
                 info = {"ratios": ratios}
             res = prune_model(model, keep, rule=rule, round_to=pc.round_to, min_channels=pc.min_channels,
-                              example_input=torch.zeros(1, 3, self.imgsz, self.imgsz), fold=pc.fold)
+                              example_input=torch.zeros(1, 3, self.imgsz, self.imgsz), fold=pc.fold,
+                              skip_unsupported=pc.skip_unsupported)
             save_pruned(d / "pruned", res.model, spec_from_pruned(res.model, dense_spec), res.recombination_map,
                         res.table, res.stats)
             model = load_pruned(d / "pruned").model      # carries the pruned spec (checkpoints need it)
@@ -486,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = out / "results.json"
     commands = json.loads(previous.read_text()).get("commands", []) if previous.is_file() else []
     doc = {"version": 1, "machine": machine(), "commands": commands + [command],   # every invocation on this folder
-           "settings": {"model_size": cfg.model.size, "imgsz": cfg.model.imgsz, "dataset": str(path),
+           "settings": {"model_family": cfg.model.family, "model_size": cfg.model.size, "imgsz": cfg.model.imgsz, "dataset": str(path),
                         "dataset_name": "synthetic" if not args.data else Path(args.data).name,
                         "train_images": len(data.splits["train"]), "val_images": len(data.splits["val"]),
                         "dense_epochs": cfg.train.epochs if not args.dense else None,

@@ -19,6 +19,7 @@ from edgeprune.metrics.complexity import count
 from edgeprune.models.yolo import build_model
 from edgeprune.prune.io import spec_from_pruned
 from edgeprune.sparsity.bnscan import residual_groups
+from edgeprune.sparsity.graph import trace_channels
 
 TP_ARMS = ("tp_bnscale", "tp_groupnorm")
 
@@ -32,11 +33,20 @@ def _tp():
     return tp
 
 
+def head_convs(model: nn.Module) -> list[str]:
+    """The convs whose output channels are the detector's fixed layout (every family's head outputs: the
+    yolov5 head's 1x1 convs, the yolov8 head's box and class logits), as the channel graph sees them: all
+    their output channels reach a graph output."""
+    graph = trace_channels(model)
+    return sorted(p for p, ids in graph.producers.items() if graph.fixed[ids].all())
+
+
 def make_pruner(arm: str, model: nn.Module, imgsz: int, ratio: float = 0.5, round_to: int = 8):
     """A Torch-Pruning pruner for `model` (global pruning, head convs ignored)."""
     tp = _tp()
+    mods = dict(model.named_modules())
     kw = dict(example_inputs=torch.zeros(1, 3, imgsz, imgsz), global_pruning=True, pruning_ratio=ratio,
-              ignored_layers=list(model.detect.m), round_to=round_to)
+              ignored_layers=[mods[p] for p in head_convs(model)], round_to=round_to)
     if arm == "tp_bnscale":
         return tp.pruner.BNScalePruner(model, importance=tp.importance.BNScaleImportance(), **kw)
     if arm == "tp_groupnorm":
@@ -107,7 +117,7 @@ def prune_to_flops(arm: str, model: nn.Module, imgsz: int, target: float, iters:
 def _table(dense: nn.Module, pruned: nn.Module, imgsz: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """prune_table.json rows/stats (edgeprune.prune.apply's format) for a model pruned by Torch-Pruning."""
     before = {n: m.out_channels for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)}
-    head = {n for n, m in dense.named_modules() if any(m is h for h in dense.detect.m)}
+    head = set(head_convs(dense))
     table = [{"layer": n, "bn": None, "type": "Conv2d", "before": before[n], "after": m.out_channels,
               "junction": None, "fixed": n in head}
              for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)]
