@@ -1,11 +1,10 @@
-"""`compress --model`: a trained model is the dense one (evaluated on the data first), then the usual chain."""
+"""`compress --model`: a trained model is the dense one (evaluated on the data first), then the usual chain
+(real producer checkpoints through the whole chain: test_byo_chain.py)."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from edgeprune.data.synth import NAMES
 
