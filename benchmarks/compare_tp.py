@@ -42,11 +42,32 @@ def head_convs(model: nn.Module) -> list[str]:
 
 
 def make_pruner(arm: str, model: nn.Module, imgsz: int, ratio: float = 0.5, round_to: int = 8):
-    """A Torch-Pruning pruner for `model` (global pruning, head convs ignored)."""
+    """A Torch-Pruning pruner for `model` (global pruning, head convs ignored). Groups whose importance
+    Torch-Pruning itself cannot compute have their root conv ignored too: in 1.6 that is the last bottleneck
+    conv of every C2f (its output is concatenated after the chunk halves, and the group's index mapping runs past
+    the tensor: IndexError), which its YOLOv8 example avoids by rewriting C2f without chunk. The yolov5 family
+    has no such group."""
     tp = _tp()
     mods = dict(model.named_modules())
+    ignored = [mods[p] for p in head_convs(model)]
+    for _ in range(4):
+        pruner = _pruner(tp, arm, model, imgsz, ratio, round_to, ignored)
+        failing = []
+        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                              root_module_types=pruner.root_module_types):
+            try:
+                pruner.estimate_importance(group)
+            except IndexError:
+                failing.append(group[0].dep.target.module)
+        if not failing:
+            return pruner
+        ignored += failing
+    raise PruneError(f"{arm}: Torch-Pruning cannot score this model's channel groups even with their roots ignored")
+
+
+def _pruner(tp, arm: str, model: nn.Module, imgsz: int, ratio: float, round_to: int, ignored: list[nn.Module]):
     kw = dict(example_inputs=torch.zeros(1, 3, imgsz, imgsz), global_pruning=True, pruning_ratio=ratio,
-              ignored_layers=[mods[p] for p in head_convs(model)], round_to=round_to)
+              ignored_layers=ignored, round_to=round_to)
     if arm == "tp_bnscale":
         return tp.pruner.BNScalePruner(model, importance=tp.importance.BNScaleImportance(), **kw)
     if arm == "tp_groupnorm":
