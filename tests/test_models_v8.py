@@ -2,6 +2,7 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,7 +143,7 @@ def test_yolo11_sparse_stage_to_prune():
     from edgeprune.config import make_config
     from edgeprune.prune.io import keep_from_ratios
     from edgeprune.sparsity.bnscan import prunable_bns
-    from edgeprune.sparsity.graph import trace_channels
+    from edgeprune.sparsity.graph import alive_classes, trace_channels
     from edgeprune.sparsity.ratios import solve_ratios
     from edgeprune.sparsity.regularizer import L1RRRegularizer
 
@@ -164,6 +165,14 @@ def test_yolo11_sparse_stage_to_prune():
     assert set(doc["layers"]) == set(bns) and doc["flops_target_met"]
     res = prune_model(model, keep_from_ratios(doc, model), round_to=cfg.prune.round_to,
                       min_channels=cfg.prune.min_channels, example_input=batch[0][:1], skip_unsupported=True)
-    # the solver counted what the pruner removes: frozen channels stay, in its estimate too
+    # the solver's FLOPs estimate sees what the pruner does: the BNs after depthwise convs follow their producers
+    # (no vote of their own), and frozen channels stay
+    plan = res.plan
+    kept = {n: set(e.get("group_keep_idx", e["keep_idx"])) for n, e in doc["layers"].items()}
+    alive = alive_classes(plan.graph, kept)
+    dw_ids = np.concatenate([plan.graph.bn_layouts[n] for n in sorted(after_dw)])
+    assert not plan.kept(dw_ids).all()                       # some depthwise channels are pruned ...
+    assert np.array_equal(alive[plan.graph.root[dw_ids]], plan.kept(dw_ids))   # ... and counted as such
+    assert alive[plan.graph.root[plan.graph.fixed]].all()
     reached = 1 - res.stats["flops_after"] / res.stats["flops_before"]
     assert abs(reached - doc["flops_reduction"]) < 0.02

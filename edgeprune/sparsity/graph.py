@@ -31,16 +31,20 @@ def trace_channels(model: nn.Module, example: torch.Tensor | None = None,
 
 
 def alive_classes(graph: ChannelGraph, kept: Mapping[str, set[int]] | None = None) -> np.ndarray:
-    """Per channel class: does it survive when each BN keeps only `kept[bn]` (missing = all channels)? A
-    class lives while any BN channel in it is kept (the pruner's union rule); a class no BN covers
-    (the input, a head output) always lives, and so does a fixed one (the pruner never removes it)."""
+    """Per channel class: does it survive when each BN gate keeps only `kept[bn]` (missing = all channels)? As
+    the pruner decides (prune.recombine.decide, union rule): a class lives while any BN gate channel in it is
+    kept; a class no BN gate covers (the input, a head output, a BN-less producer's) always lives, and so does
+    a fixed one. BNs that are not gates (after a depthwise conv or a concat) have no vote: their channels
+    follow their producers'."""
     kept = kept or {}
     n = len(graph.root)
     alive, covered = np.zeros(n, bool), np.zeros(n, bool)
-    for bn, ids in graph.bn_layouts.items():
-        cls = graph.root[ids]
+    for bn, gate in graph.gates.items():
+        if gate.kind != "bn":
+            continue
+        cls = graph.root[gate.ids]
         covered[cls] = True
-        mask = np.ones(len(ids), bool)
+        mask = np.ones(len(cls), bool)
         if bn in kept:
             mask[:] = False
             mask[sorted(kept[bn])] = True
