@@ -55,7 +55,7 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
     src = load_source(source)
     size = imgsz or (cfg.model.imgsz if cfg is not None else None) or src.imgsz or 256
     model, spec = src.model, src.model.spec
-    exp = export_onnx(model, size, opset=opset, dynamic_batch=dynamic_batch, do_simplify=simplify)
+    exp = export_onnx(model, size, opset=opset, dynamic_batch=dynamic_batch, do_simplify=simplify, atol=parity_atol)
     verify_report = verify_graph(exp.model, spec, exp.conv_nodes, src.recombination)
     truth = None
     if images:
