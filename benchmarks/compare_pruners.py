@@ -21,6 +21,7 @@ example:
   python benchmarks/compare_pruners.py --preset small --out runs/bench_small
   python benchmarks/compare_pruners.py --preset benchmark --out runs/bench_416          # GPU: 416 px, s, 3000 images
   python benchmarks/compare_pruners.py --data /data/NWPU_VHR-10 --out runs/bench_nwpu --set model.imgsz=416
+  python benchmarks/compare_pruners.py --out runs/bench_v8 --set model.family=yolov8 --targets 0.65   # the v8 family
 then, on images no setting was chosen on (paired-bootstrap intervals):
   python benchmarks/heldout_eval.py --run runs/bench --out runs/bench/heldout
 """
