@@ -21,6 +21,7 @@ example:
   python benchmarks/compare_pruners.py --preset small --out runs/bench_small
   python benchmarks/compare_pruners.py --preset benchmark --out runs/bench_416          # GPU: 416 px, s, 3000 images
   python benchmarks/compare_pruners.py --data /data/NWPU_VHR-10 --out runs/bench_nwpu --set model.imgsz=416
+  python benchmarks/compare_pruners.py --out runs/bench_v8 --set model.family=yolov8 --targets 0.65   # the v8 family
 then, on images no setting was chosen on (paired-bootstrap intervals):
   python benchmarks/heldout_eval.py --run runs/bench --out runs/bench/heldout
 
@@ -189,7 +190,7 @@ class Bench:
                 stopping = t.patience > 0
                 log(f"dense: training {t.epochs} epochs" + (f", stopping when val mAP50 has not improved for "
                                                            f"{t.patience}" if stopping else ""))
-                model, _ = new_model(self.data, self.cfg.model.size, self.imgsz, t.seed)
+                model, _ = new_model(self.data, self.cfg.model.size, self.imgsz, t.seed, family=self.cfg.model.family)
                 # early stopping needs its evaluations; otherwise evaluate once, at the end
                 tcfg = t if stopping else self.train_cfg(t.epochs, t.lr0)
                 final = fit(model, self.data, tcfg, d / "train", imgsz=self.imgsz, progress=False)
@@ -332,7 +333,8 @@ class Bench:
                 keep = keep_from_ratios(read_ratios(ratios), model, ratios)
                 info = {"ratios": ratios}
             res = prune_model(model, keep, rule=rule, round_to=pc.round_to, min_channels=pc.min_channels,
-                              example_input=torch.zeros(1, 3, self.imgsz, self.imgsz), fold=pc.fold)
+                              example_input=torch.zeros(1, 3, self.imgsz, self.imgsz), fold=pc.fold,
+                              skip_unsupported=pc.skip_unsupported)
             save_pruned(d / "pruned", res.model, spec_from_pruned(res.model, dense_spec), res.recombination_map,
                         res.table, res.stats)
             model = load_pruned(d / "pruned").model      # carries the pruned spec (checkpoints need it)
@@ -523,7 +525,7 @@ def run_folder(args: argparse.Namespace, cfg: Config, data: Any, path: Path, out
     commands = json.loads(previous.read_text()).get("commands", []) if previous.is_file() else []
     name = args.data if not args.data or args.data in SYNTHETIC_DATA else Path(args.data).name
     doc = {"version": 1, "machine": machine(), "commands": commands + [command],   # every invocation on this folder
-           "settings": {"model_size": cfg.model.size, "imgsz": cfg.model.imgsz, "dataset": str(path),
+           "settings": {"model_family": cfg.model.family, "model_size": cfg.model.size, "imgsz": cfg.model.imgsz, "dataset": str(path),
                         "dataset_name": name or "synthetic",
                         "train_images": len(data.splits["train"]), "val_images": len(data.splits["val"]),
                         "dense_epochs": (dense.get("epochs_run") or cfg.train.epochs) if not args.dense else None,

@@ -87,7 +87,8 @@ def plot_pareto(doc: dict[str, Any], path: str | Path) -> None:
     ax.set_xlabel("GFLOPs per image (2·MACs)")
     ax.set_ylabel("mAP50 (val)")
     s = doc["settings"]
-    ax.set_title(f"Pruners at equal fine-tuning budget — {s['model_size']}-size, {s['imgsz']} px, "
+    ax.set_title(f"Pruners at equal fine-tuning budget — {s.get('model_family', 'yolov5')} "
+                 f"{s['model_size']}-size, {s['imgsz']} px, "
                  f"{s['dataset_name']}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

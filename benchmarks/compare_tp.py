@@ -19,6 +19,7 @@ from edgeprune.metrics.complexity import count
 from edgeprune.models.yolo import build_model
 from edgeprune.prune.io import spec_from_pruned
 from edgeprune.sparsity.bnscan import residual_groups
+from edgeprune.sparsity.graph import trace_channels
 
 TP_ARMS = ("tp_bnscale", "tp_groupnorm")
 
@@ -32,11 +33,41 @@ def _tp():
     return tp
 
 
+def head_convs(model: nn.Module) -> list[str]:
+    """The convs whose output channels are the detector's fixed layout (every family's head outputs: the
+    yolov5 head's 1x1 convs, the yolov8 head's box and class logits), as the channel graph sees them: all
+    their output channels reach a graph output."""
+    graph = trace_channels(model)
+    return sorted(p for p, ids in graph.producers.items() if graph.fixed[ids].all())
+
+
 def make_pruner(arm: str, model: nn.Module, imgsz: int, ratio: float = 0.5, round_to: int = 8):
-    """A Torch-Pruning pruner for `model` (global pruning, head convs ignored)."""
+    """A Torch-Pruning pruner for `model` (global pruning, head convs ignored). Groups whose importance
+    Torch-Pruning itself cannot compute have their root conv ignored too: in 1.6 that is the last bottleneck
+    conv of every C2f (its output is concatenated after the chunk halves, and the group's index mapping runs past
+    the tensor: IndexError), which its YOLOv8 example avoids by rewriting C2f without chunk. The yolov5 family
+    has no such group."""
     tp = _tp()
+    mods = dict(model.named_modules())
+    ignored = [mods[p] for p in head_convs(model)]
+    for _ in range(4):
+        pruner = _pruner(tp, arm, model, imgsz, ratio, round_to, ignored)
+        failing = []
+        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                              root_module_types=pruner.root_module_types):
+            try:
+                pruner.estimate_importance(group)
+            except IndexError:
+                failing.append(group[0].dep.target.module)
+        if not failing:
+            return pruner
+        ignored += failing
+    raise PruneError(f"{arm}: Torch-Pruning cannot score this model's channel groups even with their roots ignored")
+
+
+def _pruner(tp, arm: str, model: nn.Module, imgsz: int, ratio: float, round_to: int, ignored: list[nn.Module]):
     kw = dict(example_inputs=torch.zeros(1, 3, imgsz, imgsz), global_pruning=True, pruning_ratio=ratio,
-              ignored_layers=list(model.detect.m), round_to=round_to)
+              ignored_layers=ignored, round_to=round_to)
     if arm == "tp_bnscale":
         return tp.pruner.BNScalePruner(model, importance=tp.importance.BNScaleImportance(), **kw)
     if arm == "tp_groupnorm":
@@ -107,7 +138,7 @@ def prune_to_flops(arm: str, model: nn.Module, imgsz: int, target: float, iters:
 def _table(dense: nn.Module, pruned: nn.Module, imgsz: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """prune_table.json rows/stats (edgeprune.prune.apply's format) for a model pruned by Torch-Pruning."""
     before = {n: m.out_channels for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)}
-    head = {n for n, m in dense.named_modules() if any(m is h for h in dense.detect.m)}
+    head = set(head_convs(dense))
     table = [{"layer": n, "bn": None, "type": "Conv2d", "before": before[n], "after": m.out_channels,
               "junction": None, "fixed": n in head}
              for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)]

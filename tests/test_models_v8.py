@@ -2,6 +2,7 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,3 +134,45 @@ def test_config_key_model_family():
     assert make_config("quick", parse_set(["model.family=yolo11"])).model.family == "yolo11"
     with pytest.raises(ConfigError, match="model.family"):
         make_config("quick", parse_set(["model.family=yolov9"]))
+
+
+def test_yolo11_sparse_stage_to_prune():
+    """The sparse stage penalises and solves ratios for the BNs the channel graph gates (sparsity.bnscan
+    .prunable_bns): a YOLO11's BNs after depthwise convs (attention pe, the head's class branch) and the
+    attention's frozen head-layout gates are left out, so its ratios prune without error."""
+    from edgeprune.config import make_config
+    from edgeprune.prune.io import keep_from_ratios
+    from edgeprune.sparsity.bnscan import prunable_bns
+    from edgeprune.sparsity.graph import alive_classes, trace_channels
+    from edgeprune.sparsity.ratios import solve_ratios
+    from edgeprune.sparsity.regularizer import L1RRRegularizer
+
+    cfg = make_config("quick", {"prune": {"skip_unsupported": True},
+                                "sparse": {"ratio_grid": 2, "attention_tol": 1e-6, "flops_target": 0.4}})
+    model = randomize_bn(build_model(new_spec(3, size="n", family="yolo11")), 3)
+    graph = trace_channels(model, skip_unsupported=True)
+    bns = prunable_bns(model, graph)
+    left_out = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)} - set(bns)
+    after_dw = {n for n in left_out if n not in graph.gates}
+    frozen = {n for n in left_out if n in graph.gates}
+    assert after_dw and frozen                # both kinds exist in YOLO11 and neither is penalised or scored
+    assert all(graph.fixed[graph.gates[n].ids].all() for n in frozen)
+    assert set(L1RRRegularizer(model, cfg.sparse, 10, skip_unsupported=True).bns) == set(bns)
+
+    batch = (torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)),
+             torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.3], [1, 1, 0.25, 0.25, 0.2, 0.2]]))
+    doc = solve_ratios(model, [batch], cfg.sparse, cfg.prune)
+    assert set(doc["layers"]) == set(bns) and doc["flops_target_met"]
+    res = prune_model(model, keep_from_ratios(doc, model), round_to=cfg.prune.round_to,
+                      min_channels=cfg.prune.min_channels, example_input=batch[0][:1], skip_unsupported=True)
+    # the solver's FLOPs estimate sees what the pruner does: the BNs after depthwise convs follow their producers
+    # (no vote of their own), and frozen channels stay
+    plan = res.plan
+    kept = {n: set(e.get("group_keep_idx", e["keep_idx"])) for n, e in doc["layers"].items()}
+    alive = alive_classes(plan.graph, kept)
+    dw_ids = np.concatenate([plan.graph.bn_layouts[n] for n in sorted(after_dw)])
+    assert not plan.kept(dw_ids).all()                       # some depthwise channels are pruned ...
+    assert np.array_equal(alive[plan.graph.root[dw_ids]], plan.kept(dw_ids))   # ... and counted as such
+    assert alive[plan.graph.root[plan.graph.fixed]].all()
+    reached = 1 - res.stats["flops_after"] / res.stats["flops_before"]
+    assert abs(reached - doc["flops_reduction"]) < 0.02

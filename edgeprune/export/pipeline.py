@@ -61,7 +61,7 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
     head = detection_head(src, size, names, output_layout, strides)
     model, spec, layout, nc = src.model, src.spec, head["output_layout"], len(head["names"])
     exp = export_onnx(model, size, opset=opset, dynamic_batch=dynamic_batch, do_simplify=simplify,
-                      stride=max(head["strides"], default=1))
+                      stride=max(head["strides"], default=1), atol=parity_atol)
     verify_report = verify_graph(exp.model, spec, exp.conv_nodes, src.recombination)
     truth = None
     if images:

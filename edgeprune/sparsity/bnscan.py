@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import PruneError, SparsityError
+from ..errors import SparsityError
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -14,30 +14,35 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def prunable_bns(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
-    """Every BatchNorm2d by module path (the detector's head convs carry no BN, so they never appear)."""
-    bns = {name: m for name, m in unwrap(model).named_modules() if isinstance(m, nn.BatchNorm2d)}
+def prunable_bns(model: nn.Module, graph: Any = None) -> dict[str, nn.BatchNorm2d]:
+    """The BatchNorm2d layers that gate channels the pruner can remove, by module path in model order: the
+    channel graph's BN gates (a conv -> BN with nothing between) holding at least one class that is not fixed.
+    A BN after a depthwise conv, a concat or an add only follows its producers' decisions, and one whose
+    channels are all fixed (an attention's head layout, frozen by prune.skip_unsupported) loses none: penalising
+    or scoring them would ask for removals the pruner refuses. `graph`: the model's ChannelGraph
+    (sparsity.graph.trace_channels, which is called when it is not given)."""
+    from .graph import trace_channels
+
+    net = unwrap(model)
+    if graph is None:
+        graph = trace_channels(net)
+    gates = {k for k, gate in graph.gates.items() if gate.kind == "bn" and not graph.fixed[gate.ids].all()}
+    bns = {name: m for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d) and name in gates}
     if not bns:
-        raise SparsityError(f"{type(unwrap(model)).__name__} has no BatchNorm2d layers: L1RR penalises BN scales "
-                            "(gamma), so it needs a model with conv -> BN blocks")
+        raise SparsityError(f"{type(net).__name__} has no BatchNorm2d right after a prunable conv: L1RR penalises "
+                            "BN scales (gamma), so it needs a model with conv -> BN blocks")
     return bns
 
 
-def residual_groups(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, list[str]]:
+def residual_groups(model: nn.Module, example: torch.Tensor | None = None,
+                    skip_unsupported: bool = False) -> dict[str, list[str]]:
     """BNs whose outputs meet in a residual add, by junction id (the common path of its producers), from
     the pruner's channel graph: each junction's producers' own BNs, in path order. In a C3 with shortcut
     bottlenecks, cv1's output and every bottleneck's cv2 output are summed into one running tensor, so
     their channels correspond one to one (the junction that residual reconstruction keeps consistent)."""
-    from ..prune.graph import build_graph
+    from .graph import trace_channels
 
-    net = unwrap(model)
-    if example is None:
-        example = torch.zeros(1, 3, 64, 64, device=next(net.parameters()).device)
-    try:
-        graph = build_graph(net, example)
-    except PruneError as exc:
-        raise SparsityError(f"residual groups of {type(net).__name__}: {exc}") from None
-    return junction_bns(graph)
+    return junction_bns(trace_channels(model, example, skip_unsupported))
 
 
 def junction_bns(graph: Any) -> dict[str, list[str]]:
@@ -53,11 +58,12 @@ def junction_bns(graph: Any) -> dict[str, list[str]]:
     return groups
 
 
-def slimming_excluded(model: nn.Module) -> set[str]:
+def slimming_excluded(model: nn.Module, graph: Any = None) -> set[str]:
     """BNs plain slimming leaves alone (midasklr/yolov5prune's rule, which goes by the C3/Bottleneck
-    names): C3.cv1.bn and each shortcut Bottleneck's cv1.bn and cv2.bn."""
+    names): C3.cv1.bn and each shortcut Bottleneck's cv1.bn and cv2.bn. `graph` as in prunable_bns."""
     out: set[str] = set()
-    for gid, members in residual_groups(model).items():
+    groups = residual_groups(model) if graph is None else junction_bns(graph)
+    for gid, members in groups.items():
         out.update(members)
         out.update(p.replace(".cv2.bn", ".cv1.bn") for p in members[1:])
     return out

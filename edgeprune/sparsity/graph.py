@@ -14,30 +14,42 @@ from ..prune.graph import ChannelGraph, build_graph
 from .bnscan import unwrap
 
 
-def trace_channels(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
-    """The channel graph of `model` (never changed) at the example input's size."""
+def trace_channels(model: nn.Module, example: torch.Tensor | None = None,
+                   skip_unsupported: bool = False) -> ChannelGraph:
+    """The channel graph of `model` (never changed) at the example input's size (default 64 x 64: enough
+    for the channel classes; FLOPs need the real size). skip_unsupported: freeze ops the graph cannot
+    follow (prune.skip_unsupported; a YOLO11's attention heads) instead of failing."""
+    net = unwrap(model)
+    if example is None:
+        example = torch.zeros(1, 3, 64, 64, device=next(net.parameters()).device)
     try:
-        return build_graph(unwrap(model), example)
+        return build_graph(net, example, skip_unsupported=skip_unsupported)
     except PruneError as exc:
-        raise SparsityError(f"the ratio solver needs the channel graph of {type(unwrap(model)).__name__}: {exc}") \
+        hint = "" if skip_unsupported else " (in compress: --set prune.skip_unsupported=true freezes such ops)"
+        raise SparsityError(f"the sparse stage needs the channel graph of {type(net).__name__}: {exc}{hint}") \
             from None
 
 
 def alive_classes(graph: ChannelGraph, kept: Mapping[str, set[int]] | None = None) -> np.ndarray:
-    """Per channel class: does it survive when each BN keeps only `kept[bn]` (missing = all channels)? A
-    class lives while any BN channel in it is kept (the pruner's union rule); a class no BN covers
-    (the input, a head output) always lives."""
+    """Per channel class: does it survive when each BN gate keeps only `kept[bn]` (missing = all channels)? As
+    the pruner decides (prune.recombine.decide, union rule): a class lives while any BN gate channel in it is
+    kept; a class no BN gate covers (the input, a head output, a BN-less producer's) always lives, and so does
+    a fixed one. BNs that are not gates (after a depthwise conv or a concat) have no vote: their channels
+    follow their producers'."""
     kept = kept or {}
     n = len(graph.root)
     alive, covered = np.zeros(n, bool), np.zeros(n, bool)
-    for bn, ids in graph.bn_layouts.items():
-        cls = graph.root[ids]
+    for bn, gate in graph.gates.items():
+        if gate.kind != "bn":
+            continue
+        cls = graph.root[gate.ids]
         covered[cls] = True
-        mask = np.ones(len(ids), bool)
+        mask = np.ones(len(cls), bool)
         if bn in kept:
             mask[:] = False
             mask[np.fromiter(kept[bn], np.int64, len(kept[bn]))] = True
         alive[cls[mask]] = True
+    alive[graph.root[graph.fixed]] = True
     return alive | ~covered
 
 

@@ -89,8 +89,8 @@ def distill_args(cfg: Config, dense_checkpoint: str | Path) -> dict[str, Any]:
 
 
 class SparsityHook:
-    def __init__(self, cfg: SparseConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: SparseConfig, skip_unsupported: bool = False):
+        self.cfg, self.skip_unsupported = cfg, skip_unsupported      # prune.skip_unsupported (the channel graph)
         self.reg: L1RRRegularizer | None = None
         self.steps: list[list[Any]] = []       # [step, s(t), share, attention loss]: device tensors until epoch end
         self.epochs: list[dict[str, Any]] = []
@@ -103,7 +103,7 @@ class SparsityHook:
 
     def on_train_start(self, trainer: Any) -> None:
         model = unwrap(trainer.model)
-        self.reg = L1RRRegularizer(model, self.cfg, total_steps(trainer))
+        self.reg = L1RRRegularizer(model, self.cfg, total_steps(trainer), self.skip_unsupported)
         if trainer.teacher is not None:
             _freeze(trainer.teacher)
         if self._pending is not None:

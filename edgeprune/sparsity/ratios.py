@@ -49,10 +49,11 @@ def round_keep(k: float, channels: int, prune: PruneConfig) -> int:
     return round_count(int(math.ceil(k - 1e-9)), channels, prune.round_to, prune.min_channels)
 
 
-def channel_importance(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig) -> dict[str, torch.Tensor]:
-    """|gamma| per channel; with importance="taylor" scaled by (0.5 + 0.5 T_c / mean_layer T), where
-    T_c = |gamma_c dE/dgamma_c| and E is the attention mass on targets (attention.target_energy)."""
-    bns = prunable_bns(model)
+def channel_importance(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig,
+                       bns: dict[str, nn.BatchNorm2d]) -> dict[str, torch.Tensor]:
+    """|gamma| per channel of `bns` (prunable_bns); with importance="taylor" scaled by (0.5 + 0.5 T_c /
+    mean_layer T), where T_c = |gamma_c dE/dgamma_c| and E is the attention mass on targets
+    (attention.target_energy)."""
     imp = {n: m.weight.detach().abs().clone() for n, m in bns.items()}
     if cfg.importance != "taylor" or not batches:
         return imp
@@ -216,11 +217,11 @@ def solve_ratios(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig, 
     if not batches:
         raise SparsityError("ratio solver: no validation batches given (the val split is empty?)")
     net = unwrap(model)
-    bns = prunable_bns(net)
-    convs = trace_channels(net, batches[0][0][:1])
+    convs = trace_channels(net, batches[0][0][:1], prune.skip_unsupported)
+    bns = prunable_bns(net, convs)
     dense_flops = sum(conv_flops(convs).values())
     if mode == "threshold":
-        layers, extra = _threshold(net, bns, cfg, prune)
+        layers, extra = _threshold(net, bns, cfg, prune, convs)
     else:
         if prune.target == "latency" and table is None:
             table = solver_table(net, prune, int(batches[0][0].shape[-1]))
@@ -239,11 +240,11 @@ def _entry(channels: int, keep_idx: Iterable[int], reason: str, **extra: Any) ->
     return {"channels": channels, "keep": len(idx), "keep_idx": idx, "reason": reason, **extra}
 
 
-def _threshold(net: nn.Module, bns: dict[str, nn.BatchNorm2d], cfg: SparseConfig,
-               prune: PruneConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def _threshold(net: nn.Module, bns: dict[str, nn.BatchNorm2d], cfg: SparseConfig, prune: PruneConfig,
+               graph: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Network slimming: one global |gamma| percentile (at `target`) over the penalised BNs, never above
     a layer's largest |gamma|; residual-tied BNs keep everything."""
-    skip = slimming_excluded(net)
+    skip = slimming_excluded(net, graph)
     pool = {n: m.weight.detach().abs() for n, m in bns.items() if n not in skip}
     allg = torch.cat(list(pool.values()))
     thr = float(torch.quantile(allg, cfg.target))
@@ -268,7 +269,7 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
         lat = GraphLatency(convs, table[0], where=table[1])
         # widths on multiples of the target's alignment (the pruner keeps them: they are its own fixed points)
         prune = dataclasses.replace(prune, round_to=alignment(table[0], prune.round_to))
-    imp = channel_importance(net, batches, cfg)
+    imp = channel_importance(net, batches, cfg, bns)
     kw = {"p": cfg.attention_p, "fg_weight": cfg.fg_weight, "small_area": cfg.small_area,
           "small_boost": cfg.small_boost}
     was = net.training

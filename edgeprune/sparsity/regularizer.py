@@ -29,6 +29,7 @@ from torch import nn
 
 from ..config import SparseConfig
 from .bnscan import prunable_bns, slimming_excluded
+from .graph import trace_channels
 
 
 class StrengthController:
@@ -142,10 +143,11 @@ def layer_lams(red: dict[str, float], imp: dict[str, float], sizes: dict[str, in
 class L1RRRegularizer:
     """Holds the per-channel weights, per-layer lambdas and s(t); `apply` adds the subgradients."""
 
-    def __init__(self, model: nn.Module, cfg: SparseConfig, total_steps: int):
+    def __init__(self, model: nn.Module, cfg: SparseConfig, total_steps: int, skip_unsupported: bool = False):
         self.cfg = cfg
-        bns = prunable_bns(model)
-        skip = slimming_excluded(model) if cfg.method == "slimming" else set()
+        graph = trace_channels(model, skip_unsupported=skip_unsupported)
+        bns = prunable_bns(model, graph)
+        skip = slimming_excluded(model, graph) if cfg.method == "slimming" else set()
         self.bns = {n: m for n, m in bns.items() if n not in skip}
         self.all_bns = bns
         self.controller = StrengthController(cfg, total_steps)

@@ -21,14 +21,15 @@ from ..fsio import atomic_write_json
 from ..models.io import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..train.dist import default_device, is_main
 from .bnscan import prunable_bns, slimming_excluded
+from .graph import trace_channels
 from .hook import SparsityHook
 from .latency import solver_table
 from .plots import plot_gamma_hist, plot_kept, plot_strength
 from .ratios import save_ratios, solve_ratios
 
 
-def zero_share(model: torch.nn.Module, threshold: float, skip: set[str] = frozenset()) -> float:
-    g = torch.cat([m.weight.detach().abs().flatten() for n, m in prunable_bns(model).items() if n not in skip])
+def zero_share(model: torch.nn.Module, threshold: float, skip: set[str] = frozenset(), graph: Any = None) -> float:
+    g = torch.cat([m.weight.detach().abs().flatten() for n, m in prunable_bns(model, graph).items() if n not in skip])
     return float((g < threshold).float().mean())
 
 
@@ -63,9 +64,10 @@ def sparse_train(dense_ckpt: str | Path, data: Any, cfg: Config, out_dir: str | 
     out = Path(out_dir)
     ckpt = load_checkpoint(dense_ckpt)
     student, teacher = model_from_checkpoint(ckpt), model_from_checkpoint(ckpt)
-    prunable_bns(student)                                   # fail early on a model without BN
+    skip_unsupported = cfg.prune.skip_unsupported
+    prunable_bns(student, trace_channels(student, skip_unsupported=skip_unsupported))   # fail early (no BN gates)
     use_teacher = sc.method == "l1rr" and sc.attention
-    hook = SparsityHook(sc)
+    hook = SparsityHook(sc, skip_unsupported)
     train_cfg = continued(cfg.train, sc.epochs, sc.lr0, sc.warmup_epochs)
     final = fit(student, data, train_cfg, out / "train", hooks=[hook], resume=resume,
                 teacher=teacher if use_teacher else None, imgsz=cfg.model.imgsz, device=device, progress=progress)
@@ -89,12 +91,13 @@ def sparse_train(dense_ckpt: str | Path, data: Any, cfg: Config, out_dir: str | 
     teacher.eval()
     if dense_metrics is None:
         dense_metrics = evaluate(teacher, data.splits["val"], data.names, cfg.model.imgsz, progress=False)
-    skip = slimming_excluded(sparse) if sc.method == "slimming" else set()
+    graph = trace_channels(sparse, skip_unsupported=skip_unsupported)
+    skip = slimming_excluded(sparse, graph) if sc.method == "slimming" else set()
     summary = {
         "method": sc.method, "ablation": {k: getattr(sc, k) for k in ("reweight", "dynamic", "adaptive", "attention")},
         "epochs": sc.epochs, "target": sc.target, "zero_threshold": sc.zero_threshold,
-        "zero_share": zero_share(sparse, sc.zero_threshold, skip),
-        "zero_share_all": zero_share(sparse, sc.zero_threshold),
+        "zero_share": zero_share(sparse, sc.zero_threshold, skip, graph),
+        "zero_share_all": zero_share(sparse, sc.zero_threshold, graph=graph),
         "map50_dense": dense_metrics["map50"], "map50_sparse": final.get("map50"),
         "map_dense": dense_metrics["map"], "map_sparse": final.get("map"),
         "flops_reduction": ratios["flops_reduction"], "tau": ratios.get("tau"), "threshold": ratios.get("threshold"),

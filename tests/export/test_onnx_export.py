@@ -78,3 +78,21 @@ def test_onnxsim_notes_do_not_reach_the_console(dense_model, capfd):
         sys.stdout.flush()
     out, err = capfd.readouterr()
     assert out == "" and err == "something onnxsim really means\n"
+
+
+def test_simplified_graph_is_checked_by_running_both(dense_export, dense_model):
+    """export_onnx compares the simplified graph with the original on a random input (same_outputs): a
+    graph that computes the same passes; one with a changed weight is refused, naming the output."""
+    from onnx import numpy_helper
+
+    from edgeprune.export.onnx_export import same_outputs
+
+    raw = export_onnx(dense_model, IMGSZ, do_simplify=False).model
+    same_outputs(raw, dense_export.model, atol=1e-3)
+    changed = onnx.ModelProto()
+    changed.CopyFrom(dense_export.model)
+    head_conv = [n for n in changed.graph.node if n.op_type == "Conv"][-1]       # a head output conv
+    init = next(i for i in changed.graph.initializer if i.name == head_conv.input[2])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 1.0, init.name))
+    with pytest.raises(ExportError, match=r"onnxsim changed output 'output' on a random input: max \|difference\|"):
+        same_outputs(raw, changed, atol=1e-3)

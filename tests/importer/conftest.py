@@ -1,6 +1,6 @@
-"""Real producer checkpoints for the importer tests: the `yolov5` package from PyPI (AGPL; installed for
-tests only, `pip install -e .[test-import]`), random weights from its stock YAMLs, saved the way its trainer
-saves. Tests that need it skip cleanly when it is absent."""
+"""Real producer checkpoints for the importer tests: the `yolov5` and `ultralytics` packages from PyPI (AGPL;
+installed for tests only, `pip install -e .[test-import]`), random weights from their stock YAMLs, saved the
+way their trainers save. Tests that need them skip cleanly when they are absent."""
 import copy
 import sys
 import types
@@ -69,3 +69,24 @@ def build_yolov5(yolo, cfg, nc: int = 10, seed: int = 0):
     model = yolo.Model(cfg, ch=3, nc=nc)
     model.names = ["class%d" % i for i in range(nc)]
     return randomize_bn(model, seed)
+
+
+def save_like_ultralytics(tasks, cfg: str, path: Path, names: dict, strip: bool, seed: int = 0) -> torch.nn.Module:
+    """As ultralytics' trainer saves (EMA in FP16, model None, hyper-parameters attached to the model as an
+    IterableSimpleNamespace), then, with `strip`, as its strip_optimizer leaves best.pt. `tasks`: the package's
+    ultralytics.nn.tasks. Returns the float32 copy of what was saved, the reference for output comparisons."""
+    from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    torch.manual_seed(seed)
+    model = randomize_bn(tasks.DetectionModel(cfg, nc=len(names), verbose=False), seed)
+    model.names = dict(names)
+    model.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    torch.save({"epoch": 4, "best_fitness": 0.31, "model": None, "ema": copy.deepcopy(model).half(), "updates": 50,
+                "optimizer": opt.state_dict(), "train_args": dict(DEFAULT_CFG_DICT),
+                "train_metrics": {"metrics/mAP50(B)": 0.4}, "date": "2026-11-30T17:00:00+00:00",
+                "version": "8.4.190"}, path)
+    if strip:
+        strip_optimizer(path)
+    return copy.deepcopy(model).half().float().eval()

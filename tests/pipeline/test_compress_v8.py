@@ -13,10 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_compress_v8_and_device(tmp_path):
-    # the aerial scenes: on the quick preset's simple scenes the fine-tuned v8 model fails onnxsim's own random-input
-    # check at export (open in issue 18)
-    out = _compress(tmp_path / "runs", "v8", tmp_path / "cache", "--json", "--set", "model.family=yolov8",
-                    "--set", "data.synth_style=aerial")
+    # the quick preset's simple scenes: their fine-tuned model predicts boxes whose decoded centres nearly cancel,
+    # which onnxsim's own check (atol 1e-5) refused; export checks the simplified graph at export.parity_atol now
+    out = _compress(tmp_path / "runs", "v8", tmp_path / "cache", "--json", "--set", "model.family=yolov8")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     run = tmp_path / "runs" / "v8"
     bundle = run / "bundle"
