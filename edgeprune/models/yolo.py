@@ -87,6 +87,12 @@ class DetectorBase(nn.Module):
     def names(self) -> list[str]:
         return self.spec["names"]
 
+    def prediction_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per level, the features the head's final 1x1 prediction convs read: what the ratio solver's attention
+        deviation scores, so that every prunable BN (the head's too, where it has some) changes it. Here the
+        neck outputs: this head is those 1x1 convs alone."""
+        return self.forward_features(x)
+
 
 class Detector(DetectorBase):
     output_layout = "yolov5_decoded"   # the manifest's model.output_layout of its eval-mode output

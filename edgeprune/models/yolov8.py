@@ -310,3 +310,10 @@ class DetectorV8(DetectorBase):
     def forward(self, x: torch.Tensor):
         return self.detect(self.forward_features(x))
 
+    def prediction_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per level, the box and class branches' last hidden features side by side (the inputs of their final
+        1x1 convs): the decoupled head's conv -> BN blocks are prunable, and the neck outputs alone would
+        score masking them as free (the solver would cut them to the minimum)."""
+        d = self.detect
+        return [torch.cat((d.cv2[i][:-1](f), d.cv3[i][:-1](f)), 1) for i, f in enumerate(self.forward_features(x))]
+

@@ -63,7 +63,7 @@ def channel_importance(model: nn.Module, batches: Sequence[Batch], cfg: SparseCo
     taylor = {n: torch.zeros_like(v) for n, v in imp.items()}
     params = [bns[n].weight for n in imp]
     for imgs, targets in batches:
-        energy = target_energy(net.forward_features(imgs), targets, p=cfg.attention_p, fg_weight=cfg.fg_weight,
+        energy = target_energy(net.prediction_features(imgs), targets, p=cfg.attention_p, fg_weight=cfg.fg_weight,
                                small_area=cfg.small_area, small_boost=cfg.small_boost)
         grads = torch.autograd.grad(energy, params, allow_unused=True)
         for n, g, p in zip(imp, grads, params):
@@ -149,7 +149,7 @@ class _Deviation:
             with torch.no_grad():
                 for imgs, targets in batches:
                     calls.clear()
-                    self.refs.append(reference(net.forward_features(imgs), targets, **kw))
+                    self.refs.append(reference(net.prediction_features(imgs), targets, **kw))
                     ran = [i for i, _ in calls]
                     order = ran if order is None else order
                     held += sum(o.numel() * o.element_size() for _, o in calls if isinstance(o, torch.Tensor))
@@ -163,10 +163,20 @@ class _Deviation:
                 h.remove()
         self.order = order or []
         self.position = {i: k for k, i in enumerate(self.order)}
+        head = getattr(net, "detect", None)
+        self.head_bns = [m for m in head.modules() if isinstance(m, nn.BatchNorm2d)] if head is not None else []
+
+    def _first_changed(self, bn: str) -> int:
+        """Position in the replay order of the first layer a mask of `bn` changes: all of them for a BN of the
+        head (it runs after every layer), none for a BN outside the replayed layers."""
+        m = self.bns[bn]
+        if any(m is h for h in self.head_bns):
+            return len(self.order)
+        return self.position.get(self.layer_of.get(id(m), -1), 0)
 
     def __call__(self, masked: Sequence[str]) -> float:
         """Deviation with the BNs `masked` (names) masked in place by the caller."""
-        first = min((self.position.get(self.layer_of.get(id(self.bns[n]), -1), 0) for n in masked), default=0)
+        first = min((self._first_changed(n) for n in masked), default=0)
         replay = [self.layers[i] for i in self.order[:first]]
         devs = []
         with torch.no_grad():
@@ -174,7 +184,7 @@ class _Deviation:
                 for layer in replay:
                     layer.forward = functools.partial(_replay, self.outs[b][self.layer_of[id(layer)]])
                 try:
-                    devs.append(attention_deviation(self.net.forward_features(imgs), None, p=self.p,
+                    devs.append(attention_deviation(self.net.prediction_features(imgs), None, p=self.p,
                                                     ref=self.refs[b]).mean())
                 finally:
                     for layer in replay:
@@ -198,7 +208,7 @@ def _memory_budget(batches: Sequence[Batch]) -> int:
 def solve_ratios(model: nn.Module, batches: Sequence[Batch], cfg: SparseConfig, prune: PruneConfig,
                  mode: str = "attention", progress: bool = False,
                  table: tuple[dict[str, Any], str] | None = None) -> dict[str, Any]:
-    """The ratios.json document (CONTRACTS.md) for `model` (a Detector with `spec` and `forward_features`).
+    """The ratios.json document (CONTRACTS.md) for `model` (a Detector with `spec` and `prediction_features`).
 
     `batches` are a few validation (imgs, targets) pairs. mode: "attention" (L1RR) or "threshold" (slimming).
     With prune.target=latency, `table` is (latency table, its source) from `sparsity.latency.solver_table`

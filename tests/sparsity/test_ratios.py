@@ -143,6 +143,11 @@ def test_cached_deviation_equals_a_full_forward_and_skips_the_unmasked_prefix(fa
 
     torch.manual_seed(0)
     net = build_model(new_spec(2, size="n", family=family)).eval()
+    # torch's default conv init shrinks activations ~3x in variance per layer: at the v8 head's last hidden
+    # layer they fall below the attention map's flat floor. A variance-keeping init keeps every level alive.
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     imgs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))     # P5 2x2: attention can move
     targets = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.3], [1, 1, 0.25, 0.25, 0.1, 0.1]])
     batches = [(imgs, targets), (imgs.flip(-1), targets)]
@@ -151,20 +156,22 @@ def test_cached_deviation_equals_a_full_forward_and_skips_the_unmasked_prefix(fa
     deviation = _Deviation(net, bns, batches, kw)
     assert deviation.order == list(range(len(net.layers)))
     with torch.no_grad():
-        refs = [net.forward_features(x) for x, _ in batches]
+        refs = [net.prediction_features(x) for x, _ in batches]
     first_conv = [m for m in net.layers[0].modules() if isinstance(m, nn.Conv2d)][0]
     calls = []
     first_conv.register_forward_hook(lambda *a: calls.append(1))
     masker = _Masker(bns, mask_beta=True)
-    names = [n for n in bns if n.startswith("layers.")]      # the neck features (v8 head BNs lie after them)
-    for masked in ([names[0]], [names[len(names) // 2]], [names[-1]], [names[-1], names[3]]):
+    names = [n for n in bns if n.startswith("layers.")]
+    head = [n for n in bns if n.startswith("detect.")]       # v8: the decoupled head's conv -> BN blocks
+    assert bool(head) == (family == "yolov8")
+    for masked in ([names[0]], [names[len(names) // 2]], [names[-1]], [names[-1], names[3]], *([h] for h in head[:2])):
         drop = {n: list(range(0, bns[n].num_features, 2)) for n in masked}
         calls.clear()
         got = masker.run(drop, lambda: deviation(masked))
         replayed = not calls
         with torch.no_grad():
             want = masker.run(drop, lambda: float(torch.stack(
-                [attention_deviation(net.forward_features(x), r, t, **kw).mean()
+                [attention_deviation(net.prediction_features(x), r, t, **kw).mean()
                  for (x, t), r in zip(batches, refs)]).mean()))
         assert got == want and got > 0, masked
         assert replayed == (names[0] not in masked), masked
