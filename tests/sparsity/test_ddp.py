@@ -16,7 +16,9 @@ def _worker(rank: int, port: int, out: dict) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
-        net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+        # the last conv keeps BN 3 off the model's output (output channels are fixed: not penalised)
+        net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8),
+                            nn.Conv2d(8, 4, 1))
         reg = L1RRRegularizer(net, make_config("quick").sparse, 10)
         reg.observe_importance({"1": torch.full((8,), 1.0 + rank), "3": torch.full((8,), 10.0 * (rank + 1))})
         out[rank] = dict(reg.importance)
