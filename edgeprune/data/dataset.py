@@ -15,9 +15,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..errors import DataError
+from jetson import imageio
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from ..errors import DataError, DeviceError
+
 FORMATS = ("yolo", "coco", "voc", "nwpu")
 SKIP_HINT = "or leave bad samples out with --set data.skip_bad=true (data convert: --skip-bad)"
 # A box may overshoot the image by this many pixels (rounding in annotation tools) before it is an error.
@@ -104,14 +105,12 @@ def decode_check(path: Path) -> None:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode to HxWx3 uint8 RGB; DataError naming the file when it cannot be decoded."""
+    """Decode to HxWx3 uint8 RGB with the device's decoder (`jetson.imageio.decode_image`: the host trains and
+    evaluates on exactly the pixels the device sees); DataError naming the file when it cannot be decoded."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or undecodable image ({exc})") from None
+        return imageio.decode_image(path)
+    except DeviceError as exc:
+        raise DataError(str(exc)) from None
 
 
 def check_box(box: tuple[float, float, float, float], width: int, height: int, where: str) -> tuple[float, ...]:
@@ -142,10 +141,6 @@ def unique_stem(stem: str, used: set[str]) -> str:
         out, k = f"{stem}_{k}", k + 1
     used.add(out)
     return out
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def detect_format(path: Path) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ExportConfig
+from ..data.dataset import read_image
 from ..errors import BundleError, ExportError
 from ..models.spec import validate_spec
 from . import ort_run
@@ -22,12 +23,9 @@ from .verify import conv_flops, verify_graph
 
 def _val_images(dataset: Any, limit: int) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
     """Images + truth from a Dataset's val split (Sample: image path, boxes xyxy in pixels, classes)."""
-    from PIL import Image
-
     images, truth = [], []
     for sample in dataset.splits["val"][:limit]:
-        with Image.open(sample.image) as im:
-            images.append(np.asarray(im.convert("RGB")))
+        images.append(read_image(sample.image))
         truth.append((np.asarray(sample.boxes, np.float32).reshape(-1, 4), np.asarray(sample.classes, np.int64)))
     return images, truth
 
