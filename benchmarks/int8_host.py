@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from edgeprune.data.dataset import load_dataset, read_image
+    from edgeprune.data.dataset import load_dataset
+    from edgeprune.data.samples import read_image
     from edgeprune.export import ort_run
     from edgeprune.metrics.coco import coco_map
     from edgeprune.export.onnx_export import export_onnx

@@ -1,7 +1,7 @@
 """`edgeprune compress`: the whole host chain as resumable stages (argument declarations only)."""
 import argparse
 
-STAGES = ("data", "dense", "sparse", "prune", "finetune", "export", "report")
+from .stagedefs import STAGES
 
 
 def register(sub):

@@ -9,7 +9,7 @@ from typing import Any
 from .config import continued
 from .errors import BundleError, ConfigError
 from .fsio import atomic_write_json
-from .pipeline import RunDir, stale_stage_dir
+from .rundir import RunDir, stale_stage_dir
 from .train.dist import is_main
 
 

@@ -1,6 +1,6 @@
 """The one image I/O module of the project (device and host): extensions, listing, decoding, encoding.
 Pillow if installed, else OpenCV; Python 3.6, numpy only. The host (data/, export/, metrics/, the synthetic
-generator) reads images through `edgeprune.data.dataset.read_image`, a thin DataError wrapper of `decode_image`,
+generator) reads images through `edgeprune.data.samples.read_image`, a thin DataError wrapper of `decode_image`,
 so training, evaluation and the device decode an image the same way.
 
 `decode_image` always returns an HxWx3 uint8 RGB array (grey, RGBA, palette and 16-bit images are

@@ -17,7 +17,7 @@ from jetson.imageio import list_images
 
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_text
-from .dataset import Collector, Dataset, Sample, check_box, check_class, finish, image_size, unique_stem
+from .samples import Collector, Dataset, Sample, check_box, check_class, finish, image_size, unique_stem
 
 NWPU_NAMES = ["airplane", "ship", "storage tank", "baseball diamond", "tennis court", "basketball court",
               "ground track field", "harbor", "bridge", "vehicle"]

@@ -17,7 +17,7 @@ from jetson.imageio import IMAGE_EXTS
 
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_text
-from .dataset import Collector, Dataset, Sample, check_box, finish, image_size, unique_stem
+from .samples import Collector, Dataset, Sample, check_box, finish, image_size, unique_stem
 
 VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
              "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]

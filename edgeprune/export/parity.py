@@ -21,7 +21,7 @@ from jetson.imageio import IMAGE_EXTS, list_images
 from jetson.postprocess import box_iou, postprocess, scale_boxes
 from jetson.preprocess import preprocess
 
-from ..data.dataset import read_image
+from ..data.samples import read_image
 from ..errors import DataError, ExportError
 from ..models.yolo import Detector
 from . import ort_run

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ExportConfig
-from ..data.dataset import read_image
+from ..data.samples import read_image
 from ..errors import BundleError, ExportError
 from ..models.spec import validate_spec
 from . import ort_run

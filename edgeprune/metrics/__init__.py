@@ -16,7 +16,7 @@ from tqdm import tqdm
 from jetson.postprocess import scale_boxes
 from jetson.preprocess import preprocess
 
-from ..data.dataset import read_image
+from ..data.samples import read_image
 from .coco import coco_map
 from .postprocess import postprocess
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,8 +23,6 @@ from ..errors import PruneError
 from ..metrics.complexity import count
 from ..models.blocks import removable_branches
 from .graph import ChannelGraph, build_graph
-# the folder I/O is re-exported here for the compress stages (io imports apply lazily, no cycle)
-from .io import keep_from_ratios, load_pruned, read_ratios, save_pruned, save_pruned_model, spec_from_pruned  # noqa: F401
 from .recombine import Plan, decide, recombination_map
 
 
@@ -36,7 +33,6 @@ class PruneResult:
     table: list[dict[str, Any]]
     stats: dict[str, Any]
     plan: Plan
-    spec: dict[str, Any] | None = None   # set for our detector (prune_from_ratios)
 
 
 def complexity(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
@@ -236,22 +232,6 @@ def _table(model: nn.Module, plan: Plan, before: dict[str, int]) -> list[dict[st
     return rows
 
 
-def format_table(table: list[dict[str, Any]], stats: dict[str, Any] | None = None) -> str:
-    width = max([len(r["layer"]) for r in table] + [5])
-    lines = [f"{'layer':<{width}}  {'before':>6} -> {'after':<6} {'kept':>6}  note"]
-    for r in table:
-        note = "fixed" if r["fixed"] else (f"junction {r['junction']}" if r["junction"] else "")
-        share = r["after"] / r["before"] if r["before"] else 1.0
-        lines.append(f"{r['layer']:<{width}}  {r['before']:>6} -> {r['after']:<6} {share:>6.1%}  {note}")
-    if stats:
-        lines.append(f"params {stats['params_before']:,} -> {stats['params_after']:,} "
-                     f"({stats['params_after'] / max(stats['params_before'], 1):.1%}), "
-                     f"FLOPs {stats['flops_before']:,} -> {stats['flops_after']:,} "
-                     f"({stats['flops_after'] / max(stats['flops_before'], 1):.1%}); residual-junction channels "
-                     f"removed {stats['junction_channels_removed']}/{stats['junction_channels_before']}; rule {stats['rule']}")
-    return "\n".join(lines)
-
-
 def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[str, Any] | None = None,
                 rule: str = "union", round_to: int = 8, min_channels: int = 8,
                 example_input: torch.Tensor | None = None, fold: bool = True,
@@ -295,16 +275,3 @@ def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[s
         "blocks_removed": sorted(removed),
     }
     return PruneResult(model=model, recombination_map=rmap, table=table, stats=stats, plan=plan)
-
-
-def prune_from_ratios(model: nn.Module, ratios: str | Path | dict[str, Any], cfg: Any = None,
-                      imgsz: int = 256) -> PruneResult:
-    """The compress pipeline's prune stage: ratios.json + PruneConfig -> PruneResult with `spec` set."""
-    source = "ratios" if isinstance(ratios, dict) else str(ratios)
-    keep = keep_from_ratios(ratios if isinstance(ratios, dict) else read_ratios(ratios), model, source)
-    dense_spec = {**model.spec, "widths": {}}
-    result = prune_model(model, keep, rule=getattr(cfg, "rule", "union"), round_to=getattr(cfg, "round_to", 8),
-                         min_channels=getattr(cfg, "min_channels", 8), example_input=torch.zeros(1, 3, imgsz, imgsz),
-                         fold=getattr(cfg, "fold", True), skip_unsupported=getattr(cfg, "skip_unsupported", False))
-    result.spec = spec_from_pruned(result.model, dense_spec)
-    return result

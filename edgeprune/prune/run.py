@@ -10,9 +10,9 @@ from ..errors import UsageError
 from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, model_from_checkpoint
 from . import anymodel
-from .apply import format_table, prune_model
+from .apply import prune_model
 from .graph import ChannelGraph, build_graph
-from .io import keep_from_ratios, keep_from_threshold, read_ratios, save_pruned, spec_from_pruned
+from .io import format_table, keep_from_ratios, keep_from_threshold, read_ratios, save_pruned, spec_from_pruned
 from .recombine import keep_from_global_ratio
 
 

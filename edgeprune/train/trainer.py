@@ -45,7 +45,8 @@ from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, save_checkpoint
 from .dist import check_global_batch, default_device, dist_info, init_process_group
 from .ema import ModelEMA
-from .loss import build_loss
+from .loss import DetectionLoss
+from .loss_v8 import V8DetectionLoss
 from .resources import resolve_threads, resolve_workers
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": bn, "weight_decay": 0.0, "name": "bn"},
             {"params": weights, "weight_decay": weight_decay, "name": "weights"},
             {"params": biases, "weight_decay": 0.0, "name": "biases"}]
+
+
+def build_loss(model: nn.Module, imgsz: int, cfg) -> nn.Module:
+    """The loss of `model`'s family: anchor-free (train.loss_v8, its own gains) or this YOLOv5-style one
+    with the config's gains."""
+    if model.spec["family"] == "edgeprune-yolov8":
+        return V8DetectionLoss(model)
+    return DetectionLoss(model, imgsz, cfg.box_gain, cfg.obj_gain, cfg.cls_gain, cfg.anchor_t)
 
 
 class Trainer:

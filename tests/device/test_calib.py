@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import BundleError, DataError, DeviceError
-from calib.build import build_calib, load_for_bundle
-from calib.calibrators import BatchFeeder, make_trt_calibrator
+from calib.build import build_calib
+from jetson.calibrators import BatchFeeder, make_trt_calibrator
+from jetson.calibset import load_for_bundle
 from calib.select import label_path_for, read_yolo_labels, scan_dataset, select_images, size_band
 from jetson.bundle import load_bundle
 from jetson.imageio import decode_image

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from edgeprune.config import ConfigError, load_config, make_config
-from edgeprune.pipeline import RunDir, stage_sections, stale_stage_dir
+from edgeprune.rundir import RunDir, stale_stage_dir
+from edgeprune.stagedefs import stage_sections
 
 
 def test_stage_keys_change_only_downstream(tmp_path: Path):
