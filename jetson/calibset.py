@@ -9,7 +9,7 @@ import os
 from edgeprune.errors import BundleError, DeviceError
 from edgeprune.fsio import sha256_file
 
-from .bundle import extra_file, inside, load_bundle
+from .bundle import inside
 
 CALIB_VERSION = 1
 
@@ -67,10 +67,3 @@ def load_calib_set(calib_manifest_path, bundle_manifest):
     out["_batches"] = paths
     out["sha256"] = sha256_file(where)
     return out
-
-
-def load_for_bundle(bundle):
-    """The calib set recorded in a bundle (BundleError with the command to run when there is none)."""
-    m = bundle if isinstance(bundle, dict) else load_bundle(bundle)
-    path = extra_file(m, "calib", hint="run `edgeprune calib build --data DATA --bundle {}`".format(m["_root"]))
-    return load_calib_set(path, m)
