@@ -380,6 +380,39 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def default_value(key: str) -> Any:
+    """The dataclass default of a dotted config key (what `--help` shows beside a config flag)."""
+    flat = _flatten(Config().to_dict())
+    if key not in flat:
+        raise ConfigError(f"config key {key}: unknown key")
+    return flat[key]
+
+
+def config_from_args(args: Any, overrides: dict[str, Any] | None = None) -> Config:
+    """The config of a command, built the same way by every command: `--config FILE` (with its preset) or
+    `--preset` (default "default"), then `--set KEY=VALUE`, then each flag declared with
+    `cliconfig.config_flag` that the user gave (flags win over --set), then `overrides` (values a handler
+    derives, e.g. compress's resolved --model path). A --preset that contradicts the file's is an error."""
+    merged = parse_set(getattr(args, "set", None) or [])
+    flags = {key: getattr(args, dest) for dest, key in (getattr(args, "config_keys", None) or {}).items()
+             if getattr(args, dest, None) is not None}
+    for key, value in flags.items():
+        node = merged
+        *sections, leaf = key.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    for section, values in (overrides or {}).items():
+        merged.setdefault(section, {}).update(values)
+    preset, path = getattr(args, "preset", None), getattr(args, "config", None)
+    if path:
+        cfg = load_config(path, merged)
+        if preset and preset != cfg.preset:
+            raise ConfigError(f"--preset {preset} conflicts with preset {cfg.preset!r} in {path}")
+        return cfg
+    return make_config(preset or "default", merged)
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     path = Path(path)
     try:

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Config, dump_config, load_config, make_config, parse_set
-from .errors import DistributedError, EdgepruneError, StorageError, UsageError
+from .config import Config, config_from_args, dump_config
+from .errors import DistributedError, StorageError, UsageError
 from .fsio import atomic_write_text
 from .rundir import RunDir, stale_stage_dir
 from .stagedefs import STAGES, TRAINING_STAGES
@@ -45,17 +45,8 @@ def _minutes(seconds: float) -> str:
 
 
 def build_config(args: Any) -> Config:
-    overrides = parse_set(args.set)
-    if args.data:
-        overrides.setdefault("data", {})["source"] = args.data
-    if getattr(args, "model", None):
-        overrides.setdefault("model", {})["weights"] = str(Path(args.model).resolve())
-    if args.config:
-        cfg = load_config(args.config, overrides)
-        if args.preset and args.preset != cfg.preset:
-            raise EdgepruneError(f"--preset {args.preset} conflicts with preset {cfg.preset!r} in {args.config}")
-    else:
-        cfg = make_config(args.preset or "default", overrides)
+    model = getattr(args, "model", None)
+    cfg = config_from_args(args, {"model": {"weights": str(Path(model).resolve())}} if model else None)
     cfg.name = args.name or (cfg.name if args.config else cfg.preset)
     return cfg
 

@@ -6,6 +6,7 @@ image in full, the only way to find a truncated JPEG (its header is intact). `sk
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from .samples import SKIP_HINT, Collector, Dataset, decode_check
@@ -80,3 +81,22 @@ def _decode_all(ds: Dataset, skip_bad: bool) -> None:
             ds.splits[split] = kept
     ds.skipped += len(col.problems)
     ds.problems += col.problems
+
+
+def dataset_path(data: Any, cache: str | Path | None = None, progress: bool = True) -> tuple[Path, str]:
+    """The dataset a `DataConfig` names, and its format: `data.source`, or for "synthetic" the generated set
+    (made on first use, cached in `cache`, default `synth.cache_dir()`)."""
+    if data.source != "synthetic":
+        return Path(data.source), data.format
+    from .synth import cache_dir, ensure_synthetic
+    return ensure_synthetic(Path(cache) if cache else cache_dir(), data.synth_train, data.synth_val, data.synth_size,
+                            data.seed, progress, style=data.synth_style), "auto"
+
+
+def load_data(data: Any, cache: str | Path | None = None, split: str | None = None) -> Dataset:
+    """The dataset of a `DataConfig` (see `dataset_path`), as the train/eval/sparse commands read it. With
+    `split` (a command that reads that split alone) bad samples elsewhere are left out rather than fatal."""
+    path, fmt = dataset_path(data, cache)
+    if split is None or data.skip_bad:
+        return load_dataset(path, fmt, data.skip_bad)
+    return require_clean_split(load_dataset(path, fmt, skip_bad=True, decode=False), split)

@@ -1087,6 +1087,12 @@ def cache_key(n_train: int, n_val: int, size: int, seed: int, style: str = "aeri
 DONE_MARKER = ".done"
 
 
+def cache_dir() -> Path:
+    """Where generated sets are cached unless a command names a folder: $EDGEPRUNE_CACHE/synthetic, by default
+    ~/.cache/edgeprune/synthetic (the one place this is decided; under torchrun it must be shared storage)."""
+    return Path(os.environ.get("EDGEPRUNE_CACHE", Path.home() / ".cache" / "edgeprune")) / "synthetic"
+
+
 def ensure_synthetic(root: str | Path, n_train: int, n_val: int, size: int = 320, seed: int = 0,
                      progress: bool = True, style: str = "aerial") -> Path:
     """Return the folder of a cached synthetic dataset (its data.yaml inside), generating it if needed.

@@ -34,7 +34,8 @@ def broken_bundle(serve_bundle, tmp_path):
 
 def test_model_that_fails_to_load_keeps_probes_honest(broken_bundle):
     from edgeprune.errors import EdgepruneError
-    from jetson.serve import DetectionServer, ServeOptions
+    from jetson.serve import DetectionServer
+    from jetson.serve_options import ServeOptions
     srv = DetectionServer(ServeOptions(broken_bundle, port=0, backend="onnxruntime")).start()
     try:
         with pytest.raises(EdgepruneError):
@@ -80,7 +81,8 @@ def test_help_text_mentions_example(capsys):
 
 def test_binds_loopback_by_default_and_port_in_use_is_a_clear_error(start_server, serve_bundle):
     from edgeprune.errors import DeviceError
-    from jetson.serve import DetectionServer, ServeOptions
+    from jetson.serve import DetectionServer
+    from jetson.serve_options import ServeOptions
     srv = start_server()
     assert srv.address[0] == "127.0.0.1"
     with pytest.raises(DeviceError, match="cannot listen"):
