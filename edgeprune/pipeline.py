@@ -30,14 +30,7 @@ from .config import Config, config_from_args, dump_config
 from .errors import DistributedError, StorageError, UsageError
 from .fsio import atomic_write_text
 from .rundir import RunDir, stale_stage_dir
-from .stagedefs import STAGES, TRAINING_STAGES
-
-
-def stage_weights(cfg: Config) -> dict[str, float]:
-    """Rough cost of each stage in dense-epoch units, for the ETA: the default run on 2 cores took dense 355 s
-    for 12 epochs, sparse 276 s for 8, fine-tune 97 s for 8 (docs/DESIGN.md facts); the rest are seconds."""
-    return {"data": 0.5, "dense": float(cfg.train.epochs), "sparse": 1.2 * cfg.sparse.epochs, "prune": 0.5,
-            "finetune": 0.4 * cfg.finetune.epochs, "export": 0.5, "report": 0.2}
+from .stagedefs import BY_NAME, STAGES, stage_weights
 
 
 def _minutes(seconds: float) -> str:
@@ -91,13 +84,13 @@ def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None =
         if main:
             run.invalidate_from(stage)
             run.log(f"[compress] stage {stage}: running" + (f" on {world} processes" if world > 1 and
-                                                            stage in TRAINING_STAGES else "") + f" ({where})")
-            if world > 1 and stage in TRAINING_STAGES:
+                                                            BY_NAME[stage].trains else "") + f" ({where})")
+            if world > 1 and BY_NAME[stage].trains:
                 stale_stage_dir(run, stage)     # emptied by rank 0 alone, before any rank resumes from it
         wait_for_main()
         outputs = None
-        if main or stage in TRAINING_STAGES:
-            outputs = getattr(stages, f"stage_{stage}")(run)
+        if main or BY_NAME[stage].trains:
+            outputs = getattr(stages, BY_NAME[stage].body)(run)
         if main:
             run.finish(stage, outputs, time.time() - t0)
             ran_w, ran_s = ran_w + weights[stage], ran_s + time.time() - t0

@@ -1,29 +1,41 @@
-"""What each `compress` stage is: its name (in run order), the config sections its own work reads, whether it
-trains. Python 3.6 and import-free: `pipeline_cli` takes `--until`'s choices from here, `rundir` the resume keys,
-`report` the stage list; the bodies are in stages.py, the machinery in pipeline.py.
+"""The `compress` stage registry: one declaration per stage, in run order. Python 3.6 and import-light:
+`pipeline_cli` takes `--until`'s choices from here, `rundir` the resume keys (`stage_sections`), `pipeline` the
+order, which stages train and the ETA weights, `report` the stage list. The bodies are functions in stages.py,
+named here and looked up when the stage runs (so that this module never imports torch).
 """
-STAGES = ("data", "dense", "sparse", "prune", "finetune", "export", "report")
+from collections import namedtuple
 
-# Config sections each stage reads (cumulative: a stage also depends on everything upstream).
-OWN_SECTIONS = {
-    "data": ("data",),
-    "dense": ("model", "train"),
-    "sparse": ("sparse",),
-    "prune": ("prune",),
-    "finetune": ("finetune",),
-    "export": ("export",),
-    "report": (),
-}
-# prune keys the sparse stage's ratio solver reads for prune.target=latency; added to the keys only then, so
-# runs with the FLOPs target keep the keys they had.
+# name; sections: the config sections its own work reads (its resume key hashes these and every upstream
+# stage's); trains: runs on every rank under torchrun (DDP), the other stages on rank 0 alone; body: its function
+# in edgeprune/stages.py (`body(run_dir) -> outputs`); cost: rough run time in dense-epoch units, for the ETA
+# (the default run on 2 cores: dense 355 s for 12 epochs, sparse 276 s for 8, fine-tune 97 s for 8, the rest
+# seconds; docs/DESIGN.md facts).
+Stage = namedtuple("Stage", "name sections trains body cost")
+
+REGISTRY = (
+    Stage("data", ("data",), False, "stage_data", lambda cfg: 0.5),
+    Stage("dense", ("model", "train"), True, "stage_dense", lambda cfg: float(cfg.train.epochs)),
+    Stage("sparse", ("sparse",), True, "stage_sparse", lambda cfg: 1.2 * cfg.sparse.epochs),
+    Stage("prune", ("prune",), False, "stage_prune", lambda cfg: 0.5),
+    Stage("finetune", ("finetune",), True, "stage_finetune", lambda cfg: 0.4 * cfg.finetune.epochs),
+    Stage("export", ("export",), False, "stage_export", lambda cfg: 0.5),
+    Stage("report", (), False, "stage_report", lambda cfg: 0.2),
+)
+# prune keys the sparse stage's ratio solver reads for prune.target=latency: with that target they join the keys
+# of the sparse stage and those downstream (rundir.RunDir.key), so runs with the FLOPs target keep their keys.
 LATENCY_KEYS = ("prune.target", "prune.latency_budget", "prune.latency_table")
-# Stages that train, and so run on every rank under torchrun.
-TRAINING_STAGES = ("dense", "sparse", "finetune")
+STAGES = tuple(s.name for s in REGISTRY)
+BY_NAME = dict((s.name, s) for s in REGISTRY)
 
 
 def stage_sections(stage):
     """The config sections a stage's resume key hashes: its own and every upstream stage's."""
     out = []
-    for s in STAGES[: STAGES.index(stage) + 1]:
-        out.extend(OWN_SECTIONS[s])
+    for s in REGISTRY[: STAGES.index(stage) + 1]:
+        out.extend(s.sections)
     return tuple(out)
+
+
+def stage_weights(cfg):
+    """Each stage's ETA weight under `cfg` (dense-epoch units)."""
+    return dict((s.name, s.cost(cfg)) for s in REGISTRY)

@@ -1,4 +1,4 @@
-"""The bodies of the `compress` stages (see pipeline.py for the resumable machinery).
+"""The bodies of the `compress` stages (declared in stagedefs.py; pipeline.py runs them resumably).
 Each takes the RunDir and returns the JSON-able outputs recorded in its done-marker."""
 from __future__ import annotations
 
