@@ -123,8 +123,6 @@ def test_input_errors(tiny_model, batch, cfg):
 
 def test_solver_flops_are_the_pruned_models_flops(tiny_model, batch, cfg, tmp_path):
     """One channel model: the FLOPs the ratio solver predicts are what the pruner's model costs."""
-    import json
-
     from edgeprune.models.io import save_checkpoint
     from edgeprune.prune.run import prune_checkpoint
     cfg.sparse.flops_target, cfg.sparse.attention_tol = 0.5, 1e-9
