@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import C3, SPPF, Bottleneck, Concat, Conv, DetectorBase, WidthTable
+from .blocks import C3, SPPF, Concat, Conv, DetectorBase, WidthTable
 from .spec import make_divisible, validate_spec
 
 

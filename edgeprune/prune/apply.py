@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import ModelConfig
 from ..errors import PruneError
 from ..metrics.complexity import count
 from ..models.blocks import removable_branches
 from .graph import ChannelGraph, build_graph
+from .io import keep_from_ratios, read_ratios, spec_from_pruned
 from .recombine import Plan, decide, recombination_map
 
 
@@ -33,6 +36,7 @@ class PruneResult:
     table: list[dict[str, Any]]
     stats: dict[str, Any]
     plan: Plan
+    spec: dict[str, Any] | None = None   # set for our detector (prune_from_ratios)
 
 
 def complexity(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
@@ -275,3 +279,17 @@ def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[s
         "blocks_removed": sorted(removed),
     }
     return PruneResult(model=model, recombination_map=rmap, table=table, stats=stats, plan=plan)
+
+
+def prune_from_ratios(model: nn.Module, ratios: str | Path | dict[str, Any], cfg: Any = None,
+                      imgsz: int = ModelConfig.imgsz) -> PruneResult:
+    """ratios.json (or its dict) + PruneConfig -> PruneResult with `spec` set, in memory (the latency-target
+    benchmark and tests; the compress stage and `edgeprune prune` go through prune.run.prune_checkpoint)."""
+    source = "ratios" if isinstance(ratios, dict) else str(ratios)
+    keep = keep_from_ratios(ratios if isinstance(ratios, dict) else read_ratios(ratios), model, source)
+    dense_spec = {**model.spec, "widths": {}}
+    result = prune_model(model, keep, rule=getattr(cfg, "rule", "union"), round_to=getattr(cfg, "round_to", 8),
+                         min_channels=getattr(cfg, "min_channels", 8), example_input=torch.zeros(1, 3, imgsz, imgsz),
+                         fold=getattr(cfg, "fold", True), skip_unsupported=getattr(cfg, "skip_unsupported", False))
+    result.spec = spec_from_pruned(result.model, dense_spec)
+    return result
