@@ -41,12 +41,13 @@ def main() -> int:
     import torch
     torch.set_num_threads(1)
     from edgeprune.data.dataset import load_dataset
-    from edgeprune.data.synth import png_bytes, render_scene, write_synthetic
+    from edgeprune.data.synth import render_scene, write_synthetic
+    from jetson.imageio import encode_png
     from edgeprune.data.torchdata import DetectionDataset
     from edgeprune.fsio import atomic_write_json
 
     result = {"size": args.size, "images": args.images, "imgsz": args.imgsz}
-    result["render_and_encode"] = _rate(args.images, lambda: [png_bytes(render_scene(0, i, args.size)[0])
+    result["render_and_encode"] = _rate(args.images, lambda: [encode_png(render_scene(0, i, args.size)[0])
                                                               for i in range(args.images)])
     with tempfile.TemporaryDirectory() as tmp:
         result["write_dataset"] = _rate(args.images, lambda: write_synthetic(Path(tmp) / "d", args.images, 0,

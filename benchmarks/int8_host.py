@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from PIL import Image
 
     from edgeprune.data.dataset import load_dataset
+    from edgeprune.data.samples import read_image
     from edgeprune.export import ort_run
     from edgeprune.metrics.coco import coco_map
     from edgeprune.export.onnx_export import export_onnx
@@ -55,15 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = exp.model
     float_nodes = [] if args.quantize_head else head_nodes(exp.conv_nodes)
 
-    def rgb(path: Path) -> np.ndarray:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
 
     with tempfile.TemporaryDirectory() as calib:
         batches = []
         train = ds.splits["train"][: args.calib_images]
         for b in range(0, len(train), 8):
-            x = np.concatenate([preprocess(rgb(s.image), args.imgsz)[0] for s in train[b:b + 8]])
+            x = np.concatenate([preprocess(read_image(s.image), args.imgsz)[0] for s in train[b:b + 8]])
             name = f"batch_{b // 8:05d}.npy"
             np.save(Path(calib) / name, x)
             batches.append({"file": name, "sha256": sha256_file(Path(calib) / name)})
@@ -78,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     sessions = {"fp32": ort_run.session(fp32, args.threads), "int8": ort_run.session(int8, args.threads)}
     dets: dict[str, list] = {"torch": [], "fp32": [], "int8": []}
     for s in val:
-        x, meta = preprocess(rgb(s.image), args.imgsz)
+        x, meta = preprocess(read_image(s.image), args.imgsz)
         with torch.no_grad():
             outs = {"torch": model(torch.from_numpy(x)).numpy()}
         outs.update({k: ort_run.run(sess, x) for k, sess in sessions.items()})
@@ -87,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             dets[k].append((scale_boxes(boxes, meta), scores, classes))
     if args.truth == "fp32":
         truth = [(boxes[:5], classes[:5]) for boxes, _, classes in dets["fp32"]]
-    size = tuple(rgb(val[0].image).shape[:2])
+    size = tuple(read_image(val[0].image).shape[:2])
     maps = {k: coco_map(truth, d, ds.names, [size] * len(truth)) for k, d in dets.items()}
-    x, _ = preprocess(rgb(val[0].image), args.imgsz)
+    x, _ = preprocess(read_image(val[0].image), args.imgsz)
     latency = {k: ort_latency_ms(sess, x, warmup=5, iters=50) for k, sess in sessions.items()}
     result = {"ckpt": str(args.ckpt), "data": str(args.data), "imgsz": args.imgsz, "val_images": len(val),
               "threads": args.threads, "truth": args.truth, "quantization": info, "map": maps,

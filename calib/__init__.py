@@ -1,2 +1,3 @@
-"""Calibration sets for INT8 (Python >= 3.6, numpy only): deterministic image selection, batches
-preprocessed exactly like the bundle, and TensorRT calibrators reading them. Format: docs/CONTRACTS.md."""
+"""Calibration sets for INT8 (Python >= 3.6, numpy only): deterministic image selection and batches
+preprocessed exactly like the bundle. The device side reads them (jetson/calibset.py) and feeds TensorRT
+(jetson/calibrators.py); calib/ imports jetson/, never the reverse. Format: docs/CONTRACTS.md."""

@@ -9,30 +9,17 @@ import os
 
 import numpy as np
 
-from edgeprune.errors import BundleError, DeviceError, UsageError
-from edgeprune.fsio import atomic_write_bytes, atomic_write_json, sha256_file
+from edgeprune.errors import UsageError
+from edgeprune.fsio import atomic_write_bytes, atomic_write_json
 
-from jetson.bundle import MANIFEST, extra_file, inside, load_bundle
+from jetson.bundle import MANIFEST, load_bundle
+from jetson.calibset import CALIB_VERSION, preprocess_signature, sig_sha
 from jetson.imageio import decode_image
 from jetson.preprocess import preprocess_from_manifest
 
 from .select import scan_dataset, select_images
 
-CALIB_VERSION = 1
 CALIB_DIR = "calib"
-
-
-def preprocess_signature(manifest):
-    """The bundle's preprocessing with defaults filled in: two sets match iff these dicts are equal."""
-    p = manifest["preprocess"]
-    return {"size": [int(s) for s in p["size"]], "pad_value": int(p.get("pad_value", 114)),
-            "color": p.get("color", "RGB"), "scale": float(p.get("scale", 1.0 / 255.0)),
-            "mean": [float(v) for v in p.get("mean", (0, 0, 0))], "std": [float(v) for v in p.get("std", (1, 1, 1))],
-            "layout": p.get("layout", "NCHW"), "letterbox": "jetson.preprocess.letterbox/bilinear"}
-
-
-def _sig_sha(sig):
-    return hashlib.sha256(json.dumps(sig, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _progress(it, total, desc):
@@ -82,7 +69,7 @@ def build_calib(data, bundle, n=500, strategy="stratified", batch_size=8, seed=0
     calib = {"version": CALIB_VERSION, "model_sha256": m["model"]["sha256"], "input_name": m["model"]["input_name"],
              "batch_size": batch_size, "shape": [batch_size, 3, h, w], "dtype": "float32", "layout": "NCHW",
              "num_images": len(chosen), "padded": padded, "num_batches": nb, "preprocess": sig,
-             "preprocess_sha256": _sig_sha(sig), "data": os.path.abspath(str(data)), "selection": report,
+             "preprocess_sha256": sig_sha(sig), "data": os.path.abspath(str(data)), "selection": report,
              "images": images, "batches": batches}
     atomic_write_json(os.path.join(out_dir, "manifest.json"), calib)
     _register_in_bundle(m, CALIB_DIR + "/manifest.json")
@@ -96,51 +83,3 @@ def _register_in_bundle(m, rel):
         raw = json.load(f)
     raw.setdefault("extra_files", {})["calib"] = rel
     atomic_write_json(path, raw)
-
-
-def load_calib_set(calib_manifest_path, bundle_manifest):
-    """Read and check a calib set against the bundle that will use it; returns its manifest plus `_dir`,
-    `sha256` (of the calib manifest) and `_batches` (absolute paths)."""
-    where = str(calib_manifest_path)
-    try:
-        with open(where) as f:
-            calib = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise BundleError("{}: cannot read the calibration manifest ({}); rebuild it with edgeprune calib build"
-                          .format(where, exc))
-    if not isinstance(calib, dict) or calib.get("version") != CALIB_VERSION:
-        raise BundleError("{}: not a version-{} calibration manifest; rebuild it with edgeprune calib build"
-                          .format(where, CALIB_VERSION))
-    want = preprocess_signature(bundle_manifest)
-    got = calib.get("preprocess")
-    if got != want:
-        diff = sorted(k for k in set(want) | set(got or {}) if (got or {}).get(k) != want.get(k))
-        raise DeviceError("{}: calibration set was preprocessed differently from the bundle ({}: calib {} vs bundle {}); "
-                          "INT8 scales from it would be wrong: rebuild it with `edgeprune calib build --bundle {}`"
-                          .format(where, ", ".join(diff), [(got or {}).get(k) for k in diff], [want.get(k) for k in diff],
-                                  bundle_manifest["_root"]))
-    folder = os.path.dirname(os.path.abspath(where))
-    paths = []
-    for i, b in enumerate(calib.get("batches", [])):
-        paths.append(inside(folder, b.get("file", ""), where, "batches[{}].file".format(i)))
-        sha = b.get("sha256")
-        if not (isinstance(sha, str) and len(sha) == 64):
-            raise BundleError("{}: batches[{}].sha256 is missing or not a sha256; rebuild with edgeprune calib build"
-                              .format(where, i))
-        if not os.path.isfile(paths[-1]):
-            raise BundleError("{}: batch file {} is missing; rebuild with edgeprune calib build".format(where,
-                                                                                                       b.get("file")))
-    if not paths:
-        raise BundleError("{}: no batches".format(where))
-    out = dict(calib)
-    out["_dir"] = folder
-    out["_batches"] = paths
-    out["sha256"] = sha256_file(where)
-    return out
-
-
-def load_for_bundle(bundle):
-    """The calib set recorded in a bundle (BundleError with the command to run when there is none)."""
-    m = bundle if isinstance(bundle, dict) else load_bundle(bundle)
-    path = extra_file(m, "calib", hint="run `edgeprune calib build --data DATA --bundle {}`".format(m["_root"]))
-    return load_calib_set(path, m)

@@ -46,7 +46,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12                   # 10 already give mAP50 0.58 on the synthetic default (docs/train.md)
+    epochs: int = 12                   # dense epochs (what they reach: BENCHMARKS.md §0)
     batch: int = 16
     optimizer: str = "sgd"             # sgd | adamw
     lr0: float = 0.01
@@ -83,13 +83,13 @@ class TrainConfig:
 @dataclass
 class SparseConfig:
     method: str = "l1rr"               # l1rr | slimming
-    epochs: int = 8                    # sparse-training epochs (default run budget: ~15 min for the whole compress)
+    epochs: int = 8                    # sparse-training epochs
     lr0: float = 0.005
     warmup_epochs: float = 0.25        # lr warm-up when continuing from the trained dense model (see continued())
     target: float = 0.55               # target share of prunable channels pushed to zero. Below flops_target on
                                        # purpose: the controller overshoots by ~5 points, and zeroing fewer channels
                                        # (the ratio solver removes the last, least important live ones) kept more
-                                       # accuracy: 0.832 -> 0.862 mAP50 at -65 % FLOPs (BENCHMARKS.md §1a)
+                                       # accuracy (BENCHMARKS.md §1a)
     lam: float = 1e-3                  # base sparsity strength (a floor when lam_auto)
     lam_auto: bool = True              # l1rr: base = max(lam, median|gamma| / (lr0 * steps)): at base strength the
                                        # median channel would just reach 0 by the end (any run length / lr)
@@ -100,7 +100,7 @@ class SparseConfig:
     attention_weight: float = 1.0
     attention_tol: float = 0.05        # attention deviation the ratio solver allows per layer; flops_target is a
                                        # floor (the tolerance is raised until it is met), so the attention loss
-                                       # decides how far past it to prune (-85 % FLOPs on the default run). A tiny
+                                       # decides how far past it to prune (BENCHMARKS.md §0). A tiny
                                        # value (e.g. 1e-6) makes the FLOPs target bind exactly (benchmarks do that)
     zero_threshold: float = 1e-2       # |gamma| below this counts as zero
     refresh_every: int = 50            # steps between reweighting refreshes
@@ -216,10 +216,10 @@ class Config:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    # A smoke run that learns something visible: the "simple" synthetic scenes (3 classes, large objects) with
-    # AdamW reach dense mAP50 ~0.96 in 12 epochs of 128 images at 128 px (SGD: ~0.4), and ~0.9 after pruning
-    # -45 % FLOPs (the target binds: attention_tol ~0) and 4 fine-tune epochs; ~75 s of one core in all.
-    # The end-to-end tests run this preset and check mAP50 floors before they compare (tests/quick_floors.py).
+    # A smoke run that learns something visible: the "simple" synthetic scenes (3 classes, large objects), 128
+    # images at 128 px, AdamW (SGD learns far less in 12 epochs), the FLOPs target binding (attention_tol ~0);
+    # its mAPs and time: BENCHMARKS.md §0c. The end-to-end tests run this preset and check mAP50 floors before
+    # they compare (tests/quick_floors.py).
     "quick": {
         "data": {"synth_style": "simple", "synth_train": 128, "synth_val": 32, "synth_size": 128},
         "model": {"imgsz": 128},
@@ -378,6 +378,39 @@ def parse_set(items: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
         node[parts[-1]] = value
     return out
+
+
+def default_value(key: str) -> Any:
+    """The dataclass default of a dotted config key (what `--help` shows beside a config flag)."""
+    flat = _flatten(Config().to_dict())
+    if key not in flat:
+        raise ConfigError(f"config key {key}: unknown key")
+    return flat[key]
+
+
+def config_from_args(args: Any, overrides: dict[str, Any] | None = None) -> Config:
+    """The config of a command, built the same way by every command: `--config FILE` (with its preset) or
+    `--preset` (default "default"), then `--set KEY=VALUE`, then each flag declared with
+    `cliconfig.config_flag` that the user gave (flags win over --set), then `overrides` (values a handler
+    derives, e.g. compress's resolved --model path). A --preset that contradicts the file's is an error."""
+    merged = parse_set(getattr(args, "set", None) or [])
+    flags = {key: getattr(args, dest) for dest, key in (getattr(args, "config_keys", None) or {}).items()
+             if getattr(args, dest, None) is not None}
+    for key, value in flags.items():
+        node = merged
+        *sections, leaf = key.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    for section, values in (overrides or {}).items():
+        merged.setdefault(section, {}).update(values)
+    preset, path = getattr(args, "preset", None), getattr(args, "config", None)
+    if path:
+        cfg = load_config(path, merged)
+        if preset and preset != cfg.preset:
+            raise ConfigError(f"--preset {preset} conflicts with preset {cfg.preset!r} in {path}")
+        return cfg
+    return make_config(preset or "default", merged)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:

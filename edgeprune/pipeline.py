@@ -7,7 +7,7 @@ runs/<name>/
   report.md + *.png      the human summary
 
 A stage is skipped when its marker's key equals the hash of every config section it depends on (its own
-and all upstream ones); otherwise it runs, and every downstream marker is removed first. Training stages
+and all upstream ones: stagedefs.py; markers and keys: rundir.py); otherwise it runs, and every downstream marker is removed first. Training stages
 checkpoint every epoch and resume from their own `last.pt`, so a killed run loses at most one epoch.
 
 Under torchrun (`compress --nproc-per-node N`, which relaunches itself with torchrun) every rank walks the same
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,124 +26,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Config, dump_config, load_config, make_config, parse_set
-from .errors import DistributedError, EdgepruneError, StorageError, UsageError
-from .fsio import atomic_write_json, atomic_write_text
-from .pipeline_cli import STAGES
-
-# Config sections each stage reads (cumulative: a stage also depends on everything upstream).
-OWN_SECTIONS = {
-    "data": ("data",),
-    "dense": ("model", "train"),
-    "sparse": ("sparse",),
-    "prune": ("prune",),
-    "finetune": ("finetune",),
-    "export": ("export",),
-    "report": (),
-}
-# prune keys the sparse stage's ratio solver reads for prune.target=latency; added to the keys only then, so
-# runs with the FLOPs target keep the keys they had.
-LATENCY_KEYS = ("prune.target", "prune.latency_budget", "prune.latency_table")
-# Stages that train, and so run on every rank under torchrun.
-TRAINING_STAGES = ("dense", "sparse", "finetune")
-
-
-def stage_weights(cfg: Config) -> dict[str, float]:
-    """Rough cost of each stage in dense-epoch units, for the ETA: the default run on 2 cores took dense 355 s
-    for 12 epochs, sparse 276 s for 8, fine-tune 97 s for 8 (docs/DESIGN.md facts); the rest are seconds."""
-    return {"data": 0.5, "dense": float(cfg.train.epochs), "sparse": 1.2 * cfg.sparse.epochs, "prune": 0.5,
-            "finetune": 0.4 * cfg.finetune.epochs, "export": 0.5, "report": 0.2}
+from .config import Config, config_from_args, dump_config
+from .errors import DistributedError, StorageError, UsageError
+from .fsio import atomic_write_text
+from .rundir import RunDir, stale_stage_dir
+from .stagedefs import BY_NAME, STAGES, stage_weights
 
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def stage_sections(stage: str) -> tuple[str, ...]:
-    out: list[str] = []
-    for s in STAGES[: STAGES.index(stage) + 1]:
-        out.extend(OWN_SECTIONS[s])
-    return tuple(out)
-
-
-class RunDir:
-    def __init__(self, root: Path, cfg: Config, log: Callable[[str], None] = print):
-        self.root = Path(root)
-        self.cfg = cfg
-        self.log = log
-
-    def dir(self, stage: str) -> Path:
-        d = self.root / stage
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def marker_path(self, stage: str) -> Path:
-        return self.root / "stages" / f"{stage}.done"
-
-    def key(self, stage: str) -> str:
-        sections = stage_sections(stage)
-        if "sparse" in sections and self.cfg.prune.target == "latency":
-            sections += LATENCY_KEYS
-        return self.cfg.section_hash(*sections)
-
-    def marker(self, stage: str) -> dict[str, Any] | None:
-        path = self.marker_path(stage)
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None  # an unreadable marker means "not finished": the stage reruns
-        return data if isinstance(data, dict) else None
-
-    def is_done(self, stage: str) -> bool:
-        m = self.marker(stage)
-        return bool(m) and m.get("key") == self.key(stage)
-
-    def outputs(self, stage: str) -> dict[str, Any]:
-        m = self.marker(stage)
-        if not m:
-            raise EdgepruneError(f"{self.marker_path(stage)}: stage {stage!r} has not finished; run compress again")
-        return m.get("outputs", {})
-
-    def invalidate_from(self, stage: str) -> None:
-        for s in STAGES[STAGES.index(stage):]:
-            self.marker_path(s).unlink(missing_ok=True)
-
-    def finish(self, stage: str, outputs: dict[str, Any], seconds: float) -> None:
-        atomic_write_json(self.marker_path(stage), {
-            "stage": stage, "key": self.key(stage), "seconds": round(seconds, 2),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "outputs": outputs,
-        })
-
-
-def stale_stage_dir(run: RunDir, stage: str, folder: str | None = None) -> Path:
-    """The stage's folder (`folder`, default the stage name); emptied first when it holds work from another
-    config (a different key), so a resumed training never continues from a checkpoint of other settings."""
-    d = run.root / (folder or stage)
-    key_file = d / ".key"
-    current = key_file.is_file() and key_file.read_text().strip() == run.key(stage)
-    if current:
-        return d   # also what the other ranks of a torchrun job see: rank 0 prepared it before they came
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(key_file, run.key(stage) + "\n")
-    return d
-
-
 def build_config(args: Any) -> Config:
-    overrides = parse_set(args.set)
-    if args.data:
-        overrides.setdefault("data", {})["source"] = args.data
-    if getattr(args, "model", None):
-        overrides.setdefault("model", {})["weights"] = str(Path(args.model).resolve())
-    if args.config:
-        cfg = load_config(args.config, overrides)
-        if args.preset and args.preset != cfg.preset:
-            raise EdgepruneError(f"--preset {args.preset} conflicts with preset {cfg.preset!r} in {args.config}")
-    else:
-        cfg = make_config(args.preset or "default", overrides)
+    model = getattr(args, "model", None)
+    cfg = config_from_args(args, {"model": {"weights": str(Path(model).resolve())}} if model else None)
     cfg.name = args.name or (cfg.name if args.config else cfg.preset)
     return cfg
 
@@ -189,13 +84,13 @@ def run_pipeline(cfg: Config, runs_dir: str | Path = "runs", until: str | None =
         if main:
             run.invalidate_from(stage)
             run.log(f"[compress] stage {stage}: running" + (f" on {world} processes" if world > 1 and
-                                                            stage in TRAINING_STAGES else "") + f" ({where})")
-            if world > 1 and stage in TRAINING_STAGES:
+                                                            BY_NAME[stage].trains else "") + f" ({where})")
+            if world > 1 and BY_NAME[stage].trains:
                 stale_stage_dir(run, stage)     # emptied by rank 0 alone, before any rank resumes from it
         wait_for_main()
         outputs = None
-        if main or stage in TRAINING_STAGES:
-            outputs = getattr(stages, f"stage_{stage}")(run)
+        if main or BY_NAME[stage].trains:
+            outputs = getattr(stages, BY_NAME[stage].body)(run)
         if main:
             run.finish(stage, outputs, time.time() - t0)
             ran_w, ran_s = ran_w + weights[stage], ran_s + time.time() - t0

@@ -1,7 +1,6 @@
 """`edgeprune compress`: the whole host chain as resumable stages (argument declarations only)."""
-import argparse
-
-STAGES = ("data", "dense", "sparse", "prune", "finetune", "export", "report")
+from .cliconfig import ConfigHelpFormatter, config_flag
+from .stagedefs import STAGES
 
 
 def register(sub):
@@ -16,12 +15,12 @@ def register(sub):
                "  edgeprune compress --data path/to/NWPU_VHR-10 --model path/to/yolov5s_nwpu.pt   # prune your trained model\n"
                "  edgeprune compress --nproc-per-node 4 --data path/to/DIOR   # 4 GPUs, DDP\n"
                "  edgeprune compress --nnodes 2 --nproc-per-node 8 --rdzv-endpoint node0:29400 --runs-dir /nfs/runs",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ConfigHelpFormatter,
     )
     p.add_argument("--preset", default=None, help="default | quick | benchmark (default: default)")
     p.add_argument("--config", default=None, help="YAML config file (see runs/<name>/config.yaml for the full schema)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=5")
-    p.add_argument("--data", default=None, help="dataset path (YOLO/COCO/VOC/NWPU); default: the synthetic aerial set")
+    config_flag(p, "--data", "data.source", help="dataset path (YOLO/COCO/VOC/NWPU) or 'synthetic'")
     p.add_argument("--model", default=None, metavar="CKPT",
                    help="start from this trained detector (an edgeprune checkpoint, or a yolov5/ultralytics file "
                         "as `edgeprune import` reads it): the dense stage evaluates it on the data instead of training")

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from .fsio import AtomicFile, atomic_write_text
-from .pipeline import RunDir
+from .rundir import RunDir
 
 ROWS = (("dense", "dense"), ("sparse", "L1RR sparse (unpruned)"), ("prune", "pruned (before fine-tune)"),
         ("finetune", "pruned + fine-tuned"))
@@ -132,7 +132,7 @@ def _predicted_vs_measured(bench: dict[str, Any]) -> list[str]:
 
 def _stage_times(run: RunDir) -> list[str]:
     """Wall time of each stage as its done-marker recorded it (the run that actually ran it)."""
-    from .pipeline_cli import STAGES
+    from .stagedefs import STAGES
 
     rows = [(s, run.marker(s)) for s in STAGES if s != "report"]
     rows = [(s, m) for s, m in rows if m]

@@ -1,4 +1,4 @@
-"""The bodies of the `compress` stages (see pipeline.py for the resumable machinery).
+"""The bodies of the `compress` stages (declared in stagedefs.py; pipeline.py runs them resumably).
 Each takes the RunDir and returns the JSON-able outputs recorded in its done-marker."""
 from __future__ import annotations
 
@@ -9,12 +9,8 @@ from typing import Any
 from .config import continued
 from .errors import BundleError, ConfigError
 from .fsio import atomic_write_json
-from .pipeline import RunDir, stale_stage_dir
+from .rundir import RunDir, stale_stage_dir
 from .train.dist import is_main
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEPRUNE_CACHE", Path.home() / ".cache" / "edgeprune"))
 
 
 def _dataset(run: RunDir):
@@ -25,16 +21,11 @@ def _dataset(run: RunDir):
 
 
 def stage_data(run: RunDir) -> dict[str, Any]:
-    from .data.dataset import load_dataset
-    from .data.synth import ensure_synthetic
+    from .data.dataset import dataset_path, load_dataset
 
     c = run.cfg.data
-    if c.source == "synthetic":
-        path = ensure_synthetic(cache_root() / "synthetic", c.synth_train, c.synth_val, c.synth_size, c.seed,
-                                style=c.synth_style)
-    else:
-        path = Path(c.source)
-    ds = load_dataset(path, c.format, c.skip_bad, decode=True)   # once, so a truncated image fails now
+    path, fmt = dataset_path(c)
+    ds = load_dataset(path, fmt, c.skip_bad, decode=True)   # once, so a truncated image fails now
     link = _link_dataset(run.dir("data"), path)
     run.log(f"[data] {path}: {len(ds.splits['train'])} train / {len(ds.splits['val'])} val images, "
             f"{len(ds.names)} classes" + (f", {ds.skipped} bad samples skipped" if ds.skipped else ""))

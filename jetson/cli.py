@@ -7,9 +7,10 @@ import sys
 
 from edgeprune.errors import UsageError
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
-DEVICES = ("tx2", "xavier-nx", "agx-xavier", "orin-nano", "orin-agx", "host")
-PRECISIONS = ("fp32", "fp16", "int8")
+from .backends import BACKENDS
+from .profiles import PRECISIONS, PROFILES
+
+DEVICES = tuple(PROFILES)
 
 
 def _common(p, precision_default="fp32"):

@@ -178,7 +178,7 @@ def build_engine(trt, onnx_path, plan, input_name, input_shape, workspace_mb, pr
                  calibrator=None, timing_cache_path=None, log=_log_default):
     """Build and serialize an engine with the real TensorRT API as `plan` (from plan_build) says. Returns bytes.
     profile_shapes: (min, opt, max) for a dynamic input (jetson.profiles.optimization_shapes). A calibrator
-    (calib.calibrators) feeds batches of `calibrator.input_shape`; for a dynamic input that shape becomes the
+    (jetson.calibrators) feeds batches of `calibrator.input_shape`; for a dynamic input that shape becomes the
     calibration profile, which TensorRT requires there."""
     logger = trt.Logger(trt.Logger.WARNING)
     load_plugins(trt, logger)  # the 10.x parser no longer does it: EfficientNMS_TRT would be "not found"
@@ -278,7 +278,7 @@ def get_engine(manifest, profile, precision, cache_dir=None, workspace_mb=None, 
     onnx_path = int8_model if plan["onnx"] == "int8_model" else model_file(manifest)
     int8_source = None
     if plan["int8_mode"] == "calibrator":
-        from calib.build import load_calib_set
+        from .calibset import load_calib_set
         calib = load_calib_set(calib_manifest, manifest)
         int8_source = "calib:" + calib["sha256"] + ":" + calib_kind
     elif plan["int8_mode"] == "explicit":
@@ -294,7 +294,7 @@ def get_engine(manifest, profile, precision, cache_dir=None, workspace_mb=None, 
         return hit, plan["precision"]
     calibrator = None
     if plan["int8_mode"] == "calibrator":
-        from calib.calibrators import make_trt_calibrator
+        from .calibrators import make_trt_calibrator
         # what TensorRT reads per get_batch: the static input, or for a dynamic one the calibration profile
         calib_shape = list(shape) if shapes is None else [min(int(calib["batch_size"]), shapes[2][0])] + shapes[0][1:]
         calibrator = make_trt_calibrator(trt, calib, calib_kind, os.path.join(cache.folder, "calib-{}.cache".format(

@@ -32,6 +32,8 @@ class DeviceProfile(object):
         return d
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
 PROFILES = dict((p.name, p) for p in (
     DeviceProfile("tx2", "Jetson TX2 (Pascal GP10B, 256 CUDA cores)", (6, 2), True, False, 0, 1024, 1,
                   "4.6.x (L4T r32.7)", "8.0.1 / 8.2.1"),

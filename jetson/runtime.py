@@ -13,9 +13,7 @@ from . import postprocess as post
 from .backends import resolve_backend
 from .bundle import extra_file, load_bundle, model_file, public_manifest
 from .preprocess import preprocess_from_manifest
-from .profiles import get_profile
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from .profiles import PRECISIONS, get_profile
 
 
 def _ms(t0):

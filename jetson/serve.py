@@ -14,14 +14,12 @@ Retry-After), body bytes (413) and pixels (413, read from the image header befor
 """
 import json
 import logging
-import math
-import os
 import queue
 import sys
 import threading
 import time
 
-from edgeprune.errors import DeviceError, EdgepruneError, UsageError
+from edgeprune.errors import DeviceError, EdgepruneError
 
 from .serve_http import DECODE_SLOTS, DecodeBudget, HTTPError, ThreadingServer, known_method, raw_response
 from .serve_metrics import ServeMetrics
@@ -29,76 +27,6 @@ from .serve_worker import InferenceWorker
 
 log = logging.getLogger("edgeprune.serve")
 STUCK_FACTOR = 3  # /readyz turns 503 when one backend call runs longer than this many --timeout
-
-
-class ServeOptions(object):
-    """Validated server settings; a bad value raises UsageError naming the command-line flag."""
-
-    def __init__(self, bundle, host="127.0.0.1", port=8080, backend="auto", device="host", precision="fp32",
-                 threads=None, cache_dir=None, max_queue=16, max_batch=1, batch_window_ms=2.0, max_body_mb=16.0,
-                 max_megapixels=36.0, timeout_s=10.0, token=None, max_connections=64, io_timeout_s=10.0,
-                 drain_timeout_s=30.0, access_log=False, backlog=128, header_timeout_s=5.0,
-                 keepalive_timeout_s=5.0, decode_budget_mb=256.0):
-        self.bundle = str(bundle)
-        self.host = host
-        self.port = _check_int("--port", port, 0, 65535)
-        self.backend = backend
-        self.device = device
-        self.precision = precision
-        self.threads = None if threads is None else _check_int("--threads", threads, 1, 1024)
-        self.cache_dir = cache_dir
-        self.max_queue = _check_int("--max-queue", max_queue, 1, 100000)
-        self.max_batch = _check_int("--max-batch", max_batch, 1, 1024)
-        self.batch_window_s = _check_float("--batch-window-ms", batch_window_ms, 0.0, 1000.0) / 1000.0
-        self.max_body_bytes = int(_check_float("--max-body-mb", max_body_mb, 0.001, 4096.0) * 1024 * 1024)
-        self.max_pixels = int(_check_float("--max-megapixels", max_megapixels, 0.001, 10000.0) * 1e6)
-        self.timeout_s = _check_float("--timeout", timeout_s, 0.001, 3600.0)
-        self.max_connections = _check_int("--max-connections", max_connections, 1, 100000)
-        self.io_timeout_s = _check_float("--io-timeout", io_timeout_s, 0.01, 3600.0)
-        self.drain_timeout_s = _check_float("--drain-timeout", drain_timeout_s, 0.0, 3600.0)
-        self.backlog = _check_int("--backlog", backlog, 1, 65535)
-        self.header_timeout_s = _check_float("--header-timeout", header_timeout_s, 0.01, 3600.0)
-        self.keepalive_timeout_s = _check_float("--keepalive-timeout", keepalive_timeout_s, 0.01, 3600.0)
-        self.decode_budget_bytes = int(_check_float("--decode-budget-mb", decode_budget_mb, 1.0, 65536.0) * 1024 * 1024)
-        self.access_log = bool(access_log)
-        if token is not None and not token:
-            raise UsageError("--token-file: the token is empty; put a secret of at least 16 characters in it")
-        self.token = token
-
-
-def _check_int(flag, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise UsageError("{}: expected an integer in [{}, {}], got {!r}".format(flag, lo, hi, value))
-    return value
-
-
-def _check_float(flag, value, lo, hi):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise UsageError("{}: expected a number, got {!r}".format(flag, value))
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise UsageError("{}: expected a number in [{}, {}], got {!r}".format(flag, lo, hi, value))
-    return value
-
-
-def read_token(path):
-    """The bearer token from `path` (surrounding whitespace stripped). UsageError names the file."""
-    try:
-        with open(str(path), "r", encoding="utf-8") as f:
-            token = f.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError("--token-file {}: cannot read it ({}); write the token into it as UTF-8 text"
-                         .format(path, exc))
-    if len(token) < 16:
-        raise UsageError("--token-file {}: the token has {} characters; use at least 16 (e.g. "
-                         "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)".format(path, len(token)))
-    try:
-        if os.stat(str(path)).st_mode & 0o077:
-            log.warning("--token-file %s is readable by other users; `chmod 600 %s`", path, path)
-    except OSError:
-        pass
-    return token
 
 
 class DetectionServer(object):

@@ -88,7 +88,7 @@ EDGEPRUNE_TEST_BUNDLE="$BUNDLE" "$VENV/bin/python" -m pytest -q -p no:cacheprovi
 step "3.6 compatibility of the device-side sources"
 shopt -s nullglob
 SOURCES=(jetson calib edgeprune/__init__.py edgeprune/__main__.py edgeprune/cli.py edgeprune/errors.py
-         edgeprune/fsio.py edgeprune/*/cli.py edgeprune/*_cli.py)
+         edgeprune/fsio.py edgeprune/cliconfig.py edgeprune/stagedefs.py edgeprune/*/cli.py edgeprune/*_cli.py)
 shopt -u nullglob
 "$VENV/bin/python" -m compileall -q "${SOURCES[@]}" >/dev/null
 "$VENV/bin/python" - "${SOURCES[@]}" <<'EOF'

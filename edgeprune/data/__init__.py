@@ -2,12 +2,12 @@
 
 Kept light: `edgeprune.data.cli` is loaded through this package on the device (Python 3.6, no torch), so the
 package imports nothing at load time. `from edgeprune.data import load_dataset, Dataset, Sample` resolves
-lazily (PEP 562, Python 3.7+); submodules: `.dataset`, `.synth`, `.torchdata`, `.yolo`, `.coco`, `.voc`,
+lazily (PEP 562, Python 3.7+); submodules: `.dataset` (load_dataset), `.samples` (types, reader helpers), `.synth`, `.torchdata`, `.yolo`, `.coco`, `.voc`,
 `.nwpu`, `.convert`, `.check`.
 """
 import importlib
 
-_LAZY = {"load_dataset": "dataset", "Dataset": "dataset", "Sample": "dataset", "ensure_synthetic": "synth"}
+_LAZY = {"load_dataset": "dataset", "Dataset": "samples", "Sample": "samples", "ensure_synthetic": "synth"}
 
 
 def __getattr__(name):

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..fsio import AtomicFile
-from .dataset import Dataset, load_dataset
+from .dataset import load_dataset
+from .samples import Dataset
 
 BANDS = (("tiny", 16.0), ("small", 32.0), ("medium", 96.0), ("large", float("inf")))
 

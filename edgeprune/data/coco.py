@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_json
-from .dataset import Collector, Dataset, Sample, check_box, finish, image_size, unique_stem
+from .samples import Collector, Dataset, Sample, check_box, finish, image_size, unique_stem
 
 
 class CocoImage:

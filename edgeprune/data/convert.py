@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .dataset import Dataset, load_dataset
+from .dataset import load_dataset
+from .samples import Dataset
 
 TARGETS = ("yolo", "coco", "voc", "nwpu")
 

@@ -1,151 +1,17 @@
-"""Dataset types shared by every format, validation helpers, and `load_dataset` (format detection).
+"""`load_dataset`: format detection and the format readers (types and shared helpers: data/samples.py).
 
-A `Sample` is one image with its boxes in image pixels (xyxy); a `Dataset` holds class names and splits.
-Readers raise `DataError` naming the file and line of the first bad input; with `skip_bad=True` the bad
-sample is left out instead, counted in `Dataset.skipped` and described in `Dataset.problems`.
 Readers check an image's header (and PNG checksums) only; `load_dataset(..., decode=True)` also decodes every
 image in full, the only way to find a truncated JPEG (its header is intact). `skip_bad=True` implies it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from typing import Any
 
 from ..errors import DataError
+from .samples import SKIP_HINT, Collector, Dataset, decode_check
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("yolo", "coco", "voc", "nwpu")
-SKIP_HINT = "or leave bad samples out with --set data.skip_bad=true (data convert: --skip-bad)"
-# A box may overshoot the image by this many pixels (rounding in annotation tools) before it is an error.
-EDGE_TOLERANCE_PX = 1.0
-
-
-@dataclass
-class Sample:
-    image: Path
-    boxes: np.ndarray                       # float32 (N, 4) x1, y1, x2, y2 in image pixels
-    classes: np.ndarray                     # int64 (N,)
-    size: tuple[int, int] | None = None     # (width, height) when the reader knows it
-
-    def __post_init__(self) -> None:
-        self.image = Path(self.image)
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
-
-
-@dataclass
-class Dataset:
-    names: list[str]
-    splits: dict[str, list[Sample]]
-    skipped: int = 0
-    problems: list[str] = field(default_factory=list)   # one line per skipped sample: file, line, why
-    skipped_by_split: dict[str, int] = field(default_factory=dict)  # skipped samples each split lost
-    format: str = "yolo"
-    root: Path | None = None
-
-    def all_samples(self) -> list[Sample]:
-        return [s for split in self.splits.values() for s in split]
-
-
-class Collector:
-    """Runs per-sample parsing; re-raises DataError, or records and skips it when skip_bad is set."""
-
-    def __init__(self, skip_bad: bool) -> None:
-        self.skip_bad = skip_bad
-        self.problems: list[str] = []
-
-    def run(self, fn: Callable[[], Sample | None]) -> Sample | None:
-        try:
-            return fn()
-        except DataError as exc:
-            if not self.skip_bad:
-                raise
-            self.problems.append(str(exc))
-            return None
-
-    def record(self, exc: DataError) -> None:
-        """A bad sample found outside `run` (e.g. while parsing a whole annotation file)."""
-        if not self.skip_bad:
-            raise exc
-        self.problems.append(str(exc))
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image, after checking the file decodes (header + chunk checksums)."""
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            im.verify()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or undecodable image ({exc}); re-export it or delete it "
-                        f"({SKIP_HINT})") from None
-    return int(size[0]), int(size[1])
-
-
-def decode_check(path: Path) -> None:
-    """Decode the whole image: a truncated JPEG passes `image_size` (header intact) but fails here."""
-    if ImageFile.LOAD_TRUNCATED_IMAGES:   # a library may have switched Pillow to padding truncated files
-        raise DataError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images would "
-                        "decode silently; set it to False")
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or undecodable image ({exc}); re-export it or delete it "
-                        f"({SKIP_HINT})") from None
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Decode to HxWx3 uint8 RGB; DataError naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or undecodable image ({exc})") from None
-
-
-def check_box(box: tuple[float, float, float, float], width: int, height: int, where: str) -> tuple[float, ...]:
-    """Validate an xyxy pixel box against the image; clip sub-pixel overshoot. `where` = "file:line"."""
-    x1, y1, x2, y2 = box
-    if not all(np.isfinite(v) for v in box):
-        raise DataError(f"{where}: box {list(box)} has a non-finite coordinate")
-    t = EDGE_TOLERANCE_PX
-    if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
-        raise DataError(f"{where}: box {[round(v, 2) for v in box]} lies outside the {width}x{height} image; "
-                        f"fix the annotation ({SKIP_HINT})")
-    if x2 <= x1 or y2 <= y1:
-        raise DataError(f"{where}: box {[round(v, 2) for v in box]} has zero or negative width/height")
-    return max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
-
-
-def check_class(cls: int, nc: int, where: str) -> int:
-    if not 0 <= cls < nc:
-        raise DataError(f"{where}: class {cls} is out of range 0..{nc - 1} ({nc} classes); "
-                        f"fix the label or the class list")
-    return cls
-
-
-def unique_stem(stem: str, used: set[str]) -> str:
-    """`stem`, or `stem_1`, `stem_2`... if taken (writers flatten splits/folders, names must not collide)."""
-    out, k = stem, 1
-    while out in used:
-        out, k = f"{stem}_{k}", k + 1
-    used.add(out)
-    return out
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def detect_format(path: Path) -> str:
@@ -217,9 +83,20 @@ def _decode_all(ds: Dataset, skip_bad: bool) -> None:
     ds.problems += col.problems
 
 
-def finish(names: list[str], splits: dict[str, list[Sample | None]], collector: Collector, fmt: str,
-           root: Path) -> Dataset:
-    clean = {k: [s for s in v if s is not None] for k, v in splits.items()}
-    lost = {k: len(v) - len(clean[k]) for k, v in splits.items() if len(v) > len(clean[k])}
-    return Dataset(names=list(names), splits=clean, skipped=len(collector.problems),
-                   problems=list(collector.problems), skipped_by_split=lost, format=fmt, root=root)
+def dataset_path(data: Any, cache: str | Path | None = None, progress: bool = True) -> tuple[Path, str]:
+    """The dataset a `DataConfig` names, and its format: `data.source`, or for "synthetic" the generated set
+    (made on first use, cached in `cache`, default `synth.cache_dir()`)."""
+    if data.source != "synthetic":
+        return Path(data.source), data.format
+    from .synth import cache_dir, ensure_synthetic
+    return ensure_synthetic(Path(cache) if cache else cache_dir(), data.synth_train, data.synth_val, data.synth_size,
+                            data.seed, progress, style=data.synth_style), "auto"
+
+
+def load_data(data: Any, cache: str | Path | None = None, split: str | None = None) -> Dataset:
+    """The dataset of a `DataConfig` (see `dataset_path`), as the train/eval/sparse commands read it. With
+    `split` (a command that reads that split alone) bad samples elsewhere are left out rather than fatal."""
+    path, fmt = dataset_path(data, cache)
+    if split is None or data.skip_bad:
+        return load_dataset(path, fmt, data.skip_bad)
+    return require_clean_split(load_dataset(path, fmt, skip_bad=True, decode=False), split)

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from jetson.imageio import list_images
+
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_text
-from .dataset import (Collector, Dataset, Sample, check_box, check_class, finish, image_size, list_images,
-                      unique_stem)
+from .samples import Collector, Dataset, Sample, check_box, check_class, finish, image_size, unique_stem
 
 NWPU_NAMES = ["airplane", "ship", "storage tank", "baseball diamond", "tennis court", "basketball court",
               "ground track field", "harbor", "bridge", "vehicle"]
@@ -70,7 +71,7 @@ def load_nwpu(path: Path, skip_bad: bool = False) -> Dataset:
     names = NWPU_NAMES
     if (root / "classes.txt").is_file():
         names = [ln.strip() for ln in (root / "classes.txt").read_text().splitlines() if ln.strip()]
-    images = list_images(img_dir)
+    images = [Path(p) for p in list_images(img_dir)]
     by_stem = {p.stem: p for p in images}
     if (root / "splits").is_dir():
         split_stems = {f.stem: [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]

@@ -19,7 +19,7 @@ from PIL import Image
 from jetson.preprocess import letterbox
 
 from ..config import TrainConfig
-from .dataset import Sample, read_image
+from .samples import Sample, read_image
 
 PAD_VALUE = 114
 # Mosaic keeps a clipped box if at least this share of its area and MIN_SIDE_PX per side remain in the window.

@@ -13,9 +13,11 @@ from xml.parsers import expat
 import numpy as np
 from tqdm import tqdm
 
+from jetson.imageio import IMAGE_EXTS
+
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_text
-from .dataset import Collector, Dataset, Sample, check_box, finish, image_size, unique_stem
+from .samples import Collector, Dataset, Sample, check_box, finish, image_size, unique_stem
 
 VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
              "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
@@ -173,7 +175,7 @@ def load_voc(path: Path, skip_bad: bool = False) -> Dataset:
 
 def _sample(root: Path, rec: VocRecord, ident: str, xml: Path, index: dict[str, int]) -> Sample:
     candidates = [d / rec.filename for d in _image_dirs(root)] if rec.filename else []
-    candidates += [d / (ident + ext) for d in _image_dirs(root) for ext in (".jpg", ".png", ".jpeg", ".tif", ".bmp")]
+    candidates += [d / (ident + ext) for d in _image_dirs(root) for ext in IMAGE_EXTS]
     image = next((p for p in candidates if p.is_file()), None)
     if image is None:
         raise DataError(f"{xml}: its image ({rec.filename or ident + '.jpg'}) is not in JPEGImages*/")

@@ -9,10 +9,11 @@ import numpy as np
 from tqdm import tqdm
 import yaml
 
+from jetson.imageio import list_images
+
 from ..errors import DataError
 from ..fsio import atomic_write_bytes, atomic_write_text
-from .dataset import (Collector, Dataset, Sample, check_box, check_class, finish, image_size,
-                      list_images, unique_stem)
+from .samples import Collector, Dataset, Sample, check_box, check_class, finish, image_size, unique_stem
 
 
 def _decode(data: bytes | str, source: str) -> str:
@@ -64,7 +65,7 @@ def _split_images(root: Path, entry, yaml_path: Path) -> list[Path]:
     for e in entries:
         p = (root / str(e)) if not os.path.isabs(str(e)) else Path(str(e))
         if p.is_dir():
-            images += list_images(p)
+            images += map(Path, list_images(p))
         elif p.is_file() and p.suffix == ".txt":
             for line in p.read_text().splitlines():
                 if line.strip():
@@ -116,7 +117,8 @@ def load_yolo(path: Path, skip_bad: bool = False) -> Dataset:
         if not (path / "images").is_dir():
             raise DataError(f"{path}: a YOLO dataset needs data.yaml or an images/ folder")
         subdirs = [d for d in sorted((path / "images").iterdir()) if d.is_dir()]
-        split_imgs = {d.name: list_images(d) for d in subdirs} or {"train": list_images(path / "images")}
+        split_imgs = ({d.name: [Path(p) for p in list_images(d)] for d in subdirs}
+                      or {"train": [Path(p) for p in list_images(path / "images")]})
         names = _names_from_classes_txt(path) or _names_from_labels(path)
     col = Collector(skip_bad)
     splits = {k: [col.run(lambda im=im: _load_sample(im, len(names))) for im in v] for k, v in split_imgs.items()}

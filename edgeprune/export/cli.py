@@ -4,6 +4,8 @@ import argparse
 import json
 import sys
 
+from ..cliconfig import ConfigHelpFormatter, config_flag
+
 EXPORT_EPILOG = """example:
   edgeprune export runs/default/finetune/model --out runs/bundle320 --imgsz 320 --images runs/default/data/dataset/images/val
   edgeprune export runs/default/dense/best.pt --out runs/dense_bundle --json
@@ -29,7 +31,7 @@ against the bundle's arch.json / onnx_map.json / recombination.json and an ONNX 
 
 def register(subparsers):
     p = subparsers.add_parser("export", help="export a model to a verified ONNX deploy bundle",
-                              epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EXPORT_EPILOG, formatter_class=ConfigHelpFormatter)
     p.add_argument("source", metavar="MODEL_DIR_OR_CKPT", nargs="?", help="pruned model folder or .pt checkpoint")
     p.add_argument("--model", metavar="PKG.MOD:FN", help="a callable that builds your (dense) detector; alone with "
                                                          "--weights, or with a model.json folder to rebuild it")
@@ -40,20 +42,20 @@ def register(subparsers):
     p.add_argument("--strides", metavar="S,S,..", default=None,
                    help="--model: its head's strides (input sides must be multiples of the largest)")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--imgsz", type=int, default=None, help="input side (default: the checkpoint's, else 256)")
-    p.add_argument("--opset", type=int, default=13, help="ONNX opset (13: TensorRT 8.0/8.2 on JetPack 4.6)")
+    p.add_argument("--imgsz", type=int, default=None, help="input side (default: the checkpoint's, else config model.imgsz)")
+    config_flag(p, "--opset", "export.opset", type=int, help="ONNX opset (13: TensorRT 8.0/8.2 on JetPack 4.6)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim (debugging)")
     p.add_argument("--nms-plugin", action="store_true", help="append TensorRT's EfficientNMS_TRT to the graph")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (QDQ) calibrated on --calib")
     p.add_argument("--calib", default=None, help="folder of .npy NCHW float32 calibration batches")
     p.add_argument("--images", default=None, help="folder of images for the ORT/PyTorch parity check")
-    p.add_argument("--parity-images", type=int, default=8, help="how many images the parity check uses")
-    p.add_argument("--parity-atol", type=float, default=None, metavar="ATOL",
-                   help="largest |ORT - torch| allowed in the raw outputs before NMS (default 1e-3); raise it "
-                        "only when you know why they differ (the error says where)")
-    p.add_argument("--parity-min-match", type=float, default=None, metavar="SHARE",
-                   help="share of post-NMS detections that must agree, near-ties excused (default 0.99)")
+    config_flag(p, "--parity-images", "export.parity_images", type=int, help="how many images the parity check uses")
+    config_flag(p, "--parity-atol", "export.parity_atol", type=float, metavar="ATOL",
+                help="largest |ORT - torch| allowed in the raw outputs before NMS; raise it only when you know "
+                     "why they differ (the error says where)")
+    config_flag(p, "--parity-min-match", "export.parity_min_match", type=float, metavar="SHARE",
+                help="share of post-NMS detections that must agree, near-ties excused")
     p.add_argument("--conf", type=float, default=0.25, help="score threshold written to the manifest / NMS plugin")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300, help="detections kept per image")

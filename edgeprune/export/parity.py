@@ -17,9 +17,11 @@ import onnx
 import torch
 from tqdm import tqdm
 
+from jetson.imageio import IMAGE_EXTS, list_images
 from jetson.postprocess import box_iou, postprocess, scale_boxes
 from jetson.preprocess import preprocess
 
+from ..data.samples import read_image
 from ..errors import DataError, ExportError
 from ..models.yolo import Detector
 from . import ort_run
@@ -29,7 +31,6 @@ from ..metrics.coco import GroundTruth, coco_map
 Detections = list[ImageDetections]   # per image: boxes (K,4) xyxy, scores (K,), classes (K,)
 Truth = list[GroundTruth]            # per image: boxes (M,4) xyxy, classes (M,)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MAX_DET = 300
 # NMS decisions this close to a threshold may flip between two numerically equal graphs.
 SCORE_TOL = 1e-3
@@ -38,22 +39,13 @@ IOU_TOL = 0.01
 
 def load_images(folder: str | Path, limit: int) -> list[np.ndarray]:
     """Up to `limit` images of a folder (sorted names) as HxWx3 uint8 RGB."""
-    from PIL import Image, UnidentifiedImageError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found (pass --images DIR with a few validation images)")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    files = list_images(folder)[:limit]
     if not files:
-        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    out = []
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                out.append(np.asarray(im.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{p}: cannot decode image ({exc})") from None
-    return out
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) found")
+    return [read_image(p) for p in files]
 
 
 def _column_name(col: int, layout: str = "yolov5_decoded") -> str:

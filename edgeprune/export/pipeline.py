@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ExportConfig
+from ..config import ExportConfig, ModelConfig
+from ..data.samples import read_image
 from ..errors import BundleError, ExportError
 from ..models.spec import validate_spec
 from . import ort_run
@@ -22,12 +23,9 @@ from .verify import conv_flops, verify_graph
 
 def _val_images(dataset: Any, limit: int) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
     """Images + truth from a Dataset's val split (Sample: image path, boxes xyxy in pixels, classes)."""
-    from PIL import Image
-
     images, truth = [], []
     for sample in dataset.splits["val"][:limit]:
-        with Image.open(sample.image) as im:
-            images.append(np.asarray(im.convert("RGB")))
+        images.append(read_image(sample.image))
         truth.append((np.asarray(sample.boxes, np.float32).reshape(-1, 4), np.asarray(sample.classes, np.int64)))
     return images, truth
 
@@ -57,7 +55,7 @@ def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset:
     if int8 and calib is None:
         raise ExportError("--int8 needs --calib DIR (a folder of .npy calibration batches; see `edgeprune calib build`)")
     src = load_source(source, model_factory, weights)
-    size = imgsz or (cfg.model.imgsz if cfg is not None else None) or src.imgsz or 256
+    size = imgsz or (cfg.model.imgsz if cfg is not None else None) or src.imgsz or ModelConfig.imgsz
     head = detection_head(src, size, names, output_layout, strides)
     model, spec, layout, nc = src.model, src.spec, head["output_layout"], len(head["names"])
     exp = export_onnx(model, size, opset=opset, dynamic_batch=dynamic_batch, do_simplify=simplify,

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from ..errors import DataError, ExportError
-from ..fsio import AtomicFile, sha256_file
+from ..fsio import sha256_file
 from .onnx_export import stdout_to_stderr
 
 
@@ -170,8 +170,3 @@ def quantize_int8(fp32: onnx.ModelProto, calib_dir: str | Path, max_images: int 
             "calib_images": reader.images, "calib_files": len(reader.files),
             "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0)}
     return q, info
-
-
-def save_int8(graph: onnx.ModelProto, path: str | Path) -> None:
-    with AtomicFile(path, suffix=".onnx") as tmp:
-        onnx.save(graph, tmp)

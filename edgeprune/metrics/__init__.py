@@ -16,21 +16,11 @@ from tqdm import tqdm
 from jetson.postprocess import scale_boxes
 from jetson.preprocess import preprocess
 
-from ..errors import DataError
+from ..data.samples import read_image
 from .coco import coco_map
 from .postprocess import postprocess
 
 __all__ = ["evaluate", "coco_map", "predict"]
-
-
-def _load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot decode image for evaluation ({exc})") from None
 
 
 @torch.no_grad()
@@ -45,7 +35,7 @@ def predict(model: torch.nn.Module, images: Sequence[Path], imgsz: int, conf: fl
         for start in tqdm(range(0, len(images), batch), desc="eval", disable=not progress, leave=False):
             xs, metas = [], []
             for path in images[start:start + batch]:
-                img = _load_rgb(Path(path))
+                img = read_image(Path(path))
                 x, meta = preprocess(img, imgsz)
                 xs.append(x)
                 metas.append(meta)
@@ -79,7 +69,7 @@ def evaluate_bundle(bundle: str | Path, samples: Sequence, names: Sequence[str],
     try:
         dets, shapes = [], []
         for s in tqdm(samples, desc=f"eval {precision}", disable=not progress, leave=False):
-            img = _load_rgb(s.image)
+            img = read_image(s.image)
             found = detector.detect(img, conf, iou, max_det)
             dets.append((np.asarray([d["box"] for d in found], np.float32).reshape(-1, 4),
                          np.asarray([d["score"] for d in found], np.float32),

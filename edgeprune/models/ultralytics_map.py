@@ -2,7 +2,7 @@
 edgeprune YOLOv8-style family (models/yolov8.py). Pure data mapping: nothing from ultralytics is imported
 or executed; the caller (the importer) reads the checkpoint safely and hands over plain dicts/tensors.
 
-The yaml's rows are resolved with the published scaling rules (yolov8.resolve_layers); module paths map
+The yaml's rows are resolved with the published scaling rules (spec.resolve_layers); module paths map
 one to one (`model.<i>.` -> `layers.<i>.`, the Detect row -> `detect.`), since the blocks keep the
 same child names; the DFL's fixed 0..reg_max-1 projection is checked and dropped (a buffer here).
 """
@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
-from .spec import validate_spec
-from .yolov8 import REG_MAX, STRIDES, resolve_layers
+from .spec import REG_MAX, STRIDES, resolve_layers, validate_spec
 
 _OTHER_TASKS = {"Segment": "segmentation", "Segment26": "segmentation", "Pose": "pose", "Pose26": "pose",
                 "OBB": "oriented boxes", "OBB26": "oriented boxes", "Classify": "classification",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import C3, SPPF, Bottleneck, Concat, Conv, WidthTable
+from .blocks import C3, SPPF, Concat, Conv, DetectorBase, WidthTable
 from .spec import make_divisible, validate_spec
 
 
@@ -59,39 +59,6 @@ class Detect(nn.Module):
             wh = (y[..., 2:4] * 2) ** 2 * anchor
             out.append(torch.cat((xy, wh, y[..., 4:]), -1).reshape(bs, -1, self.no))
         return torch.cat(out, 1)
-
-
-class DetectorBase(nn.Module):
-    """What the detectors of every family share: `spec`, its class names and the BN / head-bias init."""
-    spec: dict[str, Any]
-    detect: nn.Module
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eps, m.momentum = 1e-3, 0.03
-        self.detect.init_biases()
-
-    @property
-    def num_classes(self) -> int:
-        return self.spec["num_classes"]
-
-    def conv_widths(self) -> dict[str, int]:
-        """Output width of every Conv block by module path (the keys of spec['widths']); a depth-pruned
-        bottleneck's cv1 is listed with width 0."""
-        out = {name: m.out_channels for name, m in self.named_modules() if isinstance(m, Conv)}
-        out.update({f"{name}.cv1": 0 for name, m in self.named_modules() if isinstance(m, Bottleneck) and m.removed})
-        return out
-
-    @property
-    def names(self) -> list[str]:
-        return self.spec["names"]
-
-    def prediction_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per level, the features the head's final 1x1 prediction convs read: what the ratio solver's attention
-        deviation scores, so that every prunable BN (the head's too, where it has some) changes it. Here the
-        neck outputs: this head is those 1x1 convs alone."""
-        return self.forward_features(x)
 
 
 class Detector(DetectorBase):

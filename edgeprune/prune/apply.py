@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import ModelConfig
 from ..errors import PruneError
 from ..metrics.complexity import count
 from ..models.blocks import removable_branches
 from .graph import ChannelGraph, build_graph
-# the folder I/O is re-exported here for the compress stages (io imports apply lazily, no cycle)
-from .io import keep_from_ratios, load_pruned, read_ratios, save_pruned, save_pruned_model, spec_from_pruned  # noqa: F401
+from .io import keep_from_ratios, read_ratios, spec_from_pruned
 from .recombine import Plan, decide, recombination_map
 
 
@@ -236,22 +236,6 @@ def _table(model: nn.Module, plan: Plan, before: dict[str, int]) -> list[dict[st
     return rows
 
 
-def format_table(table: list[dict[str, Any]], stats: dict[str, Any] | None = None) -> str:
-    width = max([len(r["layer"]) for r in table] + [5])
-    lines = [f"{'layer':<{width}}  {'before':>6} -> {'after':<6} {'kept':>6}  note"]
-    for r in table:
-        note = "fixed" if r["fixed"] else (f"junction {r['junction']}" if r["junction"] else "")
-        share = r["after"] / r["before"] if r["before"] else 1.0
-        lines.append(f"{r['layer']:<{width}}  {r['before']:>6} -> {r['after']:<6} {share:>6.1%}  {note}")
-    if stats:
-        lines.append(f"params {stats['params_before']:,} -> {stats['params_after']:,} "
-                     f"({stats['params_after'] / max(stats['params_before'], 1):.1%}), "
-                     f"FLOPs {stats['flops_before']:,} -> {stats['flops_after']:,} "
-                     f"({stats['flops_after'] / max(stats['flops_before'], 1):.1%}); residual-junction channels "
-                     f"removed {stats['junction_channels_removed']}/{stats['junction_channels_before']}; rule {stats['rule']}")
-    return "\n".join(lines)
-
-
 def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[str, Any] | None = None,
                 rule: str = "union", round_to: int = 8, min_channels: int = 8,
                 example_input: torch.Tensor | None = None, fold: bool = True,
@@ -298,8 +282,9 @@ def prune_model(model: nn.Module, keep: Mapping[str, Any], importance: Mapping[s
 
 
 def prune_from_ratios(model: nn.Module, ratios: str | Path | dict[str, Any], cfg: Any = None,
-                      imgsz: int = 256) -> PruneResult:
-    """The compress pipeline's prune stage: ratios.json + PruneConfig -> PruneResult with `spec` set."""
+                      imgsz: int = ModelConfig.imgsz) -> PruneResult:
+    """ratios.json (or its dict) + PruneConfig -> PruneResult with `spec` set, in memory (the latency-target
+    benchmark and tests; the compress stage and `edgeprune prune` go through prune.run.prune_checkpoint)."""
     source = "ratios" if isinstance(ratios, dict) else str(ratios)
     keep = keep_from_ratios(ratios if isinstance(ratios, dict) else read_ratios(ratios), model, source)
     dense_spec = {**model.spec, "widths": {}}

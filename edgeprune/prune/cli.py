@@ -1,8 +1,9 @@
 """`edgeprune prune`: residual-reconstructed pruning of a checkpoint. Python 3.6 compatible; the
 handler imports torch lazily."""
-import argparse
 import json
 import sys
+
+from ..cliconfig import ConfigHelpFormatter, config_flag
 
 EPILOG = """examples:
   edgeprune prune runs/default/sparse/sparse.pt --ratios runs/default/sparse/ratios.json --out runs/pruned
@@ -20,7 +21,7 @@ def register(subparsers):
     p = subparsers.add_parser("prune", help="prune a sparse checkpoint (residual reconstruction)",
                               description="Physically prune the BN channels chosen by ratios.json, a |gamma| "
                                           "threshold or a global ratio, keeping residual adds consistent.",
-                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG, formatter_class=ConfigHelpFormatter)
     p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="edgeprune checkpoint (.pt with spec + state_dict)")
     p.add_argument("--model", metavar="PKG.MOD:FN", help="instead of CKPT: a callable that builds your (unpruned) "
                                                          "nn.Module; its package must be on PYTHONPATH")
@@ -31,13 +32,13 @@ def register(subparsers):
                                                                      "layers keep all)")
     how.add_argument("--global-ratio", type=float, metavar="R", help="remove the R share of least important channels in one ranking: "
                                                               "|gamma| for BN layers, weight-row norm for BN-less ones")
-    p.add_argument("--rule", choices=("union", "intersection", "topk"), default="union",
-                   help="retained set at residual adds (default: union)")
-    p.add_argument("--round-to", type=int, default=8, help="round kept channels up to a multiple (default: 8)")
-    p.add_argument("--min-channels", type=int, default=8, help="keep at least this many per group (default: 8)")
+    config_flag(p, "--rule", "prune.rule", choices=("union", "intersection", "topk"),
+                help="retained set at residual adds")
+    config_flag(p, "--round-to", "prune.round_to", type=int, help="round kept channels up to a multiple")
+    config_flag(p, "--min-channels", "prune.min_channels", type=int, help="keep at least this many per group")
     p.add_argument("--no-fold", action="store_true", help="do not fold removed channels' act(beta) into consumers")
     p.add_argument("--imgsz", type=int, default=None, help="example input side for tracing/FLOPs (default: "
-                                                            "the checkpoint's imgsz or 256)")
+                                                            "the checkpoint's imgsz, else config model.imgsz)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--skip-unsupported", action="store_true", help="freeze layers around ops the graph cannot handle")
     p.add_argument("--json", action="store_true", help="print the stats as JSON instead of the table")
@@ -45,9 +46,10 @@ def register(subparsers):
 
 
 def _run(args):
+    from ..config import config_from_args
     from ..errors import UsageError
-    if args.round_to < 1 or args.min_channels < 0:
-        raise UsageError("--round-to must be >= 1 and --min-channels >= 0")
+    cfg = config_from_args(args).prune   # flags not given take the config's defaults (checked there)
+    args.rule, args.round_to, args.min_channels = cfg.rule, cfg.round_to, cfg.min_channels
     if (args.checkpoint is None) == (args.model is None):
         raise UsageError("give a checkpoint or --model PKG.MOD:FN (one of them)")
     if args.weights and not args.model:

@@ -38,14 +38,7 @@ class Pruned(NamedTuple):
 def save_pruned(out_dir: str | Path, model: Any, spec: dict[str, Any] | None = None,
                 recombination_map: dict[str, Any] | None = None, table: list[dict[str, Any]] | None = None,
                 stats: dict[str, Any] | None = None, imgsz: int | None = None) -> Path:
-    """Write the pruned folder (`imgsz`: the input side to record). `model` may also be a PruneResult whose `spec` is set (prune_from_ratios)."""
-    from .apply import PruneResult, format_table
-
-    if isinstance(model, PruneResult):
-        if model.spec is None:
-            raise PruneError("save_pruned(dir, result): result.spec is not set; pass the spec explicitly")
-        model, spec, recombination_map, table, stats = (model.model, model.spec, model.recombination_map,
-                                                        model.table, model.stats)
+    """Write the pruned folder (`imgsz`: the input side to record)."""
     if spec is None or recombination_map is None or table is None:
         raise PruneError("save_pruned needs the spec, the recombination map and the table")
     out = Path(out_dir)
@@ -60,6 +53,22 @@ def save_pruned(out_dir: str | Path, model: Any, spec: dict[str, Any] | None = N
     atomic_write_text(out / "prune_table.txt", format_table(table, stats) + "\n")
     plot_widths(table, out / "prune_widths.png")
     return out
+
+
+def format_table(table: list[dict[str, Any]], stats: dict[str, Any] | None = None) -> str:
+    width = max([len(r["layer"]) for r in table] + [5])
+    lines = [f"{'layer':<{width}}  {'before':>6} -> {'after':<6} {'kept':>6}  note"]
+    for r in table:
+        note = "fixed" if r["fixed"] else (f"junction {r['junction']}" if r["junction"] else "")
+        share = r["after"] / r["before"] if r["before"] else 1.0
+        lines.append(f"{r['layer']:<{width}}  {r['before']:>6} -> {r['after']:<6} {share:>6.1%}  {note}")
+    if stats:
+        lines.append(f"params {stats['params_before']:,} -> {stats['params_after']:,} "
+                     f"({stats['params_after'] / max(stats['params_before'], 1):.1%}), "
+                     f"FLOPs {stats['flops_before']:,} -> {stats['flops_after']:,} "
+                     f"({stats['flops_after'] / max(stats['flops_before'], 1):.1%}); residual-junction channels "
+                     f"removed {stats['junction_channels_removed']}/{stats['junction_channels_before']}; rule {stats['rule']}")
+    return "\n".join(lines)
 
 
 def short_layer_name(name: str) -> str:

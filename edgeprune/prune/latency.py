@@ -153,37 +153,6 @@ def measure_table_torch(model: nn.Module, imgsz: int, batch: int = 1, device: st
                          iterations=iterations, warmup=warmup, log=log, statistic=statistic)
 
 
-def measure_table_ort(model: nn.Module, imgsz: int, threads: int = 1, iterations: int = 10, min_channels: int = 8,
-                      clock: str = "cpu", statistic: str = "median",
-                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """A latency table of `model` (an edgeprune detector) measured on the spot on this host with ONNX Runtime
-    CPU: the model is exported to a temporary bundle and profiled exactly as `edgeprune bench --profile-layers`
-    profiles one (jetson.layerprof.profile_bundle). clock 'cpu' (one thread): on a machine running other jobs
-    the wall clock of the whole model absorbs their load into rest_ms (a quick compress at load 9 measured a
-    7.9 ms rest beside 2.6 ms of conv blocks, and no budget below 0.83 of dense could be met)."""
-    import tempfile
-
-    from jetson.layerprof import OrtLayerTimer, profile_bundle
-    from jetson.runtime import load_detector
-
-    from ..export.bundle import write_bundle
-    from ..export.onnx_export import export_onnx
-    from ..models.spec import with_widths
-
-    if next(model.parameters()).device.type != "cpu":   # the solver's model may sit on a GPU
-        import copy
-        model = copy.deepcopy(model).cpu()
-    exp = export_onnx(model, imgsz)  # simplified, as the deployed bundle is
-    with tempfile.TemporaryDirectory(prefix="edgeprune-table-") as folder:
-        write_bundle(folder, with_widths(model.spec, model.conv_widths()), exp, exp.model)
-        det = load_detector(folder, backend="onnxruntime", threads=threads)
-        try:
-            return profile_bundle(det, OrtLayerTimer(threads=threads, clock=clock), "host", min_channels=min_channels,
-                                  iterations=iterations, warmup=2, log=log, statistic=statistic)
-        finally:
-            det.close()
-
-
 def predict_model(table: dict[str, Any], model: nn.Module, imgsz: int, batch: int = 1) -> dict[str, Any]:
     """Whole-network latency of a torch model (dense or pruned) from a table of its dense architecture."""
     return predict(table, conv_layers(model, imgsz, batch)["layers"], where=type(model).__name__)

@@ -6,13 +6,14 @@ from typing import Any
 
 import torch
 
+from ..config import ModelConfig
 from ..errors import UsageError
 from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, model_from_checkpoint
 from . import anymodel
-from .apply import format_table, prune_model
+from .apply import prune_model
 from .graph import ChannelGraph, build_graph
-from .io import keep_from_ratios, keep_from_threshold, read_ratios, save_pruned, spec_from_pruned
+from .io import format_table, keep_from_ratios, keep_from_threshold, read_ratios, save_pruned, spec_from_pruned
 from .recombine import keep_from_global_ratio
 
 
@@ -34,7 +35,7 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, ratios: str | 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     dense_spec = {**model.spec, "widths": {}}
-    size = imgsz or (ckpt.get("imgsz") if isinstance(ckpt.get("imgsz"), int) else 256)
+    size = imgsz or (ckpt.get("imgsz") if isinstance(ckpt.get("imgsz"), int) else ModelConfig.imgsz)
     x = torch.zeros(1, 3, size, size)
     graph = build_graph(model, x, skip_unsupported=skip_unsupported)
     keep = keep_from_ratios(read_ratios(ratios), model, str(ratios)) if ratios is not None \
@@ -54,7 +55,7 @@ def prune_factory(factory: str, weights: str | Path | None, out_dir: str | Path,
     if (threshold is None) == (global_ratio is None):
         raise UsageError("give exactly one of threshold, global_ratio")
     model = anymodel.build_with_weights(factory, weights).eval()
-    x = torch.zeros(1, 3, imgsz or 256, imgsz or 256)
+    x = torch.zeros(1, 3, imgsz or ModelConfig.imgsz, imgsz or ModelConfig.imgsz)
     graph = build_graph(model, x, skip_unsupported=skip_unsupported)
     result = prune_model(model, _keep(graph, model, threshold, global_ratio), rule=rule, round_to=round_to,
                          min_channels=min_channels, example_input=x, fold=fold, skip_unsupported=skip_unsupported,

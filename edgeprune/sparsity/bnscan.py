@@ -7,11 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import SparsityError
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model behind DDP/DataParallel wrappers."""
-    return getattr(model, "module", model)
+from .graph import unwrap
 
 
 def prunable_bns(model: nn.Module, graph: Any = None) -> dict[str, nn.BatchNorm2d]:

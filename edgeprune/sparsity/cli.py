@@ -1,6 +1,6 @@
 """`edgeprune sparse`: L1RR sparse training + per-layer ratios. Python 3.6 compatible: declares arguments
 only; the handler imports torch and the trainer lazily (edgeprune/sparsity/commands.py)."""
-import argparse
+from ..cliconfig import DATA_ROOT_HELP, ConfigHelpFormatter, config_flag
 
 
 def _sparse(args):
@@ -11,7 +11,7 @@ def _sparse(args):
 def register(subparsers):
     p = subparsers.add_parser(
         "sparse", help="L1RR sparse training of a dense checkpoint, then per-layer pruning ratios (ratios.json)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ConfigHelpFormatter,
         epilog="example: edgeprune sparse runs/default/dense/best.pt --data runs/default/data/dataset --out runs/sparse "
                "--target 0.65\n"
                "         edgeprune sparse runs/default/dense/best.pt --data runs/default/data/dataset --out runs/slim "
@@ -20,20 +20,21 @@ def register(subparsers):
                "--no-reweight --json\n"
                "(runs/default/ is what `edgeprune compress` writes; data/dataset links to the dataset it used)")
     p.add_argument("checkpoint", help="the dense checkpoint (.pt) written by `edgeprune train`")
-    p.add_argument("--data", default="synthetic", help="dataset path or 'synthetic' (default)")
-    p.add_argument("--data-root", default="runs/data/synthetic", help="cache folder of the synthetic dataset")
+    config_flag(p, "--data", "data.source", help="dataset path or 'synthetic'")
+    p.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     p.add_argument("--out", required=True,
                    help="output folder: sparse.pt, ratios.json, sparsity.json, PNG plots, train/ (resumable)")
-    p.add_argument("--method", choices=("l1rr", "slimming"), default=None,
-                   help="l1rr (default) or slimming (plain network slimming baseline, global threshold)")
-    p.add_argument("--no-reweight", action="store_true", help="ablation: plain (unweighted) L1 per channel")
-    p.add_argument("--no-dynamic", action="store_true", help="ablation: constant strength s(t) = lam")
-    p.add_argument("--no-adaptive", action="store_true", help="ablation: the same lambda for every layer")
-    p.add_argument("--no-attention", action="store_true", help="ablation: no feature attention loss in training")
-    p.add_argument("--target", type=float, default=None, help="target share of BN scales below zero_threshold")
-    p.add_argument("--flops-target", type=float, default=None, help="global FLOPs reduction the ratios must reach")
-    p.add_argument("--epochs", type=int, default=None, help="sparse training epochs (sparse.epochs)")
-    p.add_argument("--preset", default="default", help="config preset: default | quick | benchmark")
+    config_flag(p, "--method", "sparse.method", choices=("l1rr", "slimming"),
+                help="l1rr or slimming (plain network slimming baseline, global threshold)")
+    config_flag(p, "--no-reweight", "sparse.reweight", False, help="ablation: plain (unweighted) L1 per channel")
+    config_flag(p, "--no-dynamic", "sparse.dynamic", False, help="ablation: constant strength s(t) = lam")
+    config_flag(p, "--no-adaptive", "sparse.adaptive", False, help="ablation: the same lambda for every layer")
+    config_flag(p, "--no-attention", "sparse.attention", False, help="ablation: no feature attention loss in training")
+    config_flag(p, "--target", "sparse.target", type=float, help="target share of BN scales below zero_threshold")
+    config_flag(p, "--flops-target", "sparse.flops_target", type=float,
+                help="global FLOPs reduction the ratios must reach")
+    config_flag(p, "--epochs", "sparse.epochs", type=int, help="sparse training epochs")
+    p.add_argument("--preset", default=None, help="config preset: default | quick | benchmark (default: default)")
     p.add_argument("--config", default=None, help="YAML config file (overrides the preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (e.g. --set sparse.lam=0.002)")

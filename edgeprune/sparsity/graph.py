@@ -11,7 +11,11 @@ from torch import nn
 
 from ..errors import PruneError, SparsityError
 from ..prune.graph import ChannelGraph, build_graph
-from .bnscan import unwrap
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model behind DDP/DataParallel wrappers."""
+    return getattr(model, "module", model)
 
 
 def trace_channels(model: nn.Module, example: torch.Tensor | None = None,

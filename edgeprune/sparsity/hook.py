@@ -11,7 +11,7 @@ import torch
 
 from ..config import Config, SparseConfig
 from .attention import attention_loss, target_energy
-from .bnscan import unwrap
+from .graph import unwrap
 from .regularizer import L1RRRegularizer
 
 # log10|gamma| histogram bins for the per-epoch snapshots (plots.py draws them).

@@ -35,7 +35,7 @@ def solver_table(model: Any, prune: PruneConfig, imgsz: int,
             raise SparsityError(f"prune.latency_table {prune.latency_table}: measured for another input "
                                 f"({wrong[0]}); profile a bundle exported at {imgsz} px")
         return table, prune.latency_table
-    from ..prune.latency import measure_table_ort
+    from ..export.layer_table import measure_table_ort
 
     if log:
         log("prune.target=latency without prune.latency_table: measuring a table on this host (ONNX Runtime CPU, "

@@ -31,7 +31,8 @@ from .attention import attention_deviation, reference, target_energy
 from ..models.blocks import removable_branches
 from ..models.spec import spec_sha
 from ..prune.recombine import round_count
-from .bnscan import junction_bns, prunable_bns, slimming_excluded, unwrap
+from .bnscan import junction_bns, prunable_bns, slimming_excluded
+from .graph import unwrap
 from .graph import conv_flops, trace_channels
 from .latency import GraphLatency, alignment, snap, solver_table
 

@@ -1,6 +1,6 @@
 """`edgeprune train` and `edgeprune eval`. Python 3.6 compatible: declares arguments only; the handlers
 import torch and the trainer lazily (edgeprune/train/commands.py)."""
-import argparse
+from ..cliconfig import DATA_ROOT_HELP, ConfigHelpFormatter, config_flag
 
 
 def _train(args):
@@ -16,23 +16,22 @@ def _eval(args):
 def register(subparsers):
     p = subparsers.add_parser(
         "train", help="train a dense detector (YOLOv5- or YOLOv8/YOLO11-style, EMA, cosine LR, resumable)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ConfigHelpFormatter,
         epilog="example: edgeprune train --data synthetic --size n --imgsz 256 --epochs 30 --out runs/dense\n"
                "         edgeprune train --data synthetic --family yolov8 --out runs/dense-v8   (anchor-free head)\n"
                "         edgeprune train --data synthetic --out runs/dense --resume   (continue from last.pt)\n"
                "         edgeprune train --data runs/default/data/dataset --set train.lr0=0.02 --set train.mosaic=1.0 "
                "--out runs/lr002\n"
                "(runs/default/data/dataset links to the dataset `edgeprune compress` used)")
-    p.add_argument("--data", default="synthetic",
-                   help="dataset path (YOLO dir/data.yaml, COCO json, VOC, NWPU) or 'synthetic' (default)")
-    p.add_argument("--data-root", default="data/synthetic", help="cache folder of the synthetic dataset")
-    p.add_argument("--preset", default="default", help="config preset: default | quick | benchmark")
+    config_flag(p, "--data", "data.source", help="dataset path (YOLO dir/data.yaml, COCO json, VOC, NWPU) or 'synthetic'")
+    p.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
+    p.add_argument("--preset", default=None, help="config preset: default | quick | benchmark (default: default)")
     p.add_argument("--config", default=None, help="YAML config file (overrides the preset)")
-    p.add_argument("--size", default=None, choices=("n", "s", "m"), help="model size (model.size)")
-    p.add_argument("--family", default=None, choices=("yolov5", "yolov8", "yolo11"),
-                   help="model family (model.family): yolov5 anchors + objectness, yolov8/yolo11 anchor-free")
-    p.add_argument("--imgsz", type=int, default=None, help="network input side, multiple of 32 (model.imgsz)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (train.epochs)")
+    config_flag(p, "--size", "model.size", choices=("n", "s", "m"), help="model size")
+    config_flag(p, "--family", "model.family", choices=("yolov5", "yolov8", "yolo11"),
+                help="model family: yolov5 anchors + objectness, yolov8/yolo11 anchor-free")
+    config_flag(p, "--imgsz", "model.imgsz", type=int, help="network input side, multiple of 32")
+    config_flag(p, "--epochs", "train.epochs", type=int, help="training epochs")
     p.add_argument("--out", required=True, help="output folder: last.pt, best.pt, log.csv, log.json, curves.png")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
     p.add_argument("--no-autoanchor", action="store_true", help="keep YOLOv5's COCO anchors")
@@ -44,7 +43,7 @@ def register(subparsers):
 
     e = subparsers.add_parser(
         "eval", help="mAP50, mAP50-95, AP_small, per-class AP, params, FLOPs and CPU latency of a checkpoint",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ConfigHelpFormatter,
         epilog="example: edgeprune eval runs/default/dense/best.pt --data runs/default/data/dataset --json\n"
                "         edgeprune eval runs/default/bundle --data runs/default/data/dataset   (a deploy bundle via "
                "ONNX Runtime; --precision int8 for its QDQ model)")
@@ -52,9 +51,9 @@ def register(subparsers):
     e.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                    help="bundles only: fp32 (model.onnx) or int8 (the bundle's QDQ model.int8.onnx)")
     e.add_argument("--backend", default="onnxruntime", help="bundles only: device runtime backend (default onnxruntime)")
-    e.add_argument("--data", default="synthetic", help="dataset path or 'synthetic'")
-    e.add_argument("--data-root", default="data/synthetic", help="cache folder of the synthetic dataset")
-    e.add_argument("--preset", default="default", help="config preset the synthetic data comes from")
+    config_flag(e, "--data", "data.source", help="dataset path or 'synthetic'")
+    e.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
+    e.add_argument("--preset", default=None, help="config preset the synthetic data comes from (default: default)")
     e.add_argument("--split", default="val", help="split to evaluate (default val)")
     e.add_argument("--imgsz", type=int, default=None, help="input side (default: the one it was trained at)")
     e.add_argument("--conf", type=float, default=0.001, help="score threshold for mAP (default 0.001)")

@@ -6,48 +6,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, dump_config, load_config, make_config, parse_set
+from ..config import ModelConfig, config_from_args, dump_config
 from ..errors import CheckpointError, ModelError, UsageError
 from ..fsio import atomic_write_json, atomic_write_text
 
 
-def _config(args: Any, extra: dict[str, Any]) -> Config:
-    overrides = parse_set(args.set)
-    for section, values in extra.items():
-        overrides.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    if getattr(args, "config", None):
-        return load_config(args.config, overrides)
-    return make_config(args.preset, overrides)
-
-
-def load_data(source: str, cfg: Config, root: str | Path, split: str | None = None):
-    """The dataset named by --data: 'synthetic' (generated once into `root`, cached) or a path. With `split`
-    (a command that reads that split alone) bad samples elsewhere are left out rather than fatal."""
-    from ..data import load_dataset
-    from ..data.dataset import require_clean_split
-    fmt = cfg.data.format
-    if source == "synthetic":
-        from ..data.synth import ensure_synthetic
-        d = cfg.data
-        source, fmt = str(ensure_synthetic(Path(root), d.synth_train, d.synth_val, d.synth_size, d.seed,
-                                           style=d.synth_style)), "auto"
-    if split is None or cfg.data.skip_bad:
-        return load_dataset(source, fmt, cfg.data.skip_bad)
-    return require_clean_split(load_dataset(source, fmt, skip_bad=True, decode=False), split)
-
-
 def train_command(args: Any) -> int:
+    from ..data.dataset import load_data
     from ..models.io import load_checkpoint
     from ..models.yolo import build_model
     from .trainer import fit, new_model
 
-    cfg = _config(args, {"model": {"size": args.size, "imgsz": args.imgsz, "family": args.family},
-                         "train": {"epochs": args.epochs}})
+    cfg = config_from_args(args)
     out = Path(args.out)
     last = out / "last.pt"
     if last.exists() and not args.resume:
         raise UsageError(f"{last} exists: pass --resume to continue it, or choose another --out")
-    data = load_data(args.data, cfg, args.data_root)
+    data = load_data(cfg.data, args.data_root)
     if args.resume and last.exists():
         model = build_model(load_checkpoint(last)["spec"])     # weights and state come from last.pt in fit
         report: dict[str, Any] = {"resumed": str(last)}
@@ -104,23 +79,24 @@ def _eval_bundle(args: Any, data: Any) -> int:
 
 
 def eval_command(args: Any) -> int:
+    from ..data.dataset import load_data
     from ..metrics import evaluate
     from ..metrics.complexity import count, cpu_latency
     from ..models.io import load_checkpoint, model_from_checkpoint
 
     if not Path(args.checkpoint).exists():
         raise CheckpointError(f"{args.checkpoint}: not found (give a checkpoint .pt or a deploy bundle folder)")
-    cfg = _config(args, {})
-    data = load_data(args.data, cfg, args.data_root, split=args.split)
+    cfg = config_from_args(args)
+    data = load_data(cfg.data, args.data_root, split=args.split)
     if args.split not in data.splits or not data.splits[args.split]:
         raise UsageError(f"--split {args.split}: the dataset has no such split (has {sorted(data.splits)})")
     if Path(args.checkpoint).is_dir():
         return _eval_bundle(args, data)
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt)
-    imgsz = args.imgsz or ckpt.get("imgsz") or (ckpt.get("train") or {}).get("imgsz") or 256
+    imgsz = args.imgsz or ckpt.get("imgsz") or (ckpt.get("train") or {}).get("imgsz") or ModelConfig.imgsz
     if len(data.names) != model.num_classes:
-        raise ModelError(f"{args.checkpoint}: the model has {model.num_classes} classes but {args.data} has "
+        raise ModelError(f"{args.checkpoint}: the model has {model.num_classes} classes but {cfg.data.source} has "
                          f"{len(data.names)} ({data.names}); evaluate on the dataset it was trained on")
     result: dict[str, Any] = evaluate(model, data.splits[args.split], data.names, imgsz, args.conf, args.iou,
                                       progress=not args.json and sys.stderr.isatty())

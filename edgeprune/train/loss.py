@@ -140,12 +140,3 @@ class DetectionLoss(nn.Module):
         b = per_anchor(targets[:, 0].long()[None].expand(5, m))
         tcls = per_anchor(targets[:, 1].long()[None].expand(5, m))
         return b, a, per_anchor(gj), per_anchor(gi), per_anchor(tbox), tcls, valid
-
-
-def build_loss(model: nn.Module, imgsz: int, cfg) -> nn.Module:
-    """The loss of `model`'s family: anchor-free (train.loss_v8, its own gains) or this YOLOv5-style one
-    with the config's gains."""
-    if model.spec["family"] == "edgeprune-yolov8":
-        from .loss_v8 import V8DetectionLoss
-        return V8DetectionLoss(model)
-    return DetectionLoss(model, imgsz, cfg.box_gain, cfg.obj_gain, cfg.cls_gain, cfg.anchor_t)

@@ -39,13 +39,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import TrainConfig
+from ..config import ModelConfig, TrainConfig
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, save_checkpoint
 from .dist import check_global_batch, default_device, dist_info, init_process_group
 from .ema import ModelEMA
-from .loss import build_loss
+from .loss import DetectionLoss
+from .loss_v8 import V8DetectionLoss
 from .resources import resolve_threads, resolve_workers
 
 log = logging.getLogger(__name__)
@@ -128,13 +129,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             {"params": biases, "weight_decay": 0.0, "name": "biases"}]
 
 
+def build_loss(model: nn.Module, imgsz: int, cfg) -> nn.Module:
+    """The loss of `model`'s family: anchor-free (train.loss_v8, its own gains) or this YOLOv5-style one
+    with the config's gains."""
+    if model.spec["family"] == "edgeprune-yolov8":
+        return V8DetectionLoss(model)
+    return DetectionLoss(model, imgsz, cfg.box_gain, cfg.obj_gain, cfg.cls_gain, cfg.anchor_t)
+
+
 class Trainer:
     """State of one training run; hooks receive it. Public attributes: model (raw, unwrapped), ema,
     optimizer, cfg, epoch, step (global iteration), epochs, nb (iterations per epoch), teacher, device,
     imgsz, out_dir, data, rank, world_size, is_main."""
 
     def __init__(self, model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path,
-                 hooks: Sequence[Any] = (), teacher: nn.Module | None = None, imgsz: int = 256,
+                 hooks: Sequence[Any] = (), teacher: nn.Module | None = None, imgsz: int = ModelConfig.imgsz,
                  device: str | None = None, progress: bool = True):
         if not data.splits.get("train"):
             raise DataError("the dataset has no 'train' samples; check the dataset path / split names")
@@ -460,7 +469,7 @@ class Trainer:
 
 
 def fit(model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path, hooks: Sequence[Any] = (),
-        resume: bool = True, teacher: nn.Module | None = None, imgsz: int = 256, device: str | None = None,
+        resume: bool = True, teacher: nn.Module | None = None, imgsz: int = ModelConfig.imgsz, device: str | None = None,
         progress: bool = True) -> dict[str, Any]:
     """Train `model` on data.splits["train"], evaluating its EMA on data.splits["val"]; see the module doc.
     Returns the final metrics ({"map50", "map", "ap_small", "per_class", "best_map50", "best_epoch", "epochs"
@@ -469,7 +478,7 @@ def fit(model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path, hook
     return trainer.run(resume)
 
 
-def new_model(data: Any, size: str = "n", imgsz: int = 256, seed: int = 0, autoanchor: bool = True,
+def new_model(data: Any, size: str = "n", imgsz: int = ModelConfig.imgsz, seed: int = 0, autoanchor: bool = True,
               family: str = "yolov5"):
     """A fresh detector of `family` for `data` (class names from it); the anchor-based yolov5 family gets
     k-means anchors when the defaults' best possible recall on the training boxes is below 0.98.

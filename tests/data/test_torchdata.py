@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from edgeprune.config import TrainConfig
-from edgeprune.data.dataset import Sample
+from edgeprune.data.samples import Sample
 from edgeprune.data.torchdata import DetectionDataset, collate, rot90
 
 

@@ -147,14 +147,14 @@ def test_truncated_jpeg_fails_check_and_is_skipped(yolo_dir, keep):
 
 def test_eval_split_ignores_bad_samples_of_other_splits(yolo_dir):
     from edgeprune.config import make_config
-    from edgeprune.train.commands import load_data
+    from edgeprune.data.dataset import load_data
 
-    cfg = make_config("quick", {})
+    cfg = make_config("quick", {"data": {"source": str(yolo_dir)}}).data
     label = yolo_dir / "labels" / "train" / "train1.txt"
     label.write_text("9 0.5 0.5 0.1 0.1\n")
-    ds = load_data(str(yolo_dir), cfg, "unused", split="val")
+    ds = load_data(cfg, split="val")
     assert len(ds.splits["val"]) == 1 and ds.skipped == 1
     with pytest.raises(DataError, match="1 bad sample.*train split.*train1.txt:1.*--set data.skip_bad=true"):
-        load_data(str(yolo_dir), cfg, "unused", split="train")
+        load_data(cfg, split="train")
     with pytest.raises(DataError, match="train1.txt:1"):
-        load_data(str(yolo_dir), cfg, "unused")
+        load_data(cfg)

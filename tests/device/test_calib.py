@@ -6,15 +6,22 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import BundleError, DataError, DeviceError
-from calib.build import build_calib, load_for_bundle
-from calib.calibrators import BatchFeeder, make_trt_calibrator
+from calib.build import build_calib
+from jetson.calibrators import BatchFeeder, make_trt_calibrator
+from jetson.calibset import load_calib_set
 from calib.select import label_path_for, read_yolo_labels, scan_dataset, select_images, size_band
-from jetson.bundle import load_bundle
+from jetson.bundle import extra_file, load_bundle
 from jetson.imageio import decode_image
 from jetson.preprocess import preprocess_from_manifest
 
 pytestmark = pytest.mark.py36
 Image = pytest.importorskip("PIL.Image")
+
+def _calib_of(bundle):
+    """The calib set a bundle records, read as the engine build reads it (jetson/engine.py)."""
+    m = load_bundle(bundle)
+    return load_calib_set(extra_file(m, "calib"), m)
+
 
 # (class, w, h) boxes per image; class 2 and the "large" band are rare on purpose
 LABELS = [[(0, 0.02, 0.02)], [(0, 0.1, 0.1)], [(1, 0.03, 0.03), (0, 0.05, 0.05)], [(1, 0.1, 0.12)], [],
@@ -96,7 +103,7 @@ def test_build_writes_batches_preprocessed_like_the_bundle(calibrated, dataset):
     first = os.path.join(calib["data"], calib["images"][0]["file"])
     x, _ = preprocess_from_manifest(decode_image(first), m)
     np.testing.assert_array_equal(batch0[0], x[0])
-    loaded = load_for_bundle(bundle)
+    loaded = _calib_of(bundle)
     assert len(loaded["_batches"]) == 3 and len(loaded["sha256"]) == 64
 
 
@@ -109,12 +116,7 @@ def test_other_preprocessing_is_refused(calibrated):
     with open(path, "w") as f:
         json.dump(raw, f)
     with pytest.raises(DeviceError, match="preprocessed differently.*pad_value"):
-        load_for_bundle(bundle)
-
-
-def test_missing_calib_says_what_to_run(bundle_copy):
-    with pytest.raises(BundleError, match="edgeprune calib build"):
-        load_for_bundle(bundle_copy)
+        _calib_of(bundle)
 
 
 def _duck_gpu():
@@ -131,7 +133,7 @@ def _duck_gpu():
 
 def test_feeder_yields_each_batch_once_then_none(calibrated, tmp_path):
     bundle, _ = calibrated
-    calib = load_for_bundle(bundle)
+    calib = _calib_of(bundle)
     device, alloc, htod = _duck_gpu()
     feeder = BatchFeeder(calib, alloc, htod, cache_path=str(tmp_path / "calib.cache"))
     seen = []
@@ -152,7 +154,7 @@ def test_feeder_yields_each_batch_once_then_none(calibrated, tmp_path):
 
 def test_corrupt_batch_is_named(calibrated):
     bundle, _ = calibrated
-    calib = load_for_bundle(bundle)
+    calib = _calib_of(bundle)
     with open(calib["_batches"][0], "wb") as f:
         f.write(b"not npy")
     _, alloc, htod = _duck_gpu()
@@ -183,14 +185,14 @@ def test_trt_calibrator_class_wiring(calibrated):
             Mem.closed = True
     mem = Mem()
     mem.alloc, mem.htod = alloc, htod
-    cal = make_trt_calibrator(FakeTrt, load_for_bundle(bundle), "minmax", None, mem)
+    cal = make_trt_calibrator(FakeTrt, _calib_of(bundle), "minmax", None, mem)
     assert isinstance(cal, Base) and cal.base_init and cal.get_batch_size() == 2
     assert [cal.get_batch(["images"]) for _ in range(4)] == [[1000], [1000], [1000], None]
     assert cal.read_calibration_cache() is None
     cal.close()
     assert Mem.closed
     with pytest.raises(DeviceError, match="calibrator"):
-        make_trt_calibrator(FakeTrt, load_for_bundle(bundle), "percentile", None, mem)
+        make_trt_calibrator(FakeTrt, _calib_of(bundle), "percentile", None, mem)
 
 
 def _feed_all(feeder):
@@ -203,7 +205,7 @@ def _feed_all(feeder):
 def test_feeder_rebatches_to_what_the_engine_reads(calibrated):
     """Files hold 2 images; a [1,3,H,W] engine reads one image per get_batch, a calibration profile of 3 reads 3."""
     bundle, calib = calibrated
-    loaded = load_for_bundle(bundle)
+    loaded = _calib_of(bundle)
     images = np.concatenate([np.load(p) for p in loaded["_batches"]])[:calib["num_images"]]  # without padding
     _, alloc, htod = _duck_gpu()
     one = BatchFeeder(loaded, alloc, htod, input_shape=[1] + calib["shape"][1:])
@@ -219,7 +221,7 @@ def test_feeder_rebatches_to_what_the_engine_reads(calibrated):
 
 def test_feeder_checks_each_file_against_the_manifest_sha256(calibrated):
     bundle, _ = calibrated
-    calib = load_for_bundle(bundle)
+    calib = _calib_of(bundle)
     np.save(calib["_batches"][1], np.load(calib["_batches"][1]) * 0.5)  # a valid .npy, other numbers
     _, alloc, htod = _duck_gpu()
     feeder = BatchFeeder(calib, alloc, htod)
@@ -237,7 +239,7 @@ def test_calib_manifest_without_batch_sha256_is_refused(calibrated):
     with open(path, "w") as f:
         json.dump(raw, f)
     with pytest.raises(BundleError, match=r"batches\[2\].sha256"):
-        load_for_bundle(bundle)
+        _calib_of(bundle)
 
 
 def test_calibrator_callbacks_never_raise_into_tensorrt(calibrated, tmp_path):
@@ -247,7 +249,7 @@ def test_calibrator_callbacks_never_raise_into_tensorrt(calibrated, tmp_path):
         IInt8MinMaxCalibrator = object
 
     bundle, _ = calibrated
-    calib = load_for_bundle(bundle)
+    calib = _calib_of(bundle)
     _, alloc, htod = _duck_gpu()
 
     class Mem(object):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import DeviceError
-from jetson.imageio import decode_image, encode_image, list_images
+from jetson.imageio import decode_image, encode_image, encode_png, list_images
 
 pytestmark = pytest.mark.py36
 Image = pytest.importorskip("PIL.Image")
@@ -59,10 +59,23 @@ def test_missing_and_truncated_files_are_named(tmp_path):
 
 def test_list_images_sorted_recursive(tmp_path):
     (tmp_path / "b").mkdir()
-    for name in ("b/z.jpg", "a.PNG", "notes.txt", "b/c.bmp"):
+    (tmp_path / "b" / "sub.png").mkdir()   # a folder with an image's name is not an image
+    for name in ("b/z.jpg", "a.PNG", "notes.txt", "b/c.bmp", "c.webp", "b.tif"):
         (tmp_path / name).write_bytes(b"x")
     found = [p.replace(str(tmp_path), "") for p in list_images(str(tmp_path))]
-    assert found == ["/a.PNG", "/b/c.bmp", "/b/z.jpg"]
+    # sorted part by part, as pathlib sorts: the files of b/ come between a.PNG and b.tif
+    assert found == ["/a.PNG", "/b/c.bmp", "/b/z.jpg", "/b.tif", "/c.webp"]
+
+
+def test_png_encoder_round_trips_and_is_deterministic():
+    rng = np.random.RandomState(0)
+    arr = rng.randint(0, 256, size=(33, 47, 3)).astype(np.uint8)
+    data = encode_png(arr)
+    assert data == encode_image(arr, ".PNG") == encode_png(arr.copy())
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), arr)
+    assert np.array_equal(decode_image(data), arr)
+    with pytest.raises(DeviceError, match="HxWx3"):
+        encode_png(arr[..., 0])
 
 
 # -- sizing before decoding: every format, crafted bombs ------------------------------------------------------

@@ -16,8 +16,10 @@ def test_export_cli_registers_under_python36():
             "from edgeprune.export import cli\n"
             "p = argparse.ArgumentParser(); s = p.add_subparsers(); cli.register(s)\n"
             "a = p.parse_args(['export', 'm.pt', '--out', 'b', '--int8', '--calib', 'c', '--json'])\n"
-            "assert a.int8 and a.calib == 'c' and a.opset == 13\n"
+            "assert a.int8 and a.calib == 'c' and a.opset is None\n"   # None: export.opset of the config applies
             "assert p.parse_args(['verify', 'b']).bundle == 'b'\n"
+            "h = ' '.join(s.choices['export'].format_help().split())\n"
+            "assert '(config export.opset)' in h, h\n"     # the host config is not importable here: the key alone
             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules\n")
     out = subprocess.run([PY36, "-c", code], cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          universal_newlines=True, env={"PYTHONPATH": os.getcwd(), "PATH": os.environ.get("PATH", "")})

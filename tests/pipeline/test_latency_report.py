@@ -10,7 +10,7 @@ from edgeprune.config import ConfigError, make_config
 from edgeprune.fsio import atomic_write_json
 from edgeprune.models.spec import new_spec
 from edgeprune.models.yolo import build_model
-from edgeprune.pipeline import RunDir
+from edgeprune.rundir import RunDir
 from edgeprune.prune.latency import measure_table_torch, predict_model
 from edgeprune.report import _latency_note, _metrics_table
 from edgeprune.stages import latency_table, predicted_latency

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgeprune.config import make_config
-from edgeprune.pipeline import RunDir
+from edgeprune.rundir import RunDir
 from edgeprune.report import write_report
 
 METRICS = {"dense": (1_772_035, 1.1e9, 0.61), "sparse": (1_772_035, 1.1e9, 0.60), "prune": (145_155, 0.2e9, 0.3),

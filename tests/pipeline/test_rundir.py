@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from edgeprune.config import ConfigError, load_config, make_config
-from edgeprune.pipeline import RunDir, stage_sections, stale_stage_dir
+from edgeprune.rundir import RunDir, stale_stage_dir
+from edgeprune.stagedefs import stage_sections
 
 
 def test_stage_keys_change_only_downstream(tmp_path: Path):
@@ -68,7 +69,8 @@ def test_progress_names_stage_k_of_n_and_an_eta(tmp_path: Path, monkeypatch):
     """The stage bodies replaced by instant fakes: every stage line says where the run is, and once a
     training stage has run, how long the rest should take (from its measured time and the stage weights)."""
     import edgeprune.stages as stages
-    from edgeprune.pipeline import run_pipeline, stage_weights
+    from edgeprune.pipeline import run_pipeline
+    from edgeprune.stagedefs import stage_weights
 
     for name in ("data", "dense", "sparse", "prune", "finetune", "export", "report"):
         monkeypatch.setattr(stages, f"stage_{name}", lambda run: {})
@@ -82,3 +84,19 @@ def test_progress_names_stage_k_of_n_and_an_eta(tmp_path: Path, monkeypatch):
     assert "(stage 2 of 7, ETA ~" in finished[1] and "ETA" not in finished[-1]
     w = stage_weights(cfg)
     assert w["dense"] == cfg.train.epochs and w["sparse"] > cfg.sparse.epochs
+
+
+def test_every_registered_stage_has_a_body_and_is_a_compress_choice():
+    import argparse
+
+    import edgeprune.stages as stages
+    from edgeprune import pipeline_cli
+    from edgeprune.stagedefs import REGISTRY
+
+    parser = argparse.ArgumentParser()
+    pipeline_cli.register(parser.add_subparsers())
+    until = next(a for a in parser._subparsers._group_actions[0].choices["compress"]._actions if a.dest == "until")
+    assert list(until.choices) == [s.name for s in REGISTRY]
+    for s in REGISTRY:
+        assert callable(getattr(stages, s.body)), s
+        assert set(s.sections) <= set(make_config().to_dict()), s

@@ -141,23 +141,24 @@ def test_cli_help_has_an_example(capsys):
 
 
 def test_compress_stage_api(helpers, tmp_path):
-    """What edgeprune/stages.py calls: prune_from_ratios -> save_pruned(dir, result) -> load_pruned(dir).model
+    """What edgeprune/stages.py calls: prune_checkpoint(ckpt, dir, ratios.json) -> load_pruned(dir).model
     -> save_pruned_model(dir, fine-tuned model, pruned dir)."""
-    from edgeprune.config import PruneConfig
-    from edgeprune.prune.apply import load_pruned as load_again, prune_from_ratios, save_pruned as save_result
-    from edgeprune.prune.apply import save_pruned_model
+    from edgeprune.prune.io import save_pruned_model
+    from edgeprune.prune.run import prune_checkpoint
 
     model = helpers.randomize_bn(build_model(new_spec(2, size="n")), 4)
+    save_checkpoint(tmp_path / "sparse.pt", model)
     graph = build_graph(model, X)
     layers = {bn: {"channels": len(graph.bn_layouts[bn]), "keep_idx": list(range(0, len(graph.bn_layouts[bn]), 3))}
               for bn in graph.owner_bn}
     (tmp_path / "ratios.json").write_text(json.dumps({"version": 1, "spec_sha": spec_sha(model.spec), "layers": layers}))
-    result = prune_from_ratios(model, tmp_path / "ratios.json", PruneConfig(rule="topk", round_to=4), imgsz=64)
-    assert result.stats["rule"] == "topk" and result.spec["widths"]["layers.0"] == 8  # ceil(16/3)=6 -> 8
-    save_result(tmp_path / "prune", result)
-    pruned = load_again(tmp_path / "prune").model
-    save_pruned_model(tmp_path / "ft", pruned, tmp_path / "prune")
+    result = prune_checkpoint(tmp_path / "sparse.pt", tmp_path / "prune", ratios=tmp_path / "ratios.json",
+                              rule="topk", round_to=4, imgsz=64)
+    assert result["stats"]["rule"] == "topk" and result["spec"]["widths"]["layers.0"] == 8  # ceil(16/3)=6 -> 8
+    first = load_pruned(tmp_path / "prune")
+    assert first.model.spec == result["spec"]
+    save_pruned_model(tmp_path / "ft", first.model, tmp_path / "prune")
     again = load_pruned(tmp_path / "ft")
-    assert again.recombination_map == result.recombination_map
+    assert again.recombination_map == first.recombination_map
     with torch.no_grad():
-        assert torch.equal(again.model.eval()(X), result.model.eval()(X))
+        assert torch.equal(again.model.eval()(X), first.model.eval()(X))

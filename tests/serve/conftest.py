@@ -49,7 +49,8 @@ def reference_detector(serve_bundle):
 def start_server(serve_bundle):
     """`start_server(**ServeOptions kwargs)` -> a started, loaded DetectionServer (in this process,
     port 0); every server is stopped (drained) at teardown."""
-    from jetson.serve import DetectionServer, ServeOptions
+    from jetson.serve import DetectionServer
+    from jetson.serve_options import ServeOptions
     servers = []
 
     def start(**kwargs):
@@ -68,7 +69,8 @@ def start_server(serve_bundle):
 @pytest.fixture(scope="session")
 def server(serve_bundle):
     """One shared default server for the read-only tests."""
-    from jetson.serve import DetectionServer, ServeOptions
+    from jetson.serve import DetectionServer
+    from jetson.serve_options import ServeOptions
     srv = DetectionServer(ServeOptions(serve_bundle, port=0, backend="onnxruntime", max_batch=4)).start()
     assert srv.wait_until_loaded(60)
     yield srv

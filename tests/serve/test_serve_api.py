@@ -123,7 +123,7 @@ def test_truncated_body_times_out_without_hurting_the_server(start_server):
 
 
 def test_bearer_token(start_server, tmp_path):
-    from jetson.serve import read_token
+    from jetson.serve_options import read_token
     path = tmp_path / "token"
     path.write_text("s3cret-token-for-tests-0123456789\n")
     path.chmod(0o600)
@@ -143,7 +143,7 @@ def test_bearer_token(start_server, tmp_path):
 
 def test_short_token_file_is_refused(tmp_path):
     from edgeprune.errors import UsageError
-    from jetson.serve import read_token
+    from jetson.serve_options import read_token
     path = tmp_path / "token"
     path.write_text("short\n")
     with pytest.raises(UsageError, match="token"):
@@ -284,7 +284,7 @@ def test_metrics_parse_as_prometheus_text(server):
 
 def test_bad_options_name_the_flag(serve_bundle):
     from edgeprune.errors import UsageError
-    from jetson.serve import ServeOptions
+    from jetson.serve_options import ServeOptions
     with pytest.raises(UsageError, match="--max-queue"):
         ServeOptions(serve_bundle, max_queue=0)
     with pytest.raises(UsageError, match="--timeout"):
@@ -346,7 +346,8 @@ def test_protocol_errors_are_answered_as_json_and_counted(start_server):
 
 def test_dynamic_batch_model_runs_a_micro_batch_in_one_call(dynamic_bundle):
     from jetson.runtime import load_detector
-    from jetson.serve import DetectionServer, ServeOptions
+    from jetson.serve import DetectionServer
+    from jetson.serve_options import ServeOptions
     srv = DetectionServer(ServeOptions(dynamic_bundle, port=0, backend="onnxruntime", max_batch=4,
                                        batch_window_ms=200)).start()
     ref = load_detector(dynamic_bundle, backend="onnxruntime")

@@ -58,7 +58,8 @@ def _build(method, target, headers, body, length):
 
 @pytest.fixture(scope="module")
 def fuzz_server(serve_bundle):
-    from jetson.serve import DetectionServer, ServeOptions
+    from jetson.serve import DetectionServer
+    from jetson.serve_options import ServeOptions
     srv = DetectionServer(ServeOptions(serve_bundle, port=0, backend="onnxruntime", io_timeout_s=0.2,
                                        max_body_mb=0.25, token=TOKEN)).start()
     assert srv.wait_until_loaded(60)

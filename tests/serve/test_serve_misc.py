@@ -11,6 +11,8 @@ import pytest
 
 from serve_helpers import call, encoded
 
+from edgeprune.errors import UsageError
+
 pytestmark = [pytest.mark.py36, pytest.mark.timeout(120)]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +36,8 @@ def broken_bundle(serve_bundle, tmp_path):
 
 def test_model_that_fails_to_load_keeps_probes_honest(broken_bundle):
     from edgeprune.errors import EdgepruneError
-    from jetson.serve import DetectionServer, ServeOptions
+    from jetson.serve import DetectionServer
+    from jetson.serve_options import ServeOptions
     srv = DetectionServer(ServeOptions(broken_bundle, port=0, backend="onnxruntime")).start()
     try:
         with pytest.raises(EdgepruneError):
@@ -78,9 +81,29 @@ def test_help_text_mentions_example(capsys):
     assert "example" in capsys.readouterr().out.lower()
 
 
+def test_command_line_and_keyword_defaults_are_one_table():
+    """`serve BUNDLE` with no flags and `ServeOptions(BUNDLE)` are the same settings (jetson/serve_options.py)."""
+    import argparse
+
+    from jetson.serve_cli import register_serve
+    from jetson.serve_options import SETTINGS, ServeOptions
+    parser = argparse.ArgumentParser(prog="edgeprune")
+    register_serve(parser.add_subparsers())
+    assert vars(ServeOptions.from_args(parser.parse_args(["serve", "b"]))) == vars(ServeOptions("b"))
+    args = parser.parse_args(["serve", "b", "--timeout", "3", "--max-body-mb", "2"])
+    opts = ServeOptions.from_args(args)
+    assert (opts.timeout_s, opts.max_body_bytes) == (3.0, 2 * 1024 * 1024)
+    assert len(SETTINGS) == len({row[1] for row in SETTINGS})       # one flag per setting
+    with pytest.raises(UsageError, match="--max-queue"):
+        ServeOptions("b", max_queue=0)
+    with pytest.raises(UsageError, match="unknown setting"):
+        ServeOptions("b", max_qeue=4)
+
+
 def test_binds_loopback_by_default_and_port_in_use_is_a_clear_error(start_server, serve_bundle):
     from edgeprune.errors import DeviceError
-    from jetson.serve import DetectionServer, ServeOptions
+    from jetson.serve import DetectionServer
+    from jetson.serve_options import ServeOptions
     srv = start_server()
     assert srv.address[0] == "127.0.0.1"
     with pytest.raises(DeviceError, match="cannot listen"):

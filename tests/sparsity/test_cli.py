@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.config import PRESETS
+from edgeprune.config import PRESETS, config_from_args
 from edgeprune.errors import UsageError
 from edgeprune.sparsity import cli
-from edgeprune.sparsity.commands import _config, sparse_command
+from edgeprune.sparsity.commands import sparse_command
 
 
 def _parse(argv):
@@ -19,7 +19,7 @@ def _parse(argv):
 def test_flags_map_onto_the_config():
     args = _parse(["sparse", "dense.pt", "--out", "o", "--method", "l1rr", "--no-reweight", "--no-attention",
                    "--target", "0.7", "--flops-target", "0.5", "--preset", "quick", "--set", "sparse.lam=0.002"])
-    cfg = _config(args)
+    cfg = config_from_args(args)
     s = cfg.sparse
     assert (s.reweight, s.dynamic, s.adaptive, s.attention) == (False, True, True, False)
     assert (s.target, s.flops_target, s.lam, s.epochs) == (0.7, 0.5, 0.002, PRESETS["quick"]["sparse"]["epochs"])
@@ -54,14 +54,14 @@ def test_sparse_command_runs_end_to_end(tmp_path, capsys):
     import json
 
     from edgeprune.config import make_config
-    from edgeprune.sparsity.commands import load_data
+    from edgeprune.data.dataset import load_data
     from edgeprune.train.trainer import fit, new_model
 
     sets = ["data.synth_train=16", "data.synth_val=8", "model.imgsz=64", "train.epochs=1", "train.mosaic=0.0",
             "sparse.epochs=1", "sparse.ratio_batches=1", "sparse.ratio_grid=2"]
     cfg = make_config("quick", {"data": {"synth_train": 16, "synth_val": 8}, "model": {"imgsz": 64},
                                 "train": {"epochs": 1, "mosaic": 0.0}})
-    data = load_data("synthetic", cfg, tmp_path / "data")
+    data = load_data(cfg.data, tmp_path / "data")
     model, _ = new_model(data, "n", 64, 0, autoanchor=False)
     fit(model, data, cfg.train, tmp_path / "dense", imgsz=64, progress=False)
     argv = ["sparse", str(tmp_path / "dense" / "last.pt"), "--data-root", str(tmp_path / "data"), "--out",

@@ -9,7 +9,7 @@ from edgeprune.config import make_config
 from edgeprune.models.io import load_checkpoint, model_from_checkpoint
 from edgeprune.sparsity.ratios import load_ratios
 from edgeprune.sparsity.run import sparse_train
-from edgeprune.train.commands import load_data
+from edgeprune.data.dataset import load_data
 from tests.quick_floors import check_learned
 
 
@@ -18,7 +18,7 @@ def test_sparse_train_end_to_end(quick_dense, tmp_path):
     run, data_root, _ = quick_dense
     cfg = make_config("quick", {"sparse": {"epochs": 2, "lam": 0.05, "refresh_every": 1, "ratio_batches": 1,
                                            "ratio_grid": 2, "ramp_frac": 0.25, "relax_frac": 0.25}})
-    data = load_data("synthetic", cfg, data_root)
+    data = load_data(cfg.data, data_root)
     dense = model_from_checkpoint(run / "last.pt")
     summary = sparse_train(run / "last.pt", data, cfg, tmp_path / "sparse", progress=False)
     check_learned({"map50": summary["map50_dense"]})      # it starts from a model that detects

@@ -121,16 +121,20 @@ def test_input_errors(tiny_model, batch, cfg):
         solve_ratios(no_bn, [batch], cfg.sparse, cfg.prune)
 
 
-def test_solver_flops_are_the_pruned_models_flops(tiny_model, batch, cfg):
+def test_solver_flops_are_the_pruned_models_flops(tiny_model, batch, cfg, tmp_path):
     """One channel model: the FLOPs the ratio solver predicts are what the pruner's model costs."""
-    import copy
-
-    from edgeprune.prune.apply import prune_from_ratios
+    from edgeprune.models.io import save_checkpoint
+    from edgeprune.prune.run import prune_checkpoint
     cfg.sparse.flops_target, cfg.sparse.attention_tol = 0.5, 1e-9
     doc = solve_ratios(tiny_model, [batch], cfg.sparse, cfg.prune)
-    res = prune_from_ratios(copy.deepcopy(tiny_model), doc, cfg.prune, imgsz=32)
-    assert res.stats["flops_before"] == doc["flops_dense"]
-    assert res.stats["flops_after"] == doc["flops_kept"] < doc["flops_dense"]
+    save_checkpoint(tmp_path / "sparse.pt", tiny_model)
+    (tmp_path / "ratios.json").write_text(json.dumps(doc))
+    p = cfg.prune
+    res = prune_checkpoint(tmp_path / "sparse.pt", tmp_path / "pruned", ratios=tmp_path / "ratios.json", rule=p.rule,
+                           round_to=p.round_to, min_channels=p.min_channels, fold=p.fold, imgsz=32,
+                           skip_unsupported=p.skip_unsupported)
+    assert res["stats"]["flops_before"] == doc["flops_dense"]
+    assert res["stats"]["flops_after"] == doc["flops_kept"] < doc["flops_dense"]
 
 
 @pytest.mark.parametrize("family", ["yolov5", "yolov8"])

@@ -8,7 +8,8 @@ from torch.nn import functional as F
 
 from edgeprune.models.spec import new_spec
 from edgeprune.models.yolo import build_model
-from edgeprune.train.loss import DetectionLoss, build_loss
+from edgeprune.train.loss import DetectionLoss
+from edgeprune.train.trainer import build_loss
 from edgeprune.train.loss_v8 import TaskAlignedAssigner, V8DetectionLoss
 
 
