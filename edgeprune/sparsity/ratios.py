@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -25,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import PruneConfig, SparseConfig
-from ..errors import PruneError, SparsityError
+from ..errors import SparsityError
 from ..fsio import atomic_write_json
 from .attention import attention_deviation, reference, target_energy
 from ..models.blocks import removable_branches
@@ -402,27 +401,3 @@ def _attention(net: nn.Module, bns: dict[str, nn.BatchNorm2d], batches: Sequence
 
 def save_ratios(doc: dict[str, Any], path: str | Path) -> None:
     atomic_write_json(path, doc)
-
-
-def load_ratios(path: str | Path, model: nn.Module) -> dict[str, Any]:
-    """Read ratios.json and check it belongs to `model`'s architecture: the spec_sha must be present and match,
-    and every layer is checked by the pruner's own validator (`prune.io.keep_from_ratios`)."""
-    from ..prune.io import keep_from_ratios
-
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SparsityError(f"{path}: ratios file not found (run `edgeprune sparse` first)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SparsityError(f"{path}: not valid JSON ({exc})") from None
-    net = unwrap(model)
-    want = spec_sha(net.spec)
-    if isinstance(doc, dict) and doc.get("spec_sha") != want:
-        raise SparsityError(f"{path}: spec_sha {str(doc.get('spec_sha'))[:12]}... does not match this model's "
-                            f"{want[:12]}... (ratios for another architecture); re-run the sparse stage")
-    try:
-        keep_from_ratios(doc, net, str(path))
-    except PruneError as exc:
-        raise SparsityError(str(exc)) from None
-    return doc

@@ -7,7 +7,7 @@ import torch
 
 from edgeprune.config import make_config
 from edgeprune.models.io import load_checkpoint, model_from_checkpoint
-from edgeprune.sparsity.ratios import load_ratios
+from edgeprune.prune.io import keep_from_ratios, read_ratios
 from edgeprune.sparsity.run import sparse_train
 from edgeprune.data.dataset import load_data
 from tests.quick_floors import check_learned
@@ -27,7 +27,7 @@ def test_sparse_train_end_to_end(quick_dense, tmp_path):
     for name in ("sparse.pt", "ratios.json", "sparsity.json", "gamma_hist.png", "strength.png", "kept.png"):
         assert (out / name).is_file(), name
     sparse = model_from_checkpoint(out / "sparse.pt")
-    load_ratios(out / "ratios.json", sparse)
+    keep_from_ratios(read_ratios(out / "ratios.json"), sparse, "ratios.json")     # as the prune stage reads it
     log = json.loads((out / "sparsity.json").read_text())
     assert [e["epoch"] for e in log["epochs"]] == [-1, 0, 1]
     steps = log["steps"]

@@ -5,13 +5,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgeprune.errors import SparsityError
+from edgeprune.errors import PruneError, SparsityError
 from edgeprune.fsio import atomic_write_json
 from edgeprune.models.spec import new_spec
 from edgeprune.models.yolo import build_model
+from edgeprune.prune.io import keep_from_ratios, read_ratios
 from edgeprune.sparsity.bnscan import residual_groups, slimming_excluded
 from edgeprune.sparsity.graph import conv_flops, trace_channels
-from edgeprune.sparsity.ratios import load_ratios, round_keep, save_ratios, solve_ratios
+from edgeprune.sparsity.ratios import round_keep, save_ratios, solve_ratios
 
 
 def test_round_keep(cfg):
@@ -93,19 +94,22 @@ def test_threshold_mode_is_slimming(tiny_model, batch, cfg):
 
 
 def test_ratios_roundtrip_and_architecture_checks(tiny_model, batch, cfg, tmp_path):
+    """The file the sparse stage writes, read the way the prune stage reads it (prune.io)."""
     doc = solve_ratios(tiny_model, [batch], cfg.sparse, cfg.prune, mode="threshold")
     path = tmp_path / "ratios.json"
     save_ratios(doc, path)
-    assert load_ratios(path, tiny_model)["layers"] == json.loads(json.dumps(doc["layers"]))
+    assert read_ratios(path)["layers"] == json.loads(json.dumps(doc["layers"]))
+    keep = keep_from_ratios(read_ratios(path), tiny_model, str(path))
+    assert {n: len(k) for n, k in keep.items()} == {n: e["keep"] for n, e in doc["layers"].items()}
     other = build_model(new_spec(3, size="n"))                           # another class count -> other spec
-    with pytest.raises(SparsityError, match="spec_sha"):
-        load_ratios(path, other)
+    with pytest.raises(PruneError, match="spec_sha"):
+        keep_from_ratios(read_ratios(path), other, str(path))
     bad = dict(doc, layers={**doc["layers"], "layers.99.bn": doc["layers"]["layers.0.bn"]})
     atomic_write_json(path, bad)
-    with pytest.raises(SparsityError, match="layers.99.bn"):
-        load_ratios(path, tiny_model)
-    with pytest.raises(SparsityError, match="not found"):
-        load_ratios(tmp_path / "missing.json", tiny_model)
+    with pytest.raises(PruneError, match="layers.99.bn"):
+        keep_from_ratios(read_ratios(path), tiny_model, str(path))
+    with pytest.raises(PruneError, match="not found"):
+        read_ratios(tmp_path / "missing.json")
 
 
 def test_input_errors(tiny_model, batch, cfg):
