@@ -359,10 +359,11 @@ class Bench:
 
     # latency ----------------------------------------------------------------------------------------
     def _bundle(self, source: Path, out: Path) -> Path:
+        from edgeprune.config import ExportConfig
         from edgeprune.export.pipeline import export_bundle
         if not (out / "manifest.json").is_file():
             val = self.args._val_images
-            export_bundle(source, out, imgsz=self.imgsz, images=val, parity_images=2)
+            export_bundle(source, out, ExportConfig(parity_images=2), imgsz=self.imgsz, images=val)
         return out
 
     def latency(self, row: dict[str, Any], dense_bundle: Path, redo: bool) -> dict[str, Any]:

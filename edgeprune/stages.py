@@ -211,12 +211,12 @@ def stage_export(run: RunDir) -> dict[str, Any]:
     out = stale_stage_dir(run, "export", "bundle")
     dense_out = stale_stage_dir(run, "export", "bundle_dense")
     ds = _dataset(run)
-    result = export_bundle(run.outputs("finetune")["model_dir"], out, run.cfg, ds,
-                           metrics=run.outputs("finetune")["metrics"])
+    result = export_bundle(run.outputs("finetune")["model_dir"], out, run.cfg.export, ds,
+                           metrics=run.outputs("finetune")["metrics"], imgsz=run.cfg.model.imgsz)
     parity = result["parity"]
     run.log(f"[export] bundle {out}: graph verified, ORT vs torch max abs diff {parity['max_abs_diff']:.2e}")
-    dense = export_bundle(run.outputs("dense")["checkpoint"], dense_out, run.cfg, ds,
-                          metrics=run.outputs("dense")["metrics"])
+    dense = export_bundle(run.outputs("dense")["checkpoint"], dense_out, run.cfg.export, ds,
+                          metrics=run.outputs("dense")["metrics"], imgsz=run.cfg.model.imgsz)
     run.log(f"[export] dense bundle {dense_out}: ORT vs torch max abs diff {dense['parity']['max_abs_diff']:.2e}")
     bench = compare_bundles(out, dense_out, table_path=table_for_report(run))
     run.log("[export] " + bench["summary"][0] + " (ONNX Runtime, this machine)")

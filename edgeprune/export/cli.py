@@ -44,9 +44,9 @@ def register(subparsers):
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--imgsz", type=int, default=None, help="input side (default: the checkpoint's, else config model.imgsz)")
     config_flag(p, "--opset", "export.opset", type=int, help="ONNX opset (13: TensorRT 8.0/8.2 on JetPack 4.6)")
-    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
-    p.add_argument("--no-simplify", action="store_true", help="skip onnxsim (debugging)")
-    p.add_argument("--nms-plugin", action="store_true", help="append TensorRT's EfficientNMS_TRT to the graph")
+    config_flag(p, "--dynamic-batch", "export.dynamic_batch", True, help="symbolic batch dimension")
+    config_flag(p, "--no-simplify", "export.simplify", False, help="skip onnxsim (debugging)")
+    config_flag(p, "--nms-plugin", "export.nms_plugin", True, help="append TensorRT's EfficientNMS_TRT to the graph")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (QDQ) calibrated on --calib")
     p.add_argument("--calib", default=None, help="folder of .npy NCHW float32 calibration batches")
     p.add_argument("--images", default=None, help="folder of images for the ORT/PyTorch parity check")
@@ -59,6 +59,10 @@ def register(subparsers):
     p.add_argument("--conf", type=float, default=0.25, help="score threshold written to the manifest / NMS plugin")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300, help="detections kept per image")
+    p.add_argument("--config", default=None, help="YAML config file whose export section to use (e.g. a run's "
+                                                   "config.yaml); flags win over it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable (e.g. --set export.opset=17)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_export)
 
@@ -70,6 +74,7 @@ def register(subparsers):
 
 
 def _export(args):
+    from ..config import config_from_args
     from ..errors import UsageError
     from .pipeline import export_bundle
 
@@ -79,12 +84,10 @@ def _export(args):
         raise UsageError("--strides: comma-separated integers, e.g. 8,16,32") from None
     if args.source is None and args.model is None:
         raise UsageError("give MODEL_DIR_OR_CKPT or --model PKG.MOD:FN")
-    res = export_bundle(args.source, args.out, model_factory=args.model, weights=args.weights, names=args.names,
-                        output_layout=args.output_layout, strides=strides, imgsz=args.imgsz, opset=args.opset, dynamic_batch=args.dynamic_batch,
-                        simplify=not args.no_simplify, nms_plugin=args.nms_plugin, int8=args.int8, calib=args.calib,
-                        images=args.images, parity_images=args.parity_images, conf=args.conf, iou=args.iou,
-                        max_det=args.max_det, parity_atol=args.parity_atol,
-                        parity_min_match=args.parity_min_match)
+    res = export_bundle(args.source, args.out, config_from_args(args).export, model_factory=args.model,
+                        weights=args.weights, names=args.names, output_layout=args.output_layout, strides=strides,
+                        imgsz=args.imgsz, int8=args.int8, calib=args.calib, images=args.images, conf=args.conf,
+                        iou=args.iou, max_det=args.max_det)
     if args.json:
         sys.stdout.write(json.dumps(res, indent=2) + "\n")
     else:

@@ -30,32 +30,25 @@ def _val_images(dataset: Any, limit: int) -> tuple[list[np.ndarray], list[tuple[
     return images, truth
 
 
-def export_bundle(source: str | Path, out: str | Path, cfg: Any = None, dataset: Any = None, *,
-                  metrics: dict[str, Any] | None = None, imgsz: int | None = None, opset: int | None = None,
-                  dynamic_batch: bool | None = None, simplify: bool | None = None, nms_plugin: bool | None = None,
-                  int8: bool = False, calib: str | Path | None = None, images: str | Path | None = None,
-                  parity_images: int | None = None, conf: float = 0.25, iou: float = 0.45,
-                  max_det: int = 300, parity_atol: float | None = None,
-                  parity_min_match: float | None = None, model_factory: str | None = None,
+def export_bundle(source: str | Path, out: str | Path, export: ExportConfig | None = None, dataset: Any = None, *,
+                  metrics: dict[str, Any] | None = None, imgsz: int | None = None, int8: bool = False,
+                  calib: str | Path | None = None, images: str | Path | None = None, conf: float = 0.25,
+                  iou: float = 0.45, max_det: int = 300, model_factory: str | None = None,
                   weights: str | Path | None = None, names: Any = None, output_layout: str | None = None,
                   strides: list[int] | None = None) -> dict[str, Any]:
-    """Model folder/checkpoint -> verified, parity-checked bundle. `cfg` (a Config) supplies the export section
-    and imgsz for arguments left None; `dataset` (a Dataset) supplies val images with truth for the parity
-    check (then mAP through ORT must match mAP through torch); `metrics` overrides the source's metrics.
-    `model_factory` (+ `weights`, or a `source` folder of model.json) exports a factory-built detector;
-    `names` / `output_layout` / `strides` declare its head (export.source.detection_head)."""
-    ec = cfg.export if cfg is not None else ExportConfig()
-    opset = ec.opset if opset is None else opset
-    dynamic_batch = ec.dynamic_batch if dynamic_batch is None else dynamic_batch
-    simplify = ec.simplify if simplify is None else simplify
-    nms_plugin = ec.nms_plugin if nms_plugin is None else nms_plugin
-    parity_images = ec.parity_images if parity_images is None else parity_images
-    parity_atol = ec.parity_atol if parity_atol is None else parity_atol
-    parity_min_match = ec.parity_min_match if parity_min_match is None else parity_min_match
+    """Model folder/checkpoint -> verified, parity-checked bundle. `export` (the config's export section, the one
+    home of its defaults: opset, dynamic batch, onnxsim, NMS plugin, parity settings; the CLI builds it with
+    config_from_args) and `imgsz` (default: the source's, else ModelConfig's); `dataset` (a Dataset) supplies
+    val images with truth for the parity check (then mAP through ORT must match mAP through torch); `metrics`
+    overrides the source's metrics. `model_factory` (+ `weights`, or a `source` folder of model.json) exports a
+    factory-built detector; `names` / `output_layout` / `strides` declare its head (export.source.detection_head)."""
+    ec = export if export is not None else ExportConfig()
+    opset, dynamic_batch, simplify, nms_plugin = ec.opset, ec.dynamic_batch, ec.simplify, ec.nms_plugin
+    parity_images, parity_atol, parity_min_match = ec.parity_images, ec.parity_atol, ec.parity_min_match
     if int8 and calib is None:
         raise ExportError("--int8 needs --calib DIR (a folder of .npy calibration batches; see `edgeprune calib build`)")
     src = load_source(source, model_factory, weights)
-    size = imgsz or (cfg.model.imgsz if cfg is not None else None) or src.imgsz or ModelConfig.imgsz
+    size = imgsz or src.imgsz or ModelConfig.imgsz
     head = detection_head(src, size, names, output_layout, strides)
     model, spec, layout, nc = src.model, src.spec, head["output_layout"], len(head["names"])
     exp = export_onnx(model, size, opset=opset, dynamic_batch=dynamic_batch, do_simplify=simplify,

@@ -6,6 +6,7 @@ import pytest
 pytest.importorskip("torch")
 export = pytest.importorskip("edgeprune.export.pipeline")
 
+from edgeprune.config import ExportConfig  # noqa: E402
 from device_helpers import CLASSES, scene  # noqa: E402
 from jetson.bundle import load_bundle  # noqa: E402
 from jetson.runtime import load_detector  # noqa: E402
@@ -21,7 +22,7 @@ def test_exported_bundles_load_and_run(tmp_path):
     save_checkpoint(ckpt, build_model(new_spec(len(CLASSES), CLASSES)).eval())
     for dynamic in (False, True):
         out = str(tmp_path / "bundle_dyn{}".format(int(dynamic)))
-        export.export_bundle(ckpt, out, imgsz=64, dynamic_batch=dynamic, parity_images=1)
+        export.export_bundle(ckpt, out, ExportConfig(dynamic_batch=dynamic, parity_images=1), imgsz=64)
         m = load_bundle(out)
         assert (m["model"]["input_shape"][0] == -1) == dynamic
         with load_detector(out, backend="onnxruntime", threads=1) as det:

@@ -128,7 +128,7 @@ def test_really_pruned_model_exports_and_verifies(tmp_path):
 
 
 def test_compress_stage_call_uses_config_and_dataset_truth(tmp_path, dense_model):
-    """The compress pipeline calls export_bundle(model_dir, out, cfg, dataset, metrics=...)."""
+    """The compress pipeline calls export_bundle(model_dir, out, cfg.export, dataset, metrics=..., imgsz=...)."""
     from types import SimpleNamespace
 
     from PIL import Image
@@ -145,7 +145,8 @@ def test_compress_stage_call_uses_config_and_dataset_truth(tmp_path, dense_model
     dataset = SimpleNamespace(names=["plane", "ship", "tank"], splits={"train": [], "val": samples})
     save_checkpoint(tmp_path / "m.pt", dense_model)
     cfg = make_config("quick", {"model": {"imgsz": 64}, "export": {"opset": 14, "parity_images": 2}})
-    res = export_bundle(tmp_path / "m.pt", tmp_path / "b", cfg, dataset, metrics={"map50": 0.4, "map": 0.2})
+    res = export_bundle(tmp_path / "m.pt", tmp_path / "b", cfg.export, dataset, metrics={"map50": 0.4, "map": 0.2},
+                        imgsz=cfg.model.imgsz)
     assert res["verify"]["status"] == "passed" and res["manifest"]["model"]["opset"] == 14
     assert res["parity"]["images"] == 2 and res["parity"]["image_source"] == "dataset val split"
     assert res["parity"]["map_torch"] == res["parity"]["map_ort"] or \

@@ -20,6 +20,7 @@ IMGSZ = 64
 
 @pytest.fixture(scope="module")
 def v8_bundle(tmp_path_factory):
+    from edgeprune.config import ExportConfig
     from edgeprune.export.pipeline import export_bundle
 
     torch.manual_seed(0)
@@ -29,7 +30,7 @@ def v8_bundle(tmp_path_factory):
             conv[-1].bias.fill_(0.5)
     root = tmp_path_factory.mktemp("v8")
     save_checkpoint(root / "m.pt", model)
-    result = export_bundle(root / "m.pt", root / "bundle", imgsz=IMGSZ, parity_images=2)
+    result = export_bundle(root / "m.pt", root / "bundle", ExportConfig(parity_images=2), imgsz=IMGSZ)
     return model.eval(), root / "bundle", result
 
 
