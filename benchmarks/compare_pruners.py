@@ -360,7 +360,7 @@ class Bench:
     # latency ----------------------------------------------------------------------------------------
     def _bundle(self, source: Path, out: Path) -> Path:
         from edgeprune.config import ExportConfig
-        from edgeprune.export.pipeline import export_bundle
+        from edgeprune.export.bundler import export_bundle
         if not (out / "manifest.json").is_file():
             val = self.args._val_images
             export_bundle(source, out, ExportConfig(parity_images=2), imgsz=self.imgsz, images=val)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeprune.export import ort_run
     from edgeprune.metrics.coco import coco_map
     from edgeprune.export.onnx_export import export_onnx
-    from edgeprune.export.pipeline import ort_latency_ms
+    from edgeprune.export.bundler import ort_latency_ms
     from edgeprune.export.quantize import head_nodes, quantize_int8
     from edgeprune.fsio import atomic_write_json, sha256_file
     from edgeprune.models.io import model_from_checkpoint

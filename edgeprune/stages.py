@@ -206,7 +206,7 @@ def stage_export(run: RunDir) -> dict[str, Any]:
     """The pruned model's bundle, the dense model's beside it (`bundle_dense/`, so `edgeprune bench bundle
     --compare bundle_dense` works on the device straight away), and a first interleaved comparison of the two
     through ONNX Runtime on this machine."""
-    from .export.pipeline import export_bundle
+    from .export.bundler import export_bundle
 
     out = stale_stage_dir(run, "export", "bundle")
     dense_out = stale_stage_dir(run, "export", "bundle_dense")

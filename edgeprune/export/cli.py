@@ -76,7 +76,7 @@ def register(subparsers):
 def _export(args):
     from ..config import config_from_args
     from ..errors import UsageError
-    from .pipeline import export_bundle
+    from .bundler import export_bundle
 
     try:
         strides = [int(v) for v in args.strides.split(",")] if args.strides else None
@@ -102,7 +102,7 @@ def _export(args):
 
 
 def _verify(args):
-    from .pipeline import verify_bundle
+    from .bundler import verify_bundle
 
     res = verify_bundle(args.bundle)
     if args.json:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-export = pytest.importorskip("edgeprune.export.pipeline")
+export = pytest.importorskip("edgeprune.export.bundler")
 
 from edgeprune.config import ExportConfig  # noqa: E402
 from device_helpers import CLASSES, scene  # noqa: E402

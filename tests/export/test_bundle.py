@@ -5,7 +5,7 @@ import pytest
 from edgeprune.errors import BundleError
 from edgeprune.export.bundle import read_bundle, recombination_summary, write_bundle
 from edgeprune.export.nms_plugin import append_efficient_nms
-from edgeprune.export.pipeline import verify_bundle
+from edgeprune.export.bundler import verify_bundle
 from edgeprune.fsio import sha256_file
 from tests.export.export_helpers import IMGSZ, NAMES, RECOMBINATION
 

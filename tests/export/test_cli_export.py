@@ -134,7 +134,7 @@ def test_compress_stage_call_uses_config_and_dataset_truth(tmp_path, dense_model
     from PIL import Image
 
     from edgeprune.config import make_config
-    from edgeprune.export.pipeline import export_bundle
+    from edgeprune.export.bundler import export_bundle
     from tests.export.export_helpers import scenes
 
     images, truth = scenes(3, seed=7)

@@ -21,7 +21,7 @@ IMGSZ = 64
 @pytest.fixture(scope="module")
 def v8_bundle(tmp_path_factory):
     from edgeprune.config import ExportConfig
-    from edgeprune.export.pipeline import export_bundle
+    from edgeprune.export.bundler import export_bundle
 
     torch.manual_seed(0)
     model = randomize_bn(build_model(new_spec(len(NAMES), NAMES, size="n", family="yolov8")), 1)
