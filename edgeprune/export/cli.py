@@ -42,7 +42,7 @@ def register(subparsers):
     p.add_argument("--strides", metavar="S,S,..", default=None,
                    help="--model: its head's strides (input sides must be multiples of the largest)")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--imgsz", type=int, default=None, help="input side (default: the checkpoint's, else config model.imgsz)")
+    p.add_argument("--imgsz", type=int, default=None, help="input side (default: --config's model.imgsz when given, else the checkpoint's)")
     config_flag(p, "--opset", "export.opset", type=int, help="ONNX opset (13: TensorRT 8.0/8.2 on JetPack 4.6)")
     config_flag(p, "--dynamic-batch", "export.dynamic_batch", True, help="symbolic batch dimension")
     config_flag(p, "--no-simplify", "export.simplify", False, help="skip onnxsim (debugging)")
@@ -84,10 +84,11 @@ def _export(args):
         raise UsageError("--strides: comma-separated integers, e.g. 8,16,32") from None
     if args.source is None and args.model is None:
         raise UsageError("give MODEL_DIR_OR_CKPT or --model PKG.MOD:FN")
-    res = export_bundle(args.source, args.out, config_from_args(args).export, model_factory=args.model,
-                        weights=args.weights, names=args.names, output_layout=args.output_layout, strides=strides,
-                        imgsz=args.imgsz, int8=args.int8, calib=args.calib, images=args.images, conf=args.conf,
-                        iou=args.iou, max_det=args.max_det)
+    cfg = config_from_args(args)
+    res = export_bundle(args.source, args.out, cfg.export, model_factory=args.model, weights=args.weights,
+                        names=args.names, output_layout=args.output_layout, strides=strides,
+                        imgsz=args.imgsz or (cfg.model.imgsz if args.config else None), int8=args.int8,
+                        calib=args.calib, images=args.images, conf=args.conf, iou=args.iou, max_det=args.max_det)
     if args.json:
         sys.stdout.write(json.dumps(res, indent=2) + "\n")
     else:

@@ -68,6 +68,17 @@ def test_export_checkpoint_and_verify_plain_output(tmp_path, dense_model, capfd)
     assert "sha256 does not match" in capfd.readouterr().err
 
 
+def test_config_file_and_set_reach_the_export(tmp_path, dense_model):
+    """export builds its config like every command: --config's export section and model.imgsz, --set over it."""
+    save_checkpoint(tmp_path / "m.pt", dense_model, imgsz=IMGSZ)
+    (tmp_path / "c.yaml").write_text(f"model:\n  imgsz: {IMGSZ + 32}\nexport:\n  opset: 14\n  parity_images: 3\n")
+    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "b"), "--config", str(tmp_path / "c.yaml"),
+                 "--set", "export.parity_images=1"]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["model"]["opset"] == 14 and manifest["model"]["input_shape"] == [1, 3, IMGSZ + 32, IMGSZ + 32]
+    assert json.loads((tmp_path / "b" / "reports" / "parity.json").read_text())["images"] == 1
+
+
 def test_bad_inputs_give_one_line_errors(tmp_path, pruned_model, capfd):
     (tmp_path / "garbled.pt").write_bytes(b"PK\x03\x04 not a zip")
     assert main(["export", str(tmp_path / "garbled.pt"), "--out", str(tmp_path / "b")]) == 1
