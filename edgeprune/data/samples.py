@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -76,16 +76,12 @@ class Collector:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image, after checking the file decodes (header + chunk checksums)."""
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            im.verify()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or undecodable image ({exc}); re-export it or delete it "
-                        f"({SKIP_HINT})") from None
-    return int(size[0]), int(size[1])
+    def size_then_verify(im: Image.Image) -> tuple[int, int]:
+        size = im.size        # verify() leaves the image unusable: read the size first
+        im.verify()
+        return int(size[0]), int(size[1])
+
+    return _read_checked(path, size_then_verify)
 
 
 def decode_check(path: Path) -> None:
@@ -93,9 +89,14 @@ def decode_check(path: Path) -> None:
     if ImageFile.LOAD_TRUNCATED_IMAGES:   # a library may have switched Pillow to padding truncated files
         raise DataError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images would "
                         "decode silently; set it to False")
+    _read_checked(path, lambda im: im.load())
+
+
+def _read_checked(path: Path, read: Callable[[Image.Image], Any]) -> Any:
+    """`read(image)` on the opened file; a missing or undecodable file raises DataError naming it."""
     try:
         with Image.open(path) as im:
-            im.load()
+            return read(im)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
