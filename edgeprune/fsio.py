@@ -144,6 +144,21 @@ class AtomicFile(object):
         return False
 
 
+def read_json(path, error, missing=None, invalid="not valid JSON"):
+    """The parsed JSON file at `path`. A missing file raises `error` ("PATH: missing") when `missing` is given
+    (else FileNotFoundError propagates); a file that is not JSON or not text raises `error` ("PATH: invalid
+    (why)"). `error` is the caller's EdgepruneError class, so the message names the file in its own terms."""
+    try:
+        with open(str(path)) as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        if missing is None:
+            raise
+        raise error("{}: {}".format(path, missing)) from None
+    except ValueError as exc:          # json.JSONDecodeError and UnicodeDecodeError
+        raise error("{}: {} ({})".format(path, invalid, exc)) from None
+
+
 def sha256_file(path, chunk=1 << 20):
     h = hashlib.sha256()
     with open(str(path), "rb") as f:

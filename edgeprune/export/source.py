@@ -12,7 +12,6 @@ and says what is missing otherwise.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, ModelError, PruneError, UsageError
+from ..fsio import read_json
 from ..models.io import model_from_checkpoint
 
 DECODED_LAYOUTS = {"anchor_free_decoded": 4, "yolov5_decoded": 5}   # layout -> columns before the classes
@@ -42,13 +42,6 @@ class ModelSource:
     def factory(self) -> str | None:
         """`pkg.mod:fn` of a factory-built model (None: an edgeprune detector)."""
         return self.spec.get("factory")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExportError(f"{path}: not valid JSON ({exc})") from None
 
 
 def validate_recombination(rec: Any, source: str) -> dict[str, Any]:
@@ -105,7 +98,7 @@ def _load_dir(path: Path, factory: str | None = None) -> ModelSource:
     try:
         if (path / "model.json").is_file():
             model, doc = anymodel.load(path, factory)
-            rec = _read_json(path / "recombination.json") if (path / "recombination.json").is_file() else {}
+            rec = read_json(path / "recombination.json", ExportError) if (path / "recombination.json").is_file() else {}
             imgsz = doc.get("imgsz") if isinstance(doc.get("imgsz"), int) else None
         else:
             model, rec = load_pruned(path)
@@ -113,7 +106,7 @@ def _load_dir(path: Path, factory: str | None = None) -> ModelSource:
     except PruneError as exc:
         raise ExportError(str(exc)) from None
     rec = validate_recombination(rec, str(path / "recombination.json")) if rec.get("junctions") else None
-    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    metrics = read_json(path / "metrics.json", ExportError) if (path / "metrics.json").is_file() else {}
     return ModelSource(path, model.eval(), doc, rec, metrics if isinstance(metrics, dict) else {}, imgsz)
 
 

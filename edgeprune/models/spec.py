@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from ..fsio import atomic_write_json
+from ..fsio import atomic_write_json, read_json
 
 SPEC_VERSION = 1
 
@@ -244,13 +244,7 @@ def save_spec(spec: dict[str, Any], path: str | Path) -> None:
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        spec = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path}: architecture spec not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: not a valid JSON architecture spec ({exc})") from None
+    spec = read_json(path, ModelError, "architecture spec not found", "not a valid JSON architecture spec")
     return validate_spec(spec, str(path))
 
 

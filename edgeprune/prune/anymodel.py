@@ -6,7 +6,6 @@ each module to the recorded widths and every tensor to its saved shape, then loa
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import PruneError
-from ..fsio import AtomicFile, atomic_write_json
+from ..fsio import AtomicFile, atomic_write_json, read_json
 
 _WIDTHS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
            "normalized_shape", "num_parameters", "num_channels", "num_groups")
@@ -111,12 +110,7 @@ def load(path: str | Path, factory: str | None = None) -> tuple[nn.Module, dict[
     model.json names (the same model, importable under another name)."""
     path = Path(path)
     doc_path = path / "model.json"
-    try:
-        doc = json.loads(doc_path.read_text())
-    except FileNotFoundError:
-        raise PruneError(f"{doc_path}: not found (a folder from `save` holds model.json and weights.pt)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PruneError(f"{doc_path}: not valid JSON ({exc})") from None
+    doc = read_json(doc_path, PruneError, "not found (a folder from `save` holds model.json and weights.pt)")
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("modules"), dict) \
             or not isinstance(doc.get("factory"), str):
         raise PruneError(f"{doc_path}: expected {{'version': 1, 'factory': 'pkg.mod:fn', 'modules': {{...}}}}")

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import ModelError, PruneError
-from ..fsio import AtomicFile, atomic_write_json, atomic_write_text
+from ..fsio import AtomicFile, atomic_write_json, atomic_write_text, read_json
 from ..models.blocks import removable_branches
 from ..models.io import first_line
 from ..models.spec import load_spec, save_spec, spec_sha, with_widths
@@ -134,10 +134,7 @@ def load_pruned(path: str | Path) -> Pruned:
     except (RuntimeError, TypeError) as exc:
         raise PruneError(f"{weights}: does not fit {path / 'arch.json'}: {first_line(exc)}") from None
     rec_path = path / "recombination.json"
-    try:
-        rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {"version": 1, "junctions": []}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PruneError(f"{rec_path}: not valid JSON ({exc})") from None
+    rec = read_json(rec_path, PruneError) if rec_path.is_file() else {"version": 1, "junctions": []}
     return Pruned(model, rec)
 
 
@@ -146,10 +143,7 @@ def save_pruned_model(out_dir: str | Path, model: Detector, pruned_dir: str | Pa
     src = Path(pruned_dir)
     rec = load_pruned(src).recombination_map
     table_path = src / "prune_table.json"
-    try:
-        doc = json.loads(table_path.read_text()) if table_path.is_file() else {"layers": [], "stats": {}}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PruneError(f"{table_path}: not valid JSON ({exc})") from None
+    doc = read_json(table_path, PruneError) if table_path.is_file() else {"layers": [], "stats": {}}
     return save_pruned(out_dir, model, model.spec, rec, doc.get("layers", []), doc.get("stats", {}),
                        imgsz=doc.get("imgsz") if isinstance(doc.get("imgsz"), int) else None)
 
@@ -165,13 +159,7 @@ def pruned_imgsz(path: str | Path) -> int | None:
 
 
 def read_ratios(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PruneError(f"{path}: ratios file not found (run `edgeprune sparse` first)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PruneError(f"{path}: not valid JSON ({exc})") from None
+    return read_json(path, PruneError, "ratios file not found (run `edgeprune sparse` first)")
 
 
 def keep_from_ratios(doc: Any, model: Detector, source: str = "ratios.json") -> dict[str, list[int]]:
