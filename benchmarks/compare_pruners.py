@@ -8,6 +8,11 @@ Arms (each at one or more FLOPs-reduction targets):
   l1rr              L1RR, default config (attention-solved per-layer ratios, residual rule union)
   l1rr_intersection, l1rr_topk        the same sparse checkpoint pruned with the other residual rules
   l1rr_no_reweight, l1rr_no_dynamic, l1rr_no_adaptive, l1rr_no_attention   ablations (own sparse phase each)
+  l1rr_latency      the l1rr arm's sparse checkpoint, ratios solved with prune.target=latency (issue 20) at a budget
+                    equal to the l1rr arm's predicted latency share: equal latency, where do the channels go?
+  l1rr_latency_fast the same at that budget / 1.2: is a 1.2x faster model as accurate as the FLOPs-targeted one?
+                    (table: OUT/latency_table.json, the dense architecture profiled on this host with ONNX Runtime
+                    CPU, one thread, as `edgeprune bench --profile-layers` does; predicted vs measured in the row)
 
 OUT/ holds everything, cached so an interrupted run resumes:
   settings.json, dense/ (checkpoint, metrics, bundle), sparse/<variant>/ (shared by the arms that differ only
@@ -83,7 +88,11 @@ ARMS: dict[str, tuple[str, str]] = {
     "l1rr_no_dynamic": ("l1rr_no_dynamic", "union"),
     "l1rr_no_adaptive": ("l1rr_no_adaptive", "union"),
     "l1rr_no_attention": ("l1rr_no_attention", "union"),
+    "l1rr_latency": ("l1rr", "union"),
+    "l1rr_latency_fast": ("l1rr", "union"),
 }
+# latency arm -> speed-up asked of it over the l1rr arm at the same target (budget = l1rr's predicted share / this)
+LATENCY_ARMS = {"l1rr_latency": 1.0, "l1rr_latency_fast": 1.2}
 MAIN_ARMS = ("slimming", "tp_bnscale", "tp_groupnorm", "l1rr")   # run at every target; the rest at --headline
 
 
@@ -328,6 +337,9 @@ class Bench:
         else:
             if variant == "slimming":
                 keep, info = self.slimming_keep(model, target)
+            elif arm in LATENCY_ARMS:
+                ratios, info = self.latency_ratios(model, sparse["ratios"], target, LATENCY_ARMS[arm], d)
+                keep = keep_from_ratios(ratios, model, str(d / "ratios.json"))
             else:
                 ratios = sparse["ratios"]           # solved by sparse_train at this arm's target
                 keep = keep_from_ratios(read_ratios(ratios), model, ratios)
@@ -356,6 +368,38 @@ class Bench:
                 "params_reduction": 1.0 - m["params"] / self.dense["params"],
                 "map50_sparse": sparse["summary"].get("map50_sparse"), "prune_info": info,
                 "model_dir": str(d / "model"), "seconds": round(time.time() - t0, 1)}
+
+    def latency_table(self, model: torch.nn.Module) -> tuple[dict[str, Any], str]:
+        """The dense architecture's latency table, measured once per folder (CPU time, one ORT thread)."""
+        from edgeprune.export.layer_table import measure_table_ort
+        path = self.out / "latency_table.json"
+        if not path.is_file():
+            log("latency table: profiling the dense architecture (ONNX Runtime CPU, 1 thread)")
+            atomic_write_json(path, measure_table_ort(model, self.imgsz, threads=1,
+                                                      min_channels=self.cfg.prune.min_channels))
+        return json.loads(path.read_text()), str(path)
+
+    def latency_ratios(self, model: torch.nn.Module, flops_ratios: str, target: float, speedup: float,
+                       d: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Ratios for a latency arm: the budget is the FLOPs-targeted l1rr model's predicted share of dense
+        (pruned from the same sparse checkpoint's ratios.json) divided by `speedup`."""
+        from edgeprune.prune.apply import prune_from_ratios
+        from edgeprune.prune.latency import predict_model
+        from edgeprune.sparsity.ratios import save_ratios, solve_ratios
+
+        table, source = self.latency_table(model)
+        pc = self.cfg.prune
+        dense_ms = predict_model(table, model, self.imgsz)["total_ms"]
+        flops_model = prune_from_ratios(copy.deepcopy(model), flops_ratios, pc, imgsz=self.imgsz).model
+        share = predict_model(table, flops_model, self.imgsz)["total_ms"] / dense_ms
+        budget = share / speedup
+        log(f"latency arm: l1rr's predicted share {share:.3f}, budget {budget:.3f} of dense ({dense_ms:.2f} ms)")
+        lat = dataclasses.replace(pc, target="latency", latency_budget=budget)
+        doc = solve_ratios(model, self.batches(), self.sparse_cfg("l1rr", target).sparse, lat, table=(table, source))
+        save_ratios(doc, d / "ratios.json")
+        return doc, {"budget": round(budget, 4), "speedup_asked": speedup, "flops_arm_predicted_share": round(share, 4),
+                     "table_dense_ms": round(dense_ms, 3), "latency": doc.get("latency"),
+                     "flops_reduction_solved": doc["flops_reduction"]}
 
     # latency ----------------------------------------------------------------------------------------
     def _bundle(self, source: Path, out: Path) -> Path:
@@ -508,7 +552,8 @@ def run_folder(args: argparse.Namespace, cfg: Config, data: Any, path: Path, out
                 continue
             rows.append(bench.run_arm(arm, t))
             r = rows[-1]
-            r["off_target"] = abs(r["flops_reduction"] - t) > FLOPS_TOL
+            # a latency arm is held to its latency budget, not to equal FLOPs
+            r["off_target"] = arm not in LATENCY_ARMS and abs(r["flops_reduction"] - t) > FLOPS_TOL
             if r["off_target"]:
                 log(f"arm {arm} @ -{100 * t:.0f}%: OFF TARGET, FLOPs -{100 * r['flops_reduction']:.1f}% is more than "
                     f"{100 * FLOPS_TOL:.0f} points from the target; its row is not an equal-FLOPs comparison")
@@ -547,8 +592,9 @@ def run_folder(args: argparse.Namespace, cfg: Config, data: Any, path: Path, out
 def heldout_pairs(doc: dict[str, Any]) -> list[str]:
     """L1RR against each peer at every target both ran at (heldout_eval.py --pair labels)."""
     have = {(r["arm"], round(100 * r["target"])) for r in doc["arms"]}
-    return [f"l1rr@{t:02d},{peer}@{t:02d}" for arm, t in sorted(have) if arm == "l1rr"
-            for peer in ("slimming", "tp_bnscale", "tp_groupnorm") if (peer, t) in have]
+    return [f"{other}@{t:02d},l1rr@{t:02d}" if other in LATENCY_ARMS else f"l1rr@{t:02d},{other}@{t:02d}"
+            for arm, t in sorted(have) if arm == "l1rr"
+            for other in ("slimming", "tp_bnscale", "tp_groupnorm", *LATENCY_ARMS) if (other, t) in have]
 
 
 def main(argv: list[str] | None = None) -> int:

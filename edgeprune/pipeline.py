@@ -133,9 +133,27 @@ def torchrun_command(args: Any, cfg: Config) -> list[str]:
     return cmd
 
 
+def resolve_nproc(args: Any, cfg: Config) -> int:
+    """--nproc-per-node as a number ("auto": train/resources.py:resolve_procs)."""
+    if args.nproc_per_node != "auto":
+        return args.nproc_per_node
+    from .train.resources import passive_wait, resolve_procs
+    passive_wait()        # torch is loaded to count GPUs; a single process goes on to train with it
+    import torch
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return resolve_procs("auto", cfg.train.batch, cfg.train.accumulate, gpus)
+
+
 def run_from_args(args: Any) -> int:
     cfg = build_config(args)
-    if (args.nproc_per_node > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+    launcher = "LOCAL_RANK" not in os.environ          # not (yet) a torchrun rank
+    if launcher:
+        auto = args.nproc_per_node == "auto"
+        args.nproc_per_node = resolve_nproc(args, cfg)
+        if auto and args.nproc_per_node > 1:
+            print(f"[compress] --nproc-per-node auto: {args.nproc_per_node} training processes (free cores or GPUs, "
+                  f"train.batch {cfg.train.batch}); --nproc-per-node 1 keeps one", file=sys.stderr, flush=True)
+    if launcher and (args.nproc_per_node > 1 or args.nnodes > 1):
         cmd = torchrun_command(args, cfg)
         print("[compress] " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
         proc = subprocess.Popen(cmd)

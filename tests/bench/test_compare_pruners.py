@@ -1,6 +1,7 @@
 """compare_pruners.py end to end (--quick) and its pieces on a tiny detector."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -262,3 +263,45 @@ def test_claim_summary_checks_each_target_on_held_out_differences():
     assert doc["seeds"][0]["l1rr_headline"]["params_ok"] is True
     md = claim_markdown(doc)
     assert "stopped at epoch 40 of at most 300 (best 30" in md and "| l1rr@75 - tp_bnscale@75 >= +2.0 | +1.5 [-1.0, +3.0] | no | no |" in md
+
+
+def test_latency_arms_ask_for_the_flops_arms_predicted_latency_and_then_1_2x_less(tmp_path):
+    """compare_pruners' l1rr_latency / l1rr_latency_fast: the budget is the FLOPs-targeted model's predicted share
+    of dense (/ 1.2 for _fast), the solved model meets it, and the heldout pairs set each against l1rr."""
+    import argparse
+
+    from compare_pruners import LATENCY_ARMS, Bench, heldout_pairs
+
+    from edgeprune.config import make_config
+    from edgeprune.fsio import atomic_write_json
+    from edgeprune.prune.apply import prune_from_ratios
+    from edgeprune.prune.latency import predict_model
+    from edgeprune.sparsity.ratios import save_ratios, solve_ratios
+    from tests.sparsity.test_latency_target import linear, synthetic_table
+
+    torch.set_num_threads(1)
+    model = _tiny_model()
+    cfg = make_config("default", {"model": {"imgsz": 64}, "sparse": {"ratio_grid": 2, "attention_tol": 1e-9}})
+    gen = torch.Generator().manual_seed(2)
+    batch = (torch.rand(2, 3, 64, 64, generator=gen), torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.3],
+                                                                    [1, 1, 0.25, 0.25, 0.1, 0.1]]))
+    bench = Bench(cfg, None, tmp_path, argparse.Namespace(headline=0.5))
+    bench._batches = [batch]
+    table = synthetic_table(model, 64, linear)
+    atomic_write_json(tmp_path / "latency_table.json", table)       # measured once per folder; here given
+    flops_doc = solve_ratios(model, [batch], bench.sparse_cfg("l1rr", 0.5).sparse, cfg.prune)
+    save_ratios(flops_doc, tmp_path / "flops_ratios.json")
+    dense_ms = predict_model(table, model, 64)["total_ms"]
+    flops_model = prune_from_ratios(copy.deepcopy(model), flops_doc, cfg.prune, imgsz=64).model
+    share = predict_model(table, flops_model, 64)["total_ms"] / dense_ms
+    budgets = {}
+    for arm, speedup in LATENCY_ARMS.items():
+        doc, info = bench.latency_ratios(model, str(tmp_path / "flops_ratios.json"), 0.5, speedup, tmp_path / arm)
+        assert info["flops_arm_predicted_share"] == pytest.approx(share, abs=1e-4)
+        assert info["budget"] == pytest.approx(share / speedup, abs=1e-4)
+        assert doc["latency"]["met"] and doc["latency"]["predicted_share"] <= info["budget"] + 1e-4
+        assert (tmp_path / arm / "ratios.json").is_file()
+        budgets[arm] = doc["latency"]["predicted_share"]
+    assert budgets["l1rr_latency_fast"] < budgets["l1rr_latency"]
+    rows = {"arms": [{"arm": a, "target": 0.5} for a in ("l1rr", *LATENCY_ARMS)]}
+    assert heldout_pairs(rows) == ["l1rr_latency@50,l1rr@50", "l1rr_latency_fast@50,l1rr@50"]

@@ -1,6 +1,7 @@
 """`compress --nproc-per-node 2`: the whole pipeline under a real torchrun with 2 gloo processes on CPU, a DDP
 job killed mid-training and resumed by one process, and the launcher's errors (batch split, multi-node
 without an endpoint, an endpoint the other node never reaches)."""
+import argparse
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgeprune.cli import main
+from edgeprune.config import make_config
 from tests.quick_floors import check_learned
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +96,18 @@ def test_world_size_that_does_not_split_the_batch_is_refused_before_launch(tmp_p
     err = capsys.readouterr().err
     assert "train.batch" in err and "world size 3" in err
     assert not (tmp_path / "quick").exists()
+
+
+def test_nproc_per_node_takes_a_count_or_auto(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "--preset", "quick", "--runs-dir", str(tmp_path), "--nproc-per-node", "two"])
+    assert exc.value.code == 2 and "'two' is not a whole number or 'auto'" in capsys.readouterr().err
+    from edgeprune.pipeline import resolve_nproc
+    from edgeprune.pipeline_cli import _procs
+
+    cfg = make_config("quick")               # batch 8: auto never splits it below 8 images a process
+    assert resolve_nproc(argparse.Namespace(nproc_per_node=_procs("auto")), cfg) == 1
+    assert resolve_nproc(argparse.Namespace(nproc_per_node=_procs("3")), cfg) == 3
 
 
 def test_multi_node_needs_a_rendezvous_endpoint(tmp_path, capsys):

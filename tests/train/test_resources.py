@@ -10,7 +10,7 @@ from edgeprune.config import TrainConfig
 from edgeprune.data import load_dataset
 from edgeprune.data.synth import ensure_synthetic
 from edgeprune.train import resources
-from edgeprune.train.resources import free_cores, resolve_threads, resolve_workers
+from edgeprune.train.resources import free_cores, resolve_procs, resolve_threads, resolve_workers
 from edgeprune.train.trainer import Trainer, new_model
 
 
@@ -59,6 +59,18 @@ def test_workers_auto_by_device_and_where_they_cannot_start(monkeypatch):
     assert resolve_workers(3, "cpu", cores=2) == 3
     monkeypatch.setattr(resources, "workers_can_start", lambda: False)
     assert resolve_workers("auto", "cuda", cores=16) == 0
+
+
+def test_procs_auto_one_per_gpu_or_free_core_with_8_images_each():
+    assert resolve_procs("auto", 16, cores=2, load=0.0) == 2          # the default batch on a quiet 2-core host
+    assert resolve_procs("auto", 16, cores=2, load=1.4) == 1          # one core taken by another job
+    assert resolve_procs("auto", 16, cores=16, load=0.0) == 2         # not below 8 images a rank
+    assert resolve_procs("auto", 64, cores=16, load=4.0) == 8         # 12 free: 8 is the most that splits 64 by 8+
+    assert resolve_procs("auto", 48, cores=16, load=0.0) == 6
+    assert resolve_procs("auto", 16, accumulate=2, cores=2, load=0.0) == 1    # 2 x 2 micro-batches of 4: too few
+    assert resolve_procs("auto", 64, gpus=4, cores=1, load=0.0) == 4  # GPUs, not cores, when there are GPUs
+    assert resolve_procs("auto", 8, cores=8, load=0.0) == 1
+    assert resolve_procs(3, 16, cores=2, load=9.0) == 3               # an explicit count is kept
 
 
 def test_config_accepts_auto_or_counts():
