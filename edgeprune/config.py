@@ -76,7 +76,8 @@ class TrainConfig:
     obj_gain: float = 1.0
     cls_gain: float = 0.5
     anchor_t: float = 4.0              # anchor match: max w/h ratio either way
-    sync_bn: bool = False              # SyncBatchNorm under DDP (torchrun)
+    sync_bn: Union[bool, str] = "auto"  # BatchNorm statistics over the global batch under DDP: true (SyncBatchNorm on
+                                       # CUDA, train/global_bn.py on CPU) | false (each rank's own) | auto (on CPU only)
     dist_timeout_s: float = 300.0      # DDP: give up joining the process group (unreachable rendezvous) after this
 
 
@@ -285,6 +286,8 @@ def _check_ranges(cfg: Config) -> None:
     for key in ("sparse.refresh_every", "sparse.ratio_batches", "sparse.ratio_grid"):
         if flat[key] < 1:
             raise bad(key, f"must be >= 1, got {flat[key]}")
+    if flat["train.sync_bn"] not in (True, False, "auto"):
+        raise bad("train.sync_bn", f"must be true, false or 'auto', got {flat['train.sync_bn']!r}")
     for key in ("train.workers", "train.threads"):
         v, low = flat[key], 0 if key == "train.workers" else 1
         if v != "auto" and not (isinstance(v, int) and not isinstance(v, bool) and v >= low):

@@ -44,6 +44,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, save_checkpoint
 from .dist import check_global_batch, default_device, dist_info, init_process_group
+from .global_bn import plain_bn, use_global_bn
 from .ema import ModelEMA
 from .loss import DetectionLoss
 from .loss_v8 import V8DetectionLoss
@@ -163,9 +164,6 @@ class Trainer:
         self.workers = resolve_workers(cfg.workers, self.device.type)
         self.threads = resolve_threads(cfg.threads, self.workers)
         torch.set_num_threads(self.threads)
-        if cfg.sync_bn and self.world_size > 1 and self.device.type != "cuda":
-            raise ConfigError("config key train.sync_bn: SyncBatchNorm runs on CUDA only; set "
-                              "train.sync_bn=false for CPU (gloo) training")
         self.hooks = list(hooks)
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.teacher = None
@@ -225,9 +223,12 @@ class Trainer:
 
     def _wrap_ddp(self) -> None:
         init_process_group(self.cfg.dist_timeout_s, self.device.type)
-        if self.cfg.sync_bn:
+        cuda = self.device.type == "cuda"
+        if self.cfg.sync_bn is True and cuda:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.optimizer = self._make_optimizer()
+        elif self.cfg.sync_bn in (True, "auto") and not cuda:
+            use_global_bn(self.model)          # in place: the hooks' and the EMA's module references stay valid
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.step_module = nn.parallel.DistributedDataParallel(_TrainStep(self.model), device_ids=ids)
 
@@ -475,7 +476,10 @@ def fit(model: nn.Module, data: Any, cfg: TrainConfig, out_dir: str | Path, hook
     Returns the final metrics ({"map50", "map", "ap_small", "per_class", "best_map50", "best_epoch", "epochs"
     (run, fewer than cfg.epochs after an early stop), "stopped_early"})."""
     trainer = Trainer(model, data, cfg, out_dir, hooks, teacher, imgsz, device, progress)
-    return trainer.run(resume)
+    try:
+        return trainer.run(resume)
+    finally:
+        plain_bn(model)                         # the caller's model leaves as it came (global BN: DDP on CPU)
 
 
 def new_model(data: Any, size: str = "n", imgsz: int = ModelConfig.imgsz, seed: int = 0, autoanchor: bool = True,

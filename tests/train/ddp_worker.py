@@ -1,5 +1,5 @@
 """Run by tests/train/test_ddp.py, plainly and under `torch.distributed.run --nproc-per-node 2`: for each
-RUN = name:accumulate:batch[:index], trains a tiny detector on the images listed in INDEX (JSON; or the RUN's
+RUN = name:accumulate:batch:sync_bn[:index] (sync_bn: auto | false), trains a tiny detector on the images listed in INDEX (JSON; or the RUN's
 own index) into OUT/name and saves each rank's final raw weights as OUT/name/rank<r>.pt, and the training
 sample indices it loaded, in order, as OUT/name/reads<r>.json.
 
@@ -32,7 +32,7 @@ def main(index: str, out: str, *runs: str) -> None:
 
     DetectionDataset.__getitem__ = logged
     for run in runs:
-        name, accumulate, batch, *own = run.split(":", 3)
+        name, accumulate, batch, sync_bn, *own = run.split(":", 4)
         items = json.loads(Path(own[0] if own else index).read_text())
         samples = [SimpleNamespace(image=Path(it["image"]), boxes=np.asarray(it["boxes"], np.float32).reshape(-1, 4),
                                    classes=np.asarray(it["classes"], np.int64)) for it in items]
@@ -40,7 +40,8 @@ def main(index: str, out: str, *runs: str) -> None:
         del reads[:]
         cfg = TrainConfig(epochs=2, batch=int(batch), accumulate=int(accumulate), eval_every=100,
                           warmup_epochs=0.5, mosaic=0.0, flip=0.0, rot90=0.0, hsv=0.0, lr0=0.002,
-                          warmup_bias_lr=0.0, workers=0)  # in-process loading: `reads` sees every item
+                          warmup_bias_lr=0.0, workers=0,  # in-process loading: `reads` sees every item
+                          sync_bn={"auto": "auto", "false": False}[sync_bn])
         model, _ = new_model(data, "n", 64, seed=0, autoanchor=False)
         fit(model, data, cfg, Path(out) / name, imgsz=64, progress=False)
         rank = int(os.environ.get("RANK", "0"))
