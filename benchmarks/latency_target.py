@@ -64,6 +64,8 @@ def main() -> int:
                          "cut to its minimum whatever the target)")
     ap.add_argument("--ratio-grid", type=int, default=8,
                     help="sparse.ratio_grid: candidate keep ratios per layer (the solve's forwards grow with it)")
+    ap.add_argument("--solver-images", type=int, default=4,
+                    help="validation images in the solver's batch (each candidate mask costs a forward of them)")
     ap.add_argument("--iterations", type=int, default=20, help="per grid point; measured calls per model = 4x")
     ap.add_argument("--statistic", choices=("median", "min"), default="median")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
@@ -81,7 +83,7 @@ def main() -> int:
                                   "sparse": {"attention_tol": args.attention_tol, "flops_target": args.flops_target,
                                              "ratio_batches": 1, "ratio_grid": args.ratio_grid}})
     data = load_dataset(ensure_synthetic(Path(work) / "synth", 32, 8, 256, seed=0, progress=False))
-    batches = val_batches(data, cfg, batch=4)
+    batches = val_batches(data, cfg, batch=args.solver_images)
     torch.manual_seed(0)
     spec = new_spec(len(data.names), list(data.names), size=args.size)
     dense = build_model(spec)
@@ -162,6 +164,7 @@ def main() -> int:
     result = {"benchmark": "latency_target", "size": args.size, "imgsz": args.imgsz, "threads": 1,
               "iterations": args.iterations, "statistic": args.statistic, "clock": args.clock,
               "backend": table["ran_on"], "flops_target": args.flops_target, "ratio_grid": args.ratio_grid,
+              "solver_images": args.solver_images,
               "table": {"whole_model_ms": table["whole_model_ms"], "layers_dense_ms": table["layers_dense_ms"],
                         "rest_ms": table["rest_ms"], "layers": len(table["layers"]), "wall_s": round(table["wall_s"], 1)},
               "dense_predicted_ms": round(dense_pred, 3), "arms": arms,

@@ -907,6 +907,11 @@ class _Tracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
 
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        # every BatchNorm is a leaf, also a subclass defined outside torch.nn (train/global_bn.py swaps the class
+        # of a model's BatchNorms for DDP on CPU; the sparsity hook traces that model)
+        return isinstance(m, nn.modules.batchnorm._NormBase) or super().is_leaf_module(m, qualname)
+
     def value(self, node: fx.Node) -> Any:
         """The concrete value of `node`: every node recorded so far is run once, in order."""
         if self.example is None:

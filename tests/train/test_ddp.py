@@ -178,3 +178,25 @@ def test_unreachable_rendezvous_is_a_clear_error_within_the_timeout(tmp_path):
     assert proc.returncode == 7, proc.stderr[-2000:]
     assert f"127.0.0.1:{port}" in proc.stdout and "dist_timeout_s" in proc.stdout
     assert time.time() - t0 < 60
+
+
+def test_global_bn_swaps_the_class_in_place_and_traces_like_batchnorm():
+    """The sparsity hook traces the model the trainer has wrapped: a GlobalBatchNorm2d must be the same gate."""
+    from torch import nn
+
+    from edgeprune.models.spec import new_spec
+    from edgeprune.models.yolo import build_model
+    from edgeprune.sparsity.bnscan import prunable_bns
+    from edgeprune.sparsity.graph import trace_channels
+    from edgeprune.train.global_bn import GlobalBatchNorm2d, plain_bn, use_global_bn
+
+    model = build_model(new_spec(2)).train()
+    bns = prunable_bns(model, trace_channels(model))
+    x = torch.rand(2, 3, 64, 64)
+    before = model(x)
+    assert use_global_bn(model) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(type(m) is GlobalBatchNorm2d for m in bns.values())           # the same objects, new class
+    assert list(prunable_bns(model, trace_channels(model))) == list(bns)
+    torch.testing.assert_close(model(x), before)    # no process group: BatchNorm2d's own forward
+    plain_bn(model)
+    assert all(type(m) is nn.BatchNorm2d for m in bns.values())
