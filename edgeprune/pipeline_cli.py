@@ -11,7 +11,7 @@ def register(sub):
         help="run the host pipeline: data -> dense -> L1RR sparse -> prune -> fine-tune -> export -> report",
         description="Run the whole host pipeline as resumable stages in runs/<name>/. Rerunning the same command "
                     "resumes after the last finished stage; a changed config reruns only the stages that depend on it.",
-        epilog="example:\n  edgeprune compress                      # the synthetic default (about 30 min on a shared 2-core CPU)\n"
+        epilog="example:\n  edgeprune compress                      # the synthetic default (about 12 min on an idle 2-core CPU)\n"
                "  edgeprune compress --preset quick --name smoke\n"
                "  edgeprune compress --data path/to/NWPU_VHR-10 --set model.size=s --set train.epochs=100\n"
                "  edgeprune compress --data path/to/NWPU_VHR-10 --model path/to/yolov5s_nwpu.pt   # prune your trained model\n"
@@ -35,7 +35,7 @@ def register(sub):
     d.add_argument("--nproc-per-node", type=_procs, default="auto", metavar="N|auto",
                    help="training processes on this machine, one per GPU (gloo on CPU); N > 1 relaunches "
                         "compress under torchrun. auto (default): one per GPU, or on a Linux CPU one per free core "
-                        "(two 1-thread processes ran the default 2.2x faster than one process on 2 cores), at "
+                        "(two 1-thread processes ran the default in 12.2 min, one process in 19-20, on 2 cores), at "
                         "least 8 images of train.batch a process; 1 reproduces a single-process run")
     d.add_argument("--nnodes", type=int, default=1, metavar="M",
                    help="machines in the job; run the same command on each (the run directory must be on "

@@ -1,9 +1,9 @@
 """BatchNorm over the global batch of a DDP job on CPUs (gloo), where torch's SyncBatchNorm does not run.
 
 Why: `compress --nproc-per-node auto` splits the default batch of 16 over two CPU processes, and with plain
-BatchNorm each rank normalises by the statistics of its own 8 images. Two seeds of the default run scored
-dense mAP50 0.578 / 0.566 that way against 0.640 / 0.592 in one process (BENCHMARKS.md §0e). Summing the
-per-channel sums over the ranks gives every rank the statistics of all 16 images, as one process computes them.
+BatchNorm each rank normalises by the statistics of its own 8 images. Two seeds of the default run ended at
+fine-tuned mAP50 0.638 / 0.582 that way against 0.690 / 0.683 in one process (BENCHMARKS.md §0e); with the
+statistics of all 16 images, as one process computes them, the default ended at 0.701.
 
 `GlobalBatchNorm2d` is a `nn.BatchNorm2d` (the class of a module is swapped in place, so the sparsity hook's
 and the EMA's references, `isinstance` checks and state_dict keys are untouched): in training mode under an

@@ -156,8 +156,8 @@ def resolve_procs(value: Count, batch: int, accumulate: int = 1, gpus: int = 0, 
     least MIN_RANK_BATCH images (train.accumulate counted), at least 1.
 
     Why processes and not threads on a CPU: this detector's convolutions scale poorly over OpenMP threads. The
-    default run took 19.0 min on one thread and 20.1 min on two on a quiet 2-core machine, and 8.9 min as two
-    one-thread DDP processes (BENCHMARKS.md §0)."""
+    default run took 19.0 min on one thread and 20.1 min on two on a quiet 2-core machine, and 12.2 min as two
+    one-thread DDP processes (BENCHMARKS.md §0e)."""
     if value != "auto":
         return int(value)
     cap = batch // (max(1, accumulate) * MIN_RANK_BATCH)      # the most processes the batch allows

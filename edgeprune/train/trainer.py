@@ -44,8 +44,8 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..fsio import atomic_write_json, atomic_write_text
 from ..models.io import load_checkpoint, save_checkpoint
 from .dist import check_global_batch, default_device, dist_info, init_process_group
-from .global_bn import plain_bn, use_global_bn
 from .ema import ModelEMA
+from .global_bn import plain_bn, use_global_bn
 from .loss import DetectionLoss
 from .loss_v8 import V8DetectionLoss
 from .resources import resolve_threads, resolve_workers
