@@ -2,7 +2,7 @@
 
 The table (`edgeprune bench --profile-layers`, or one measured on the spot on this host) gives each conv block's
 time at a grid of widths; `GraphLatency` predicts the whole network for any kept channel sets the way
-`jetson.layerprof.predict` predicts a pruned model (sum of per-conv lookups + the table's rest), so the solver's
+`jetson.layerprof.predict` predicts a pruned model (sum of per-conv lookups, scaled by the table's rest share), so the solver's
 number is what `predict_model` says of the physically pruned model. `snap` moves each unit's kept count to the
 fastest width on its latency staircase at or above the count its importance asks for (ties: the wider one).
 """
@@ -61,7 +61,8 @@ class GraphLatency:
     def __init__(self, graph: ChannelGraph, table: dict[str, Any], where: str = "prune.latency_table"):
         if table.get("rest_ms") is None:
             raise SparsityError(f"{where}: the table has no rest_ms (the whole model was not timed); profile again")
-        self.graph, self.rest = graph, float(table["rest_ms"])
+        from jetson.layerprof import rest_share
+        self.graph, self.rest_share = graph, rest_share(table)
         dense = conv_channels(graph)
         missing = sorted(set(table["layers"]) - set(dense))
         if missing:
@@ -98,7 +99,7 @@ class GraphLatency:
         return total
 
     def total(self, kept: Mapping[str, set[int]] | None = None) -> float:
-        return self.layers_ms(kept) + self.rest
+        return self.layers_ms(kept) * (1.0 + self.rest_share)
 
 
 def snap(units: list[Any], choice: dict[str, int], kept_of: Callable[[Any, int], set[int]], lat: GraphLatency,
