@@ -144,8 +144,8 @@ def resolve_threads(value: Count, workers: int, cores: int | None = None, load: 
     return max(1, free_cores(cores, load) // max(1, local_procs) - workers)
 
 
-# BatchNorm's batch statistics come from each rank's own micro-batch (SyncBatchNorm is CUDA-only): "auto" does not
-# split the global batch below this many images a rank
+# "auto" does not split the global batch below this many images a rank: a CUDA rank's BatchNorm (train.sync_bn auto)
+# normalises by its own micro-batch, and on a CPU smaller shares spend more of each step in the collectives
 MIN_RANK_BATCH = 8
 
 
