@@ -11,8 +11,9 @@ Arms (each at one or more FLOPs-reduction targets):
   l1rr_latency      the l1rr arm's sparse checkpoint, ratios solved with prune.target=latency (issue 20) at a budget
                     equal to the l1rr arm's predicted latency share: equal latency, where do the channels go?
   l1rr_latency_fast the same at that budget / 1.2: is a 1.2x faster model as accurate as the FLOPs-targeted one?
-                    (table: OUT/latency_table.json, the dense architecture profiled on this host with ONNX Runtime
-                    CPU, one thread, as `edgeprune bench --profile-layers` does; predicted vs measured in the row)
+                    (table: OUT/latency_table.json: prune.latency_table, else the dense architecture profiled on
+                    this host as the sparse stage does it, ONNX Runtime CPU, one thread; predicted vs measured in
+                    the row)
 
 OUT/ holds everything, cached so an interrupted run resumes:
   settings.json, dense/ (checkpoint, metrics, bundle), sparse/<variant>/ (shared by the arms that differ only
@@ -370,13 +371,13 @@ class Bench:
                 "model_dir": str(d / "model"), "seconds": round(time.time() - t0, 1)}
 
     def latency_table(self, model: torch.nn.Module) -> tuple[dict[str, Any], str]:
-        """The dense architecture's latency table, measured once per folder (CPU time, one ORT thread)."""
-        from edgeprune.export.layer_table import measure_table_ort
+        """The dense architecture's latency table, obtained once per folder as the sparse stage obtains it
+        (`sparsity.latency.solver_table`: prune.latency_table, else measured here with ONNX Runtime CPU, one
+        thread, CPU time)."""
+        from edgeprune.sparsity.latency import solver_table
         path = self.out / "latency_table.json"
         if not path.is_file():
-            log("latency table: profiling the dense architecture (ONNX Runtime CPU, 1 thread)")
-            atomic_write_json(path, measure_table_ort(model, self.imgsz, threads=1,
-                                                      min_channels=self.cfg.prune.min_channels))
+            atomic_write_json(path, solver_table(model, self.cfg.prune, self.imgsz, log=log)[0])
         return json.loads(path.read_text()), str(path)
 
     def latency_ratios(self, model: torch.nn.Module, flops_ratios: str, target: float, speedup: float,
