@@ -14,7 +14,7 @@ from typing import Any, Callable
 from .config import Config
 from .errors import EdgepruneError
 from .fsio import atomic_write_json, atomic_write_text
-from .stagedefs import LATENCY_KEYS, STAGES, stage_sections
+from .stagedefs import LATENCY_KEYS, SOLVER_KEYS, STAGES, stage_sections
 
 
 class RunDir:
@@ -33,8 +33,8 @@ class RunDir:
 
     def key(self, stage: str) -> str:
         sections = stage_sections(stage)
-        if "sparse" in sections and self.cfg.prune.target == "latency":
-            sections += LATENCY_KEYS
+        if "sparse" in sections:
+            sections += SOLVER_KEYS + (LATENCY_KEYS if self.cfg.prune.target == "latency" else ())
         return self.cfg.section_hash(*sections)
 
     def marker(self, stage: str) -> dict[str, Any] | None:

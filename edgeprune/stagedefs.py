@@ -21,8 +21,10 @@ REGISTRY = (
     Stage("export", ("export",), False, "stage_export", lambda cfg: 0.5),
     Stage("report", (), False, "stage_report", lambda cfg: 0.2),
 )
-# prune keys the sparse stage's ratio solver reads for prune.target=latency: with that target they join the keys
-# of the sparse stage and those downstream (rundir.RunDir.key), so runs with the FLOPs target keep their keys.
+# prune keys the sparse stage's ratio solver reads (rundir.RunDir.key adds them to the keys of the sparse stage and
+# those downstream): the widths it rounds every candidate to and the layers it may trace, always; the latency
+# target's, only with prune.target=latency, so runs with the FLOPs target keep their keys.
+SOLVER_KEYS = ("prune.round_to", "prune.min_channels", "prune.skip_unsupported")
 LATENCY_KEYS = ("prune.target", "prune.latency_budget", "prune.latency_table")
 STAGES = tuple(s.name for s in REGISTRY)
 BY_NAME = dict((s.name, s) for s in REGISTRY)

@@ -17,6 +17,17 @@ def test_stage_keys_change_only_downstream(tmp_path: Path):
     assert stage_sections("sparse") == ("data", "model", "train", "sparse")
 
 
+@pytest.mark.parametrize("change", [{"round_to": 1}, {"min_channels": 1}, {"skip_unsupported": True}])
+def test_prune_keys_the_ratio_solver_reads_rerun_the_sparse_stage(tmp_path: Path, change):
+    """The sparse stage solves ratios.json with the widths prune.round_to/min_channels allow: a run resumed with
+    other values must not prune to ratios solved for the old ones."""
+    a = RunDir(tmp_path, make_config("quick"))
+    b = RunDir(tmp_path, make_config("quick", {"prune": change}))
+    assert a.key("dense") == b.key("dense")
+    for stage in ("sparse", "prune", "finetune"):
+        assert a.key(stage) != b.key(stage)
+
+
 def test_resource_keys_keep_every_stage(tmp_path: Path):
     """Workers, threads and the image cache change no result: a finished or resumable stage survives them."""
     a = RunDir(tmp_path, make_config("quick"))
