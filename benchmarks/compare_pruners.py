@@ -14,6 +14,9 @@ Arms (each at one or more FLOPs-reduction targets):
                     (table: OUT/latency_table.json: prune.latency_table, else the dense architecture profiled on
                     this host as the sparse stage does it, ONNX Runtime CPU, one thread; predicted vs measured in
                     the row)
+  l1rr_scratch      the l1rr arm's pruned architecture initialised afresh and trained like the dense model (as
+                    many epochs as it ran, its lr; Liu et al. 2019's Scratch-E): can that width reach the dense
+                    accuracy at all, or is a gap to dense a capacity limit rather than a pruning loss?
 
 OUT/ holds everything, cached so an interrupted run resumes:
   settings.json, dense/ (checkpoint, metrics, bundle), sparse/<variant>/ (shared by the arms that differ only
@@ -91,9 +94,11 @@ ARMS: dict[str, tuple[str, str]] = {
     "l1rr_no_attention": ("l1rr_no_attention", "union"),
     "l1rr_latency": ("l1rr", "union"),
     "l1rr_latency_fast": ("l1rr", "union"),
+    "l1rr_scratch": ("l1rr", "union"),
 }
 # latency arm -> speed-up asked of it over the l1rr arm at the same target (budget = l1rr's predicted share / this)
 LATENCY_ARMS = {"l1rr_latency": 1.0, "l1rr_latency_fast": 1.2}
+SCRATCH_ARM = "l1rr_scratch"
 MAIN_ARMS = ("slimming", "tp_bnscale", "tp_groupnorm", "l1rr")   # run at every target; the rest at --headline
 
 
@@ -324,6 +329,8 @@ class Bench:
         from edgeprune.train.trainer import fit
 
         t0 = time.time()
+        if arm == SCRATCH_ARM:
+            return self._scratch(target, d, t0)
         sparse = self.run_sparse(variant, target)
         model = model_from_checkpoint(sparse["checkpoint"])
         dense_spec = {**model.spec, "widths": {}}
@@ -362,13 +369,37 @@ class Bench:
                 imgsz=self.imgsz, progress=False, **distill_args(self.cfg, self.dense["checkpoint"]))
             model = model_from_checkpoint(d / "finetune" / "last.pt")
         save_pruned_model(d / "model", model, d / "pruned")
+        return self._row(arm, variant, rule if variant not in TP_ARMS else None, target, model, d, t0,
+                         map50_pruned=pre["map50"], map50_sparse=sparse["summary"].get("map50_sparse"),
+                         prune_info=info)
+
+    def _row(self, arm: str, variant: str, rule: str | None, target: float, model: torch.nn.Module, d: Path,
+             t0: float, **extra: Any) -> dict[str, Any]:
         m = self.evaluate(model)
-        return {"arm": arm, "sparse": variant, "rule": rule if variant not in TP_ARMS else None, "target": target,
-                **m, "map50_pruned": pre["map50"],
+        return {"arm": arm, "sparse": variant, "rule": rule, "target": target, **m, **extra,
                 "flops_reduction": 1.0 - m["flops"] / self.dense["flops"],
                 "params_reduction": 1.0 - m["params"] / self.dense["params"],
-                "map50_sparse": sparse["summary"].get("map50_sparse"), "prune_info": info,
                 "model_dir": str(d / "model"), "seconds": round(time.time() - t0, 1)}
+
+    def _scratch(self, target: float, d: Path, t0: float) -> dict[str, Any]:
+        """The l1rr arm's pruned architecture at `target`, initialised afresh (train.seed) and trained with the
+        dense schedule for as many epochs as the dense model ran (train.epochs for a --dense checkpoint)."""
+        from edgeprune.models.io import model_from_checkpoint
+        from edgeprune.models.yolo import build_model
+        from edgeprune.prune.io import load_pruned, save_pruned_model
+        from edgeprune.train.trainer import fit, seed_everything
+
+        pruned = Path(self.run_arm("l1rr", target)["model_dir"]).parent / "pruned"
+        t = self.cfg.train
+        epochs = self.dense.get("epochs_run") or t.epochs
+        seed_everything(t.seed)
+        model = build_model(load_pruned(pruned).model.spec)
+        log(f"arm {SCRATCH_ARM} @ -{100 * target:.0f}%: l1rr's architecture from scratch, {epochs} epochs, lr0 {t.lr0}")
+        fit(model, self.data, self.train_cfg(epochs, t.lr0), d / "train", imgsz=self.imgsz, progress=False)
+        model = model_from_checkpoint(d / "train" / "last.pt")
+        save_pruned_model(d / "model", model, pruned)
+        return self._row(SCRATCH_ARM, "none (from scratch)", None, target, model, d, t0, map50_pruned=None,
+                         map50_sparse=None, prune_info={"architecture": str(pruned), "epochs": epochs})
 
     def latency_table(self, model: torch.nn.Module) -> tuple[dict[str, Any], str]:
         """The dense architecture's latency table, obtained once per folder as the sparse stage obtains it
@@ -558,8 +589,9 @@ def run_folder(args: argparse.Namespace, cfg: Config, data: Any, path: Path, out
             if r["off_target"]:
                 log(f"arm {arm} @ -{100 * t:.0f}%: OFF TARGET, FLOPs -{100 * r['flops_reduction']:.1f}% is more than "
                     f"{100 * FLOPS_TOL:.0f} points from the target; its row is not an equal-FLOPs comparison")
+            pruned = "" if r["map50_pruned"] is None else f"after prune {r['map50_pruned']:.3f}, "
             log(f"arm {arm} @ -{100 * t:.0f}%: FLOPs -{100 * r['flops_reduction']:.1f}%  mAP50 {r['map50']:.3f} "
-                f"(after prune {r['map50_pruned']:.3f}, dense {dense['map50']:.3f})")
+                f"({pruned}dense {dense['map50']:.3f})")
     if not args.no_latency:
         dense_bundle = bench._bundle(Path(dense["checkpoint"]), out / "dense" / "bundle")
         for r in rows:
@@ -595,7 +627,7 @@ def heldout_pairs(doc: dict[str, Any]) -> list[str]:
     have = {(r["arm"], round(100 * r["target"])) for r in doc["arms"]}
     return [f"{other}@{t:02d},l1rr@{t:02d}" if other in LATENCY_ARMS else f"l1rr@{t:02d},{other}@{t:02d}"
             for arm, t in sorted(have) if arm == "l1rr"
-            for other in ("slimming", "tp_bnscale", "tp_groupnorm", *LATENCY_ARMS) if (other, t) in have]
+            for other in ("slimming", "tp_bnscale", "tp_groupnorm", *LATENCY_ARMS, SCRATCH_ARM) if (other, t) in have]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -305,3 +305,50 @@ def test_latency_arms_ask_for_the_flops_arms_predicted_latency_and_then_1_2x_les
     assert budgets["l1rr_latency_fast"] < budgets["l1rr_latency"]
     rows = {"arms": [{"arm": a, "target": 0.5} for a in ("l1rr", *LATENCY_ARMS)]}
     assert heldout_pairs(rows) == ["l1rr_latency@50,l1rr@50", "l1rr_latency_fast@50,l1rr@50"]
+
+
+def test_scratch_arm_trains_the_l1rr_architecture_afresh_for_the_dense_epochs(tmp_path):
+    """l1rr_scratch: the l1rr arm's pruned widths, new weights (not the pruned ones), trained with the dense
+    schedule for as many epochs as the dense model ran; the held-out pairs set l1rr against it."""
+    import argparse
+
+    from compare_pruners import SCRATCH_ARM, Bench, heldout_pairs
+
+    from edgeprune.config import make_config
+    from edgeprune.data.dataset import load_dataset
+    from edgeprune.data.synth import write_synthetic
+    from edgeprune.fsio import atomic_write_json
+    from edgeprune.metrics.complexity import count
+    from edgeprune.models.spec import new_spec
+    from edgeprune.models.yolo import build_model
+    from edgeprune.prune.apply import prune_model
+    from edgeprune.prune.graph import build_graph
+    from edgeprune.prune.io import load_pruned, save_pruned, save_pruned_model, spec_from_pruned
+    from tests.prune.conftest import random_keep
+
+    torch.set_num_threads(1)
+    data = load_dataset(write_synthetic(tmp_path / "yolo", 4, 2, 64, progress=False))
+    torch.manual_seed(0)
+    model = build_model(new_spec(len(data.names), list(data.names), "n")).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    res = prune_model(copy.deepcopy(model), random_keep(build_graph(model, x), 0), round_to=1, min_channels=1,
+                      example_input=x)
+    l1rr = tmp_path / "arms" / "l1rr@50"
+    save_pruned(l1rr / "pruned", res.model, spec_from_pruned(res.model, {**model.spec, "widths": {}}),
+                res.recombination_map, res.table, res.stats)
+    save_pruned_model(l1rr / "model", load_pruned(l1rr / "pruned").model, l1rr / "pruned")
+    atomic_write_json(l1rr / "result.json", {"arm": "l1rr", "target": 0.5, "model_dir": str(l1rr / "model")})
+
+    cfg = make_config("default", {"model": {"imgsz": 64}, "train": {"batch": 2, "epochs": 9, "workers": 0}})
+    bench = Bench(cfg, data, tmp_path, argparse.Namespace(headline=0.5))
+    bench.dense = {"epochs_run": 2, **count(model, 64)}         # the dense model ran 2 epochs (train.epochs: 9)
+    row = bench.run_arm(SCRATCH_ARM, 0.5)
+    scratch = load_pruned(row["model_dir"]).model
+    pruned = load_pruned(l1rr / "pruned").model
+    assert scratch.conv_widths() == pruned.conv_widths() and row["params"] == count(pruned, 64)["params"]
+    assert row["prune_info"]["epochs"] == 2 and row["map50_pruned"] is None
+    assert len(json.loads((tmp_path / "arms" / f"{SCRATCH_ARM}@50" / "train" / "log.json").read_text())["history"]) == 2
+    a, b = scratch.state_dict(), pruned.state_dict()
+    assert not any(torch.equal(a[k], b[k]) for k in a if k.endswith("conv.weight"))   # new weights, not the pruned
+    assert heldout_pairs({"arms": [{"arm": "l1rr", "target": 0.5}, {"arm": SCRATCH_ARM, "target": 0.5}]}) == \
+        [f"l1rr@50,{SCRATCH_ARM}@50"]
