@@ -94,7 +94,7 @@ ARMS: dict[str, tuple[str, str]] = {
     "l1rr_no_attention": ("l1rr_no_attention", "union"),
     "l1rr_latency": ("l1rr", "union"),
     "l1rr_latency_fast": ("l1rr", "union"),
-    "l1rr_scratch": ("l1rr", "union"),
+    "l1rr_scratch": ("l1rr", "union"),      # no sparse phase of its own: the l1rr arm's pruned widths, trained afresh
 }
 # latency arm -> speed-up asked of it over the l1rr arm at the same target (budget = l1rr's predicted share / this)
 LATENCY_ARMS = {"l1rr_latency": 1.0, "l1rr_latency_fast": 1.2}
@@ -385,15 +385,16 @@ class Bench:
         """The l1rr arm's pruned architecture at `target`, initialised afresh (train.seed) and trained with the
         dense schedule for as many epochs as the dense model ran (train.epochs for a --dense checkpoint)."""
         from edgeprune.models.io import model_from_checkpoint
+        from edgeprune.models.spec import load_spec
         from edgeprune.models.yolo import build_model
-        from edgeprune.prune.io import load_pruned, save_pruned_model
+        from edgeprune.prune.io import save_pruned_model
         from edgeprune.train.trainer import fit, seed_everything
 
         pruned = Path(self.run_arm("l1rr", target)["model_dir"]).parent / "pruned"
         t = self.cfg.train
         epochs = self.dense.get("epochs_run") or t.epochs
         seed_everything(t.seed)
-        model = build_model(load_pruned(pruned).model.spec)
+        model = build_model(load_spec(pruned / "arch.json"))     # the architecture only: its weights are not read
         log(f"arm {SCRATCH_ARM} @ -{100 * target:.0f}%: l1rr's architecture from scratch, {epochs} epochs, lr0 {t.lr0}")
         fit(model, self.data, self.train_cfg(epochs, t.lr0), d / "train", imgsz=self.imgsz, progress=False)
         model = model_from_checkpoint(d / "train" / "last.pt")
