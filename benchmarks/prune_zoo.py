@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeprune.errors import PruneError, run_script  # noqa: E402
 from edgeprune.fsio import atomic_write_json  # noqa: E402
 from edgeprune.metrics.complexity import count  # noqa: E402
-from edgeprune.prune.apply import masked_model, prune_model  # noqa: E402
+from edgeprune.prune.apply import masked_model, prune_model, random_bn_stats  # noqa: E402
 from edgeprune.prune.graph import build_graph  # noqa: E402
 from edgeprune.prune.recombine import keep_per_gate  # noqa: E402
 
@@ -60,16 +60,7 @@ def build(name: str, imgsz: int) -> nn.Module:
         model = torchvision.models.get_model(arch, **kw)
     else:
         model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=3).backbone
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.3)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return model.eval()
+    return random_bn_stats(model, seed=1).eval()
 
 
 def flat(out: Any) -> torch.Tensor:

@@ -10,10 +10,10 @@ from edgeprune.errors import ModelError
 from edgeprune.models.io import model_from_checkpoint, save_checkpoint
 from edgeprune.models.spec import load_spec, new_spec, save_spec
 from edgeprune.models.yolo import build_model
-from edgeprune.prune.apply import masked_model, prune_model
+from edgeprune.prune.apply import masked_model, prune_model, random_bn_stats
 from edgeprune.prune.graph import build_graph
 from edgeprune.prune.io import spec_from_pruned
-from tests.prune.conftest import random_keep, randomize_bn, rel_err
+from tests.prune.conftest import random_keep, rel_err
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
@@ -97,7 +97,7 @@ def test_bad_specs_name_the_key():
 def test_pruned_equals_masked(family, seed):
     """C2f/C3k2 chunk + concat, bottleneck adds and (YOLO11) the PSA residuals prune exactly; the
     attention's head reshapes are frozen (skip_unsupported)."""
-    model = randomize_bn(build_model(new_spec(3, size="n", family=family)), seed)
+    model = random_bn_stats(build_model(new_spec(3, size="n", family=family)), seed)
     skip = family == "yolo11"
     keep = random_keep(build_graph(model, X, skip_unsupported=skip), seed, p=0.5)
     dense = copy.deepcopy(model)
@@ -149,7 +149,7 @@ def test_yolo11_sparse_stage_to_prune():
 
     cfg = make_config("quick", {"prune": {"skip_unsupported": True},
                                 "sparse": {"ratio_grid": 2, "attention_tol": 1e-6, "flops_target": 0.4}})
-    model = randomize_bn(build_model(new_spec(3, size="n", family="yolo11")), 3)
+    model = random_bn_stats(build_model(new_spec(3, size="n", family="yolo11")), 3)
     graph = trace_channels(model, skip_unsupported=True)
     bns = prunable_bns(model, graph)
     left_out = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)} - set(bns)

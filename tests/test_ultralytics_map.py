@@ -10,7 +10,7 @@ from edgeprune.errors import ModelError
 from edgeprune.models.spec import new_spec
 from edgeprune.models.ultralytics_map import convert
 from edgeprune.models.yolo import build_model
-from tests.prune.conftest import randomize_bn
+from edgeprune.prune.apply import random_bn_stats
 
 tasks = pytest.importorskip("ultralytics.nn.tasks")
 
@@ -20,7 +20,7 @@ NAMES = ["plane", "ship", "car"]
 def _pair(cfg, seed=0):
     torch.manual_seed(seed)
     theirs = tasks.DetectionModel(cfg, nc=len(NAMES), verbose=False)
-    randomize_bn(theirs, seed)
+    random_bn_stats(theirs, seed)
     with torch.no_grad():   # random head biases too, so the class/box branches are not at their priors
         for name, p in theirs.named_parameters():
             if name.endswith(".bias"):

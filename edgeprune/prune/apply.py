@@ -49,6 +49,22 @@ def _tensor(mods: dict[str, nn.Module], dotted: str) -> torch.Tensor:
     return getattr(mods[mod], attr)
 
 
+def random_bn_stats(model: nn.Module, seed: int = 0, spread: float = 0.3) -> nn.Module:
+    """Give every BatchNorm random gamma in [0.5, 1.5), beta and running mean ~ N(0, spread^2) and running var
+    in [0.5, 1.5), in place (returned for chaining). A freshly built model's identity BNs would hide a dropped
+    or misordered channel from an exactness or parity check; these do not."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * spread)
+                m.running_mean.copy_(torch.randn(n, generator=g) * spread)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model
+
+
 def masked_model(model: nn.Module, plan: Plan, zero_beta: bool = True) -> nn.Module:
     """A dense copy whose removed channels are masked. zero_beta=True (the fold=False reference): every
     gate's scale and shift (BN gamma/beta, or a BN-less producer's weight rows and bias), every BN's

@@ -4,19 +4,21 @@ import torch
 
 from edgeprune.models.spec import new_spec, with_widths
 from edgeprune.models.yolo import build_model
-from tests.export.export_helpers import IMGSZ, NAMES, PRUNED_WIDTHS, randomize_bn
+from edgeprune.prune.apply import random_bn_stats
+from tests.export.export_helpers import BN_SPREAD, IMGSZ, NAMES, PRUNED_WIDTHS
 
 
 @pytest.fixture(scope="session")
 def dense_model():
     torch.manual_seed(0)
-    return randomize_bn(build_model(new_spec(len(NAMES), NAMES, size="n")), 1)
+    return random_bn_stats(build_model(new_spec(len(NAMES), NAMES, size="n")), 1, spread=BN_SPREAD).eval()
 
 
 @pytest.fixture(scope="session")
 def pruned_model():
     torch.manual_seed(1)
-    return randomize_bn(build_model(with_widths(new_spec(len(NAMES), NAMES, size="n"), PRUNED_WIDTHS)), 2)
+    model = build_model(with_widths(new_spec(len(NAMES), NAMES, size="n"), PRUNED_WIDTHS))
+    return random_bn_stats(model, 2, spread=BN_SPREAD).eval()
 
 
 @pytest.fixture(scope="session")

@@ -122,9 +122,10 @@ def test_really_pruned_model_exports_and_verifies(tmp_path):
     from edgeprune.models.spec import new_spec
     from edgeprune.models.yolo import build_model
     from edgeprune.prune.run import prune_checkpoint
-    from tests.export.export_helpers import NAMES, randomize_bn
+    from edgeprune.prune.apply import random_bn_stats
+    from tests.export.export_helpers import BN_SPREAD, NAMES
 
-    model = randomize_bn(build_model(new_spec(len(NAMES), NAMES, size="n")), 3)
+    model = random_bn_stats(build_model(new_spec(len(NAMES), NAMES, size="n")), 3, spread=BN_SPREAD).eval()
     save_checkpoint(tmp_path / "dense.pt", model, imgsz=IMGSZ)
     prune_checkpoint(tmp_path / "dense.pt", tmp_path / "pruned", global_ratio=0.5, imgsz=IMGSZ)
     rec = json.loads((tmp_path / "pruned" / "recombination.json").read_text())

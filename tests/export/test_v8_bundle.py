@@ -10,9 +10,10 @@ import torchvision
 from edgeprune.models.io import save_checkpoint
 from edgeprune.models.spec import new_spec
 from edgeprune.models.yolo import build_model
+from edgeprune.prune.apply import random_bn_stats
 from jetson.postprocess import postprocess, scale_boxes
 from jetson.preprocess import preprocess
-from tests.export.export_helpers import randomize_bn
+from tests.export.export_helpers import BN_SPREAD
 
 NAMES = ["plane", "ship", "car"]
 IMGSZ = 64
@@ -24,7 +25,8 @@ def v8_bundle(tmp_path_factory):
     from edgeprune.export.bundler import export_bundle
 
     torch.manual_seed(0)
-    model = randomize_bn(build_model(new_spec(len(NAMES), NAMES, size="n", family="yolov8")), 1)
+    model = build_model(new_spec(len(NAMES), NAMES, size="n", family="yolov8"))
+    model = random_bn_stats(model, 1, spread=BN_SPREAD).eval()
     with torch.no_grad():   # confident class logits so detections exist at conf 0.25
         for conv in model.detect.cv3:
             conv[-1].bias.fill_(0.5)
@@ -117,7 +119,8 @@ def test_pruned_v8_export_verifies_junctions(tmp_path, family):
     from tests.prune.conftest import random_keep
 
     x = torch.zeros(1, 3, IMGSZ, IMGSZ)
-    model = randomize_bn(build_model(new_spec(len(NAMES), NAMES, size="n", family=family)), 3)
+    model = build_model(new_spec(len(NAMES), NAMES, size="n", family=family))
+    model = random_bn_stats(model, 3, spread=BN_SPREAD).eval()
     skip = family == "yolo11"
     keep = random_keep(build_graph(model, x, skip_unsupported=skip), 3, p=0.5)
     res = prune_model(model, keep, round_to=1, min_channels=1, example_input=x, skip_unsupported=skip)

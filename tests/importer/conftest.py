@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgeprune.prune.apply import random_bn_stats
+
 
 def _yolov5():
     stub = False
@@ -37,20 +39,6 @@ def yolov5_yaml(name: str) -> Path:
     return Path(yolov5.__file__).parent / "models" / name
 
 
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BN statistics and affine parameters, so a wrong channel order cannot hide behind identity BNs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return model
-
-
 def save_like_trainer(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     """As yolov5's train.py saves (half-precision model and EMA plus training metadata); returns the
     float32 copy of what was saved, the reference for output comparisons."""
@@ -68,7 +56,7 @@ def build_yolov5(yolo, cfg, nc: int = 10, seed: int = 0):
     torch.manual_seed(seed)
     model = yolo.Model(cfg, ch=3, nc=nc)
     model.names = ["class%d" % i for i in range(nc)]
-    return randomize_bn(model, seed)
+    return random_bn_stats(model, seed, spread=0.2)
 
 
 def save_like_ultralytics(tasks, cfg: str, path: Path, names: dict, strip: bool, seed: int = 0) -> torch.nn.Module:
@@ -79,7 +67,7 @@ def save_like_ultralytics(tasks, cfg: str, path: Path, names: dict, strip: bool,
     from ultralytics.utils.torch_utils import strip_optimizer
 
     torch.manual_seed(seed)
-    model = randomize_bn(tasks.DetectionModel(cfg, nc=len(names), verbose=False), seed)
+    model = random_bn_stats(tasks.DetectionModel(cfg, nc=len(names), verbose=False), seed, spread=0.2)
     model.names = dict(names)
     model.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

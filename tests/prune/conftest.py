@@ -4,19 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random gamma/beta/running stats so a dropped channel would show up in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.3)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return model
+from edgeprune.prune.apply import random_bn_stats
 
 
 def random_keep(graph, seed: int, p: float = 0.5) -> dict:
@@ -41,5 +29,5 @@ def helpers():
     class H:
         pass
     h = H()
-    h.randomize_bn, h.random_keep, h.rel_err, h.flat = randomize_bn, random_keep, rel_err, flat
+    h.randomize_bn, h.random_keep, h.rel_err, h.flat = random_bn_stats, random_keep, rel_err, flat
     return h
