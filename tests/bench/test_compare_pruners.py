@@ -205,7 +205,7 @@ def test_converged_protocol_and_dior_data_options():
 
     cfg = bench_config(parse_args(["--out", "x", "--preset", "small", "--converged", "--data", "synthetic-dior"]))
     assert (cfg.data.source, cfg.data.synth_style) == ("synthetic", "dior")
-    assert (cfg.train.patience, cfg.train.eval_every, cfg.train.epochs) == (10, 1, 300)
+    assert (cfg.train.patience, cfg.train.eval_every, cfg.train.epochs, cfg.finetune.epochs) == (10, 1, 300, 48)
     assert cfg.data.synth_size == 160 and cfg.model.imgsz == 128          # the preset's data and model stay
     cfg = bench_config(parse_args(["--out", "x", "--converged", "--set", "train.patience=4", "--set", "train.epochs=60"]))
     assert (cfg.train.patience, cfg.train.epochs, cfg.data.synth_style) == (4, 60, "aerial")   # --set wins
