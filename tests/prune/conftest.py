@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from edgeprune.prune.apply import random_bn_stats
 
