@@ -64,8 +64,10 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from compare_report import claim_summary, plot_pareto, write_claim, write_markdown  # noqa: E402
 from compare_tp import TP_ARMS, TPRegularizerHook, prune_to_flops  # noqa: E402
 
+from edgeprune.cliconfig import DATA_ROOT_HELP  # noqa: E402
 from edgeprune.config import PRESETS as CONFIG_PRESETS  # noqa: E402
 from edgeprune.config import Config, continued, make_config, parse_set  # noqa: E402
+from edgeprune.data.synth import cache_dir  # noqa: E402
 from edgeprune.errors import UsageError, run_script  # noqa: E402
 from edgeprune.fsio import atomic_write_bytes, atomic_write_json  # noqa: E402
 
@@ -503,7 +505,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--redo-latency", action="store_true", help="measure latency again even when cached")
     ap.add_argument("--latency-iters", type=int, default=100)
     ap.add_argument("--ort-threads", type=int, default=1)
-    ap.add_argument("--synth-root", default="data/synthetic", help="cache folder of synthetic datasets")
+    ap.add_argument("--synth-root", default=str(cache_dir()), help=DATA_ROOT_HELP)
     ap.add_argument("--converged", action="store_true",
                     help="train the dense model until its val mAP50 plateaus (train.patience 10, at most "
                          "train.epochs 300, evaluated every epoch), fine-tune every arm 48 epochs (--set "

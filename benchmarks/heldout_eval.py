@@ -33,6 +33,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
+from edgeprune.cliconfig import DATA_ROOT_HELP  # noqa: E402
+from edgeprune.data.synth import cache_dir  # noqa: E402
 from edgeprune.errors import UsageError, run_script  # noqa: E402
 from edgeprune.fsio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file  # noqa: E402
 from edgeprune.metrics.coco import coco_map, resampled_map50  # noqa: E402
@@ -58,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="only these models (and dense, control): the bootstrap costs B mAP evaluations a model")
     ap.add_argument("--jobs", type=int, default=1, help="processes for the bootstrap")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for inference")
-    ap.add_argument("--synth-root", default="data/synthetic", help="cache folder of synthetic datasets")
+    ap.add_argument("--synth-root", default=str(cache_dir()), help=DATA_ROOT_HELP)
     args = ap.parse_args(argv)
     if args.holdout < 1 or args.bootstrap < 0 or args.jobs < 1:
         ap.error("--holdout and --jobs must be >= 1, --bootstrap >= 0")

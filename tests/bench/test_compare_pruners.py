@@ -216,6 +216,16 @@ def test_converged_protocol_and_dior_data_options():
         parse_args(["--out", "x", "--seeds", "a"])
 
 
+def test_synth_root_defaults_to_the_cache_compress_uses(tmp_path, monkeypatch):
+    import compare_pruners
+    import heldout_eval
+
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path))     # not a folder relative to the working directory
+    for mod, argv in ((compare_pruners, ["--out", "x"]), (heldout_eval, ["--out", "x", "--run", "r"])):
+        assert mod.parse_args(argv).synth_root == str(tmp_path / "synthetic")
+        assert mod.parse_args([*argv, "--synth-root", "s"]).synth_root == "s"
+
+
 def test_heldout_needs_a_test_split_of_a_real_data_set(tmp_path):
     from compare_pruners import main
 
