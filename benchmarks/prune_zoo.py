@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeprune.errors import PruneError, run_script  # noqa: E402
 from edgeprune.fsio import atomic_write_json  # noqa: E402
 from edgeprune.metrics.complexity import count  # noqa: E402
-from edgeprune.prune.apply import masked_model, prune_model, random_bn_stats  # noqa: E402
+from edgeprune.prune.apply import masked_model, output_rel_err, prune_model, random_bn_stats  # noqa: E402
 from edgeprune.prune.graph import build_graph  # noqa: E402
 from edgeprune.prune.recombine import keep_per_gate  # noqa: E402
 
@@ -63,21 +63,6 @@ def build(name: str, imgsz: int) -> nn.Module:
     return random_bn_stats(model, seed=1).eval()
 
 
-def flat(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out.flatten()
-    if isinstance(out, dict):
-        out = list(out.values())
-    return torch.cat([flat(o) for o in out])
-
-
-def rel_err(a: Any, b: Any) -> float | None:
-    a, b = flat(a), flat(b)
-    if a.shape != b.shape:
-        return None
-    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
-
-
 def run_edgeprune(model: nn.Module, x: torch.Tensor, skip: bool) -> dict[str, Any]:
     dense = copy.deepcopy(model)
     t0 = time.perf_counter()
@@ -85,7 +70,7 @@ def run_edgeprune(model: nn.Module, x: torch.Tensor, skip: bool) -> dict[str, An
     res = prune_model(model, keep_per_gate(graph, 0.5), example_input=x, fold=False, skip_unsupported=skip)
     seconds = time.perf_counter() - t0
     with torch.no_grad():
-        err = rel_err(masked_model(dense, res.plan).eval()(x), model.eval()(x))
+        err = output_rel_err(masked_model(dense, res.plan).eval()(x), model.eval()(x))
     s = res.stats
     return {"ok": True, "exact": err is not None and err <= EXACT, "rel_err": err, "seconds": round(seconds, 3),
             "flops_cut": round(1 - s["flops_after"] / s["flops_before"], 4),
@@ -105,7 +90,7 @@ def run_tp(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     pruner.step()
     seconds = time.perf_counter() - t0
     with torch.no_grad():
-        err = rel_err(ref, model(x))
+        err = output_rel_err(ref, model(x))
     if err is None:
         raise RuntimeError("the pruned model's output shape changed")
     return {"ok": True, "rel_err_vs_dense": err, "seconds": round(seconds, 3),

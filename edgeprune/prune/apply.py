@@ -65,6 +65,24 @@ def random_bn_stats(model: nn.Module, seed: int = 0, spread: float = 0.3) -> nn.
     return model
 
 
+def output_rel_err(ref: Any, out: Any) -> float | None:
+    """max |ref - out| / max |ref| over every output tensor (a tensor, or nested lists, tuples and dicts of
+    them): the measure of the exactness checks, a pruned model against masked_model. None when the two
+    outputs do not have the same shape."""
+    a, b = _flat_outputs(ref), _flat_outputs(out)
+    if a.shape != b.shape:
+        return None
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+def _flat_outputs(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.flatten()
+    if isinstance(out, dict):
+        out = list(out.values())
+    return torch.cat([_flat_outputs(o) for o in out])
+
+
 def masked_model(model: nn.Module, plan: Plan, zero_beta: bool = True) -> nn.Module:
     """A dense copy whose removed channels are masked. zero_beta=True (the fold=False reference): every
     gate's scale and shift (BN gamma/beta, or a BN-less producer's weight rows and bias), every BN's
