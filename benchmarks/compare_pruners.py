@@ -511,7 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "train.epochs 300, evaluated every epoch), fine-tune every arm 48 epochs (--set "
                          "overrides each) and run the control")
     ap.add_argument("--seeds", help="training seeds, comma-separated: one folder OUT/seed<k>/ each (train.seed=k; "
-                                    "default: one run in OUT with the config's seed)")
+                                    "default: one run in OUT with the config's seed); with --heldout, OUT/claim.md "
+                                    "also sums up the seed folders earlier invocations finished with these settings")
     ap.add_argument("--heldout", type=int, default=0, metavar="N",
                     help="after the arms, score every model on N held-out synthetic scenes (a path's test split: "
                          "any N > 0) with paired-bootstrap intervals (heldout_eval.py), and write OUT/claim.*")
@@ -568,9 +569,36 @@ def bench_config(args: argparse.Namespace) -> Config:
     return make_config("benchmark" if preset == "benchmark" else "default", _merge(over, parse_set(args.set)))
 
 
+def folder_settings(args: argparse.Namespace, cfg: Config, path: Path) -> dict[str, Any]:
+    """What a result folder was made with; a folder is refused to other settings."""
+    return {"config": cfg.to_dict(), "dataset": str(path), "dense": args.dense, "headline": args.headline}
+
+
+def earlier_seed_claims(args: argparse.Namespace, cfg: Config, path: Path, root: Path, now: list[int]) -> list[dict]:
+    """The claim entries of the seed folders that earlier invocations on `root` finished with these settings and
+    the same held-out set, so that claim.md sums up every seed there, not only this invocation's."""
+    claims = []
+    for folder in sorted(root.glob("seed*")):
+        tail = folder.name[len("seed"):]
+        if not tail.isdigit() or int(tail) in now:
+            continue
+        scfg = copy.deepcopy(cfg)
+        scfg.train.seed = int(tail)
+        files = [folder / "settings.json", folder / "results.json", folder / "heldout" / "heldout.json"]
+        if not all(f.is_file() for f in files):
+            log(f"{folder}: no held-out results yet, left out of claim.md")
+            continue
+        settings, results, heldout = (json.loads(f.read_text()) for f in files)
+        if settings != folder_settings(args, scfg, path) or heldout["heldout"]["images"] != args.heldout:
+            log(f"{folder}: made with other settings or another held-out set, left out of claim.md")
+            continue
+        claims.append({"seed": int(tail), "folder": str(folder), "results": results, "heldout": heldout})
+    return claims
+
+
 def run_folder(args: argparse.Namespace, cfg: Config, data: Any, path: Path, out: Path, command: str) -> dict:
     """Dense, control, every arm at its targets, latency; results.json/.md and pareto.png in `out`."""
-    settings = {"config": cfg.to_dict(), "dataset": str(path), "dense": args.dense, "headline": args.headline}
+    settings = folder_settings(args, cfg, path)
     sfile = out / "settings.json"
     if sfile.is_file() and json.loads(sfile.read_text()) != settings:
         raise UsageError(f"{sfile}: this folder holds a run with other settings (config, dataset, --dense or "
@@ -673,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                               + [x for p in heldout_pairs(doc) for x in ("--pair", p)])
             claims.append({"seed": seed, "folder": str(out), "results": doc,
                            "heldout": json.loads((ho / "heldout.json").read_text())})
+    if claims and args.seeds:
+        claims = sorted(claims + earlier_seed_claims(args, cfg, path, root, seeds), key=lambda c: c["seed"])
     if claims:
         summary = claim_summary(claims, args.targets)
         summary["command"] = command

@@ -226,6 +226,34 @@ def test_synth_root_defaults_to_the_cache_compress_uses(tmp_path, monkeypatch):
         assert mod.parse_args([*argv, "--synth-root", "s"]).synth_root == "s"
 
 
+def test_claim_sums_up_the_seed_folders_of_earlier_invocations_with_the_same_settings(tmp_path):
+    import copy
+
+    from compare_pruners import bench_config, earlier_seed_claims, folder_settings, parse_args
+
+    args = parse_args(["--out", str(tmp_path), "--seeds", "0", "--heldout", "5"])
+    cfg, data = bench_config(args), tmp_path / "data"
+
+    def seed_folder(seed, images=5, other=False, heldout=True):
+        scfg = copy.deepcopy(cfg)
+        scfg.train.seed = seed
+        (tmp_path / f"seed{seed}" / "heldout").mkdir(parents=True)
+        settings = folder_settings(args, scfg, data) | ({"headline": 0.5} if other else {})
+        (tmp_path / f"seed{seed}" / "settings.json").write_text(json.dumps(settings))
+        (tmp_path / f"seed{seed}" / "results.json").write_text(json.dumps({"seed": seed}))
+        if heldout:
+            (tmp_path / f"seed{seed}" / "heldout" / "heldout.json").write_text(json.dumps({"heldout": {"images": images}}))
+
+    seed_folder(0)                      # this invocation's own: not read back
+    seed_folder(1)                      # finished earlier with these settings: summed up
+    seed_folder(2, other=True)          # another --headline
+    seed_folder(3, images=7)            # another held-out set
+    seed_folder(4, heldout=False)       # not scored yet
+    claims = earlier_seed_claims(args, cfg, data, tmp_path, [0])
+    assert [(c["seed"], c["results"]) for c in claims] == [(1, {"seed": 1})]
+    assert claims[0]["folder"] == str(tmp_path / "seed1")
+
+
 def test_heldout_needs_a_test_split_of_a_real_data_set(tmp_path):
     from compare_pruners import main
 
