@@ -19,6 +19,7 @@ from typing import Any, Union
 import yaml
 
 from .errors import ConfigError
+from .fsio import read_yaml
 
 
 @dataclass
@@ -418,14 +419,7 @@ def config_from_args(args: Any, overrides: dict[str, Any] | None = None) -> Conf
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
+    raw = read_yaml(path, ConfigError, "config file not found") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections")
     raw = dict(raw)

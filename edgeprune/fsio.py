@@ -159,6 +159,29 @@ def read_json(path, error, missing=None, invalid="not valid JSON"):
         raise error("{}: {} ({})".format(path, invalid, exc)) from None
 
 
+def read_yaml(path, error, missing=None, invalid="not valid YAML"):
+    """read_json's twin for YAML files (host side: PyYAML is imported on the call). A syntax error names its
+    line and column ("PATH: line 3, column 9: not valid YAML (why)"); a file that cannot be read (a folder, no
+    permission) raises `error` too."""
+    import yaml
+
+    try:
+        with open(str(path)) as f:
+            return yaml.safe_load(f.read())
+    except FileNotFoundError:
+        if missing is None:
+            raise
+        raise error("{}: {}".format(path, missing)) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = "line {}, column {}: ".format(mark.line + 1, mark.column + 1) if mark else ""
+        raise error("{}: {}{} ({})".format(path, where, invalid, exc.problem or exc.context)) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise error("{}: {} ({})".format(path, invalid, str(exc).splitlines()[0])) from None
+    except OSError as exc:
+        raise error("{}: cannot read it ({})".format(path, exc.strerror or exc)) from None
+
+
 def sha256_file(path, chunk=1 << 20):
     h = hashlib.sha256()
     with open(str(path), "rb") as f:

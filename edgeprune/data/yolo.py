@@ -12,7 +12,7 @@ import yaml
 from jetson.imageio import list_images
 
 from ..errors import DataError
-from ..fsio import atomic_write_bytes, atomic_write_text
+from ..fsio import atomic_write_bytes, atomic_write_text, read_yaml
 from .samples import Collector, Dataset, Sample, check_box, check_class, finish, image_size, unique_stem
 
 
@@ -97,10 +97,7 @@ def load_yolo(path: Path, skip_bad: bool = False) -> Dataset:
     path = Path(path)
     yaml_path = path if path.is_file() else path / "data.yaml"
     if yaml_path.is_file():
-        try:
-            meta = yaml.safe_load(yaml_path.read_text())
-        except yaml.YAMLError as exc:
-            raise DataError(f"{yaml_path}: not valid YAML ({exc})") from None
+        meta = read_yaml(yaml_path, DataError)
         if not isinstance(meta, dict):
             raise DataError(f"{yaml_path}: expected a mapping with keys path, train, val, names")
         root = Path(str(meta.get("path") or "."))

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ModelError
-from ..fsio import sha256_file
+from ..fsio import read_yaml, sha256_file
 from . import safe_pickle as sp
 from .spec import SIZES, STRIDES, new_spec
 
@@ -124,15 +124,8 @@ def _from_module(path: Path, model: sp.StandIn, yaml_path: Any) -> dict[str, Any
 
 
 def _read_yaml(yaml_path: str | Path) -> dict[str, Any]:
-    import yaml
-
     p = Path(yaml_path)
-    try:
-        d = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{p}: model YAML not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{p}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
+    d = read_yaml(p, CheckpointError, "model YAML not found")
     if not isinstance(d, dict) or not isinstance(d.get("backbone"), list) or not isinstance(d.get("head"), list):
         raise CheckpointError(f"{p}: not a YOLO model YAML (needs 'backbone' and 'head' lists)")
     return d

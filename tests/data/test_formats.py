@@ -144,3 +144,9 @@ def test_yolo_folder_without_data_yaml_and_names_as_mapping(yolo_dir):
     (yolo_dir / "data.yaml").write_text("train: images/train\nnc: 4\nnames: [a, b, c]\n")
     with pytest.raises(DataError, match="nc=4 but 'names' lists 3"):
         load_dataset(yolo_dir)
+    (yolo_dir / "data.yaml").write_text("train: images/train\nnames: [a, b\nval: images/val\n")
+    with pytest.raises(DataError, match=r"data.yaml: line 3, column 4: not valid YAML"):     # the line to fix
+        load_dataset(yolo_dir)
+    (yolo_dir / "data.yaml").write_bytes(b"\xff\xfe names")            # not text: an error, not a traceback
+    with pytest.raises(DataError, match=r"data.yaml: not valid YAML \('utf-8' codec"):
+        load_dataset(yolo_dir)

@@ -118,7 +118,8 @@ def test_specific_invalid_set_items_are_rejected_naming_the_key(items, named):
     ("preset: huge\n", "unknown preset 'huge'"),
     ("- a\n- b\n", "must be a mapping of sections"),
     ("train: {epochs: x}\n", "config key train.epochs: expected int"),
-    ("train: {epochs: 3\n", "not valid YAML"),
+    ("train: {epochs: 3\n", "bad.yaml: line 2, column 1: not valid YAML"),
+    ("train:\n  epochs: 3\n   lr0: 0.1\n", "bad.yaml: line 3, column 7: not valid YAML"),
 ])
 def test_specific_invalid_yaml_documents_are_rejected_naming_the_key(tmp_path: Path, text, named):
     p = tmp_path / "bad.yaml"
